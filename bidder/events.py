@@ -1,0 +1,199 @@
+"""Event contracts: the frozen shapes that cross Kafka, and their JSON encodings.
+
+Every event is a JSON object (UTF-8, orjson) with ``"v": SCHEMA_VERSION``. Candidates travel as
+columns (``{"listing_id": [...], "relevance": [...]}``) because a query carries up to 2000 of them
+and the hot path wants arrays, not objects. Decoding with validation lives in ``bidder.decoding``;
+this module only declares the shapes and encodes them.
+
+Topic keys: queries by ``query_id``, clicks by ``shop_id`` (money is owned by one partition per
+shop), purchases by ``user_id``, listings by ``listing_id``, shops by ``shop_id``, auctions by
+``query_id``, labels by ``impression_id``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from bidder.features import QueryContext
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AuctionOutcome",
+    "Click",
+    "Listing",
+    "Purchase",
+    "Query",
+    "Shop",
+    "Winner",
+    "encode",
+]
+
+SCHEMA_VERSION = 1
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Query:
+    """A buyer's search with the candidates retrieval found for it."""
+
+    query_id: str
+    ts: float
+    """epoch seconds when the search happened"""
+    user_id: int
+    context: QueryContext
+    text: str
+    listing_ids: I64
+    """candidate listing ids, unique, at least one and at most ``max_candidates``"""
+    relevance: F64
+    """retrieval relevance per candidate, in [0, 1]"""
+    latency_budget_ms: float | None = None
+    """how long the caller will wait for the auction; ``None`` means the worker's default"""
+
+
+@dataclass(frozen=True, slots=True)
+class Click:
+    """A buyer clicked an ad; ``click_id`` makes a resend harmless (charged at most once)."""
+
+    click_id: str
+    query_id: str
+    listing_id: int
+    shop_id: int
+    user_id: int
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Purchase:
+    """A buyer bought a listing; attributed to that buyer's last click on it within the window."""
+
+    order_id: str
+    user_id: int
+    listing_id: int
+    ts: float
+    amount: float
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """Catalog entry (compacted topic, keyed by listing id). ``active=False`` withdraws it."""
+
+    listing_id: int
+    shop_id: int
+    price: float
+    category: int
+    ts: float
+    active: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Shop:
+    """A seller's ad settings (compacted topic, keyed by shop id)."""
+
+    shop_id: int
+    daily_budget: float
+    """currency units a day; spend never exceeds it"""
+    target_share: float
+    """share of a sale's price the seller will pay for ads that lead to it, (0, 1]"""
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Winner:
+    """One slot of an auction outcome."""
+
+    slot: int
+    listing_id: int
+    shop_id: int
+    pctr: float
+    pcvr: float
+    bid: float
+    price: float
+    """charged if clicked (GSP): reserve <= price <= bid"""
+    features: tuple[float, ...] = ()
+    """the feature vector exactly as served (for labels)"""
+
+
+@dataclass(frozen=True, slots=True)
+class AuctionOutcome:
+    """What the bidder decided for one query."""
+
+    query_id: str
+    ts: float
+    """time of the query"""
+    user_id: int
+    winners: tuple[Winner, ...]
+    model_versions: dict[str, str]
+    timings_ms: dict[str, float]
+    """stage timings: gather, score, bid, auction, total"""
+    n_candidates: int
+    n_unknown: int = 0
+    """candidates whose listing the catalog does not know (skipped)"""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _to_json(obj: Any) -> Any:
+    if isinstance(obj, Query):
+        return {
+            "v": SCHEMA_VERSION,
+            "type": "query",
+            "query_id": obj.query_id,
+            "ts": obj.ts,
+            "user_id": obj.user_id,
+            "context": {
+                "device": obj.context.device,
+                "page": obj.context.page,
+                "hour": obj.context.hour,
+                "category": obj.context.category,
+            },
+            "text": obj.text,
+            "candidates": {
+                "listing_id": obj.listing_ids.tolist(),
+                "relevance": obj.relevance.tolist(),
+            },
+            **({} if obj.latency_budget_ms is None else {"latency_budget_ms": obj.latency_budget_ms}),
+        }
+    if isinstance(obj, AuctionOutcome):
+        return {
+            "v": SCHEMA_VERSION,
+            "type": "auction",
+            "query_id": obj.query_id,
+            "ts": obj.ts,
+            "user_id": obj.user_id,
+            "winners": [
+                {
+                    "slot": w.slot,
+                    "listing_id": w.listing_id,
+                    "shop_id": w.shop_id,
+                    "pctr": w.pctr,
+                    "pcvr": w.pcvr,
+                    "bid": w.bid,
+                    "price": w.price,
+                    "features": list(w.features),
+                }
+                for w in obj.winners
+            ],
+            "model_versions": obj.model_versions,
+            "timings_ms": obj.timings_ms,
+            "n_candidates": obj.n_candidates,
+            "n_unknown": obj.n_unknown,
+            **obj.extra,
+        }
+    kind = type(obj).__name__.lower()
+    out = {"v": SCHEMA_VERSION, "type": kind}
+    out.update({k: getattr(obj, k) for k in obj.__slots__})
+    return out
+
+
+def encode(event: Query | Click | Purchase | Listing | Shop | AuctionOutcome) -> bytes:
+    """The event's JSON bytes (what goes on the topic).
+
+    >>> encode(Shop(shop_id=7, daily_budget=50.0, target_share=0.1, ts=1.0))
+    b'{"v":1,"type":"shop","shop_id":7,"daily_budget":50.0,"target_share":0.1,"ts":1.0}'
+    """
+    return orjson.dumps(_to_json(event), option=orjson.OPT_SERIALIZE_NUMPY)

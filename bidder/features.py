@@ -1,0 +1,170 @@
+"""The feature contract: what the CTR and CVR models read, in which order, and how it is gathered.
+
+Every ``.onnx`` model ships a metadata file naming :data:`FEATURE_SPEC` (names, order, version);
+loading a model whose spec differs is refused. Rows are (query, candidate) pairs; the matrix is
+``(n_candidates, n_features)`` float32, built column by column from the catalog, the rolling stats
+and the query context: never from per-candidate Python objects.
+
+========================  =====================================================================
+feature                   definition
+========================  =====================================================================
+relevance                 retrieval relevance of the candidate for the query, [0, 1]
+ctr_smoothed              (clicks + m prior_ctr) / (impressions + m), decayed counters
+cvr_smoothed              (conversions + m prior_ctr prior_cvr) / (clicks + m prior_ctr)
+log_impressions           log1p(decayed impressions)
+log_clicks                log1p(decayed clicks)
+impression_recency        log1p(seconds since last impression), capped at 7 days (= never)
+click_recency             log1p(seconds since last click), capped at 7 days (= never)
+log_price                 log(price)
+category_match            1 if the listing's category is the query's category
+hour_sin, hour_cos        time of day on the circle
+device_*                  one-hot device: mobile, desktop, app
+page_*                    one-hot page: search, category, market
+log_spend                 log1p(decayed spend on the listing)
+========================  =====================================================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from bidder.catalog import Catalog
+from bidder.market import DEVICES, PAGES
+from bidder.rolling import RollingStats
+
+__all__ = ["FEATURE_SPEC", "FeatureSpec", "Priors", "QueryContext", "gather"]
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+RECENCY_CAP_S = 7 * 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSpec:
+    """Ordered, named float32 model inputs; ``version`` changes whenever meaning or order does."""
+
+    version: int
+    names: tuple[str, ...]
+
+    @property
+    def n_features(self) -> int:
+        return len(self.names)
+
+    @property
+    def fingerprint(self) -> str:
+        """Short hash of version and names, stored in model metadata and checked at load."""
+        text = f"{self.version}:" + ",".join(self.names)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "names": list(self.names),
+            "dtype": "float32",
+            "fingerprint": self.fingerprint,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
+        return cls(version=int(d["version"]), names=tuple(str(n) for n in d["names"]))
+
+    def index(self, name: str) -> int:
+        return self.names.index(name)
+
+
+FEATURE_SPEC = FeatureSpec(
+    version=1,
+    names=(
+        "relevance",
+        "ctr_smoothed",
+        "cvr_smoothed",
+        "log_impressions",
+        "log_clicks",
+        "impression_recency",
+        "click_recency",
+        "log_price",
+        "category_match",
+        "hour_sin",
+        "hour_cos",
+        *(f"device_{d}" for d in DEVICES),
+        *(f"page_{p}" for p in PAGES),
+        "log_spend",
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Priors:
+    """Where smoothed rates start before a listing has history."""
+
+    prior_ctr: float = 0.02
+    prior_cvr: float = 0.05
+    strength: float = 50.0
+    """pseudo-impressions the prior is worth"""
+
+
+@dataclass(frozen=True, slots=True)
+class QueryContext:
+    """What the bidder knows about the search itself."""
+
+    device: str
+    page: str
+    hour: int
+    category: int
+    """the query's category from query understanding; -1 if unknown"""
+
+
+def _recency(now: float, last: F64) -> F64:
+    out: F64 = np.log1p(np.clip(now - last, 0.0, RECENCY_CAP_S))
+    return out
+
+
+def gather(
+    *,
+    rows: I64,
+    relevance: F64 | F32,
+    context: QueryContext,
+    catalog: Catalog,
+    stats: RollingStats,
+    priors: Priors,
+    now: float,
+    out: F32 | None = None,
+) -> F32:
+    """The ``(len(rows), FEATURE_SPEC.n_features)`` float32 matrix for one query's known candidates.
+
+    ``out`` may be a preallocated buffer with at least ``len(rows)`` rows; the returned matrix is a
+    view into it.
+    """
+    n = len(rows)
+    x = np.empty((n, FEATURE_SPEC.n_features), np.float32) if out is None else out[:n]
+    s = stats.view(rows, now=now)
+    m = priors.strength
+    m_clicks = m * priors.prior_ctr
+    x[:, 0] = relevance
+    x[:, 1] = (s.clicks + m * priors.prior_ctr) / (s.impressions + m)
+    x[:, 2] = (s.conversions + m_clicks * priors.prior_cvr) / (s.clicks + m_clicks)
+    x[:, 3] = np.log1p(s.impressions)
+    x[:, 4] = np.log1p(s.clicks)
+    x[:, 5] = _recency(now, s.last_impression_at)
+    x[:, 6] = _recency(now, s.last_click_at)
+    x[:, 7] = np.log(np.maximum(catalog.price[rows], 1e-6))
+    x[:, 8] = catalog.category[rows] == context.category
+    angle = 2.0 * math.pi * (context.hour % 24) / 24.0
+    x[:, 9] = math.sin(angle)
+    x[:, 10] = math.cos(angle)
+    base = 11
+    for i, d in enumerate(DEVICES):
+        x[:, base + i] = float(context.device == d)
+    base += len(DEVICES)
+    for i, p in enumerate(PAGES):
+        x[:, base + i] = float(context.page == p)
+    x[:, base + len(PAGES)] = np.log1p(s.spend)
+    return x

@@ -1,0 +1,57 @@
+"""Every Kafka topic the bidder reads or writes, declared once.
+
+Money is owned per shop: ``clicks`` are keyed by ``shop_id`` so one partition (one agent with
+``concurrency=1``) owns a shop's budget. ``listings`` and ``shops`` are compacted: the latest record
+per key is the catalog. ``auctions`` and ``labels`` keep a week so clicks and purchases can be joined
+and models retrained; ``dead-letters`` keeps a month for people to read.
+
+>>> TOPICS["clicks"].key
+'shop_id'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["ALL_TOPICS", "TOPICS", "TopicSpec", "topic_specs"]
+
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """One topic: ``partitions=None`` means the deployment's ``topic_partitions`` setting."""
+
+    name: str
+    key: str
+    """event field the record key holds"""
+    cleanup_policy: Literal["delete", "compact"]
+    retention_ms: int
+    """-1 keeps records forever (compacted topics)"""
+    partitions: int | None = None
+    doc: str = ""
+
+    def configs(self) -> dict[str, str]:
+        """Topic configs as the Kafka admin API takes them."""
+        return {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
+
+
+ALL_TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec("queries", "query_id", "delete", 1 * DAY_MS, doc="searches with ~600 candidates"),
+    TopicSpec("listings", "listing_id", "compact", -1, doc="catalog: price, category, shop"),
+    TopicSpec("shops", "shop_id", "compact", -1, doc="daily budget and target share"),
+    TopicSpec("clicks", "shop_id", "delete", 7 * DAY_MS, doc="ad clicks, charged once by click_id"),
+    TopicSpec("purchases", "user_id", "delete", 7 * DAY_MS, doc="orders, attributed to the last click"),
+    TopicSpec("auctions", "query_id", "delete", 7 * DAY_MS, doc="auction outcomes: 24 winners, prices"),
+    TopicSpec("labels", "impression_id", "delete", 30 * DAY_MS, doc="online training labels"),
+    TopicSpec("drift-alerts", "feature", "delete", 30 * DAY_MS, partitions=1, doc="feature drift episodes"),
+    TopicSpec("dead-letters", "source_topic", "delete", 30 * DAY_MS, partitions=1,
+              doc="rejected events with the reason and the original bytes"),
+)
+TOPICS: dict[str, TopicSpec] = {t.name: t for t in ALL_TOPICS}
+
+
+def topic_specs(*, default_partitions: int) -> list[tuple[TopicSpec, int]]:
+    """Each topic with its resolved partition count."""
+    return [(t, t.partitions or default_partitions) for t in ALL_TOPICS]

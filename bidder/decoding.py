@@ -59,6 +59,12 @@ REASONS: dict[str, str] = {
     "stale_timestamp": "the event time is too far in the past",
     "future_timestamp": "the event time is too far in the future",
     "unknown_topic": "no decoder for this topic",
+    "wrong_key": "the record key is not the event's key field",
+    "unknown_auction": "a click for a query the bidder has no auction outcome for",
+    "not_a_winner": "a click on a listing that did not win a slot in that auction",
+    "shop_mismatch": "a click names a different shop than the auction outcome",
+    "unattributed_purchase": "a purchase with no click by that buyer on that listing in the window",
+    "no_known_candidates": "none of the query's candidates is in the catalog",
 }
 
 

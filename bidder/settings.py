@@ -75,7 +75,8 @@ class Settings(BaseSettings):
     prior_ctr: float = Field(default=0.02, gt=0, lt=1)
     prior_cvr: float = Field(default=0.05, gt=0, lt=1)
     prior_strength: float = Field(default=50.0, gt=0, description="pseudo-impressions of the prior")
-    attribution_window_s: float = Field(default=600.0, gt=0)
+    attribution_window_s: float = Field(default=600.0, gt=0, description="purchase after click, at most")
+    click_window_s: float = Field(default=900.0, gt=0, description="click after auction, at most")
 
     # --- worker ------------------------------------------------------------------------------------
     app_id: str = "bidder"

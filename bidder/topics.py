@@ -1,7 +1,7 @@
 """Every Kafka topic the bidder reads or writes, declared once.
 
-Money is owned per shop: ``clicks`` are keyed by ``shop_id`` so one partition (one agent with
-``concurrency=1``) owns a shop's budget. ``listings`` and ``shops`` are compacted: the latest record
+Money is owned per shop: ``clicks`` and the ``billing`` ledger are keyed by ``shop_id`` and have the
+same partition count, so one partition (one agent with ``concurrency=1``) owns a shop's budget. ``listings`` and ``shops`` are compacted: the latest record
 per key is the catalog. ``auctions`` and ``labels`` keep a week so clicks and purchases can be joined
 and models retrained; ``dead-letters`` keeps a month for people to read.
 
@@ -44,7 +44,9 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("clicks", "shop_id", "delete", 7 * DAY_MS, doc="ad clicks, charged once by click_id"),
     TopicSpec("purchases", "user_id", "delete", 7 * DAY_MS, doc="orders, attributed to the last click"),
     TopicSpec("auctions", "query_id", "delete", 7 * DAY_MS, doc="auction outcomes: 24 winners, prices"),
-    TopicSpec("labels", "impression_id", "delete", 30 * DAY_MS, doc="online training labels"),
+    TopicSpec("billing", "shop_id", "delete", 30 * DAY_MS,
+              doc="the ledger: one line per click (charged / unbilled / duplicate)"),
+    TopicSpec("labels", "query_id", "delete", 30 * DAY_MS, doc="online training labels"),
     TopicSpec("drift-alerts", "feature", "delete", 30 * DAY_MS, partitions=1, doc="feature drift episodes"),
     TopicSpec("dead-letters", "source_topic", "delete", 30 * DAY_MS, partitions=1,
               doc="rejected events with the reason and the original bytes"),

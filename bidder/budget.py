@@ -1,0 +1,56 @@
+"""The streaming bidder's view of sellers' money: budgets from the catalog, spend from the ledger.
+
+Implements :class:`bidder.pipeline.BudgetView`. Remaining budget is today's (UTC) budget minus the
+ledger's spend today; the pacing multiplier follows :mod:`bidder.pacing`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+
+from bidder.billing import Ledger, day_of
+from bidder.catalog import Catalog
+from bidder.pacing import day_fraction, pacing_multiplier
+
+__all__ = ["LedgerBudget"]
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+
+class LedgerBudget:
+    """Remaining budget and pacing per shop row, read live from the ledger fold.
+
+    >>> cat = Catalog(); cat.upsert_shop(7, daily_budget=10.0, target_share=0.1)
+    >>> LedgerBudget(catalog=cat, ledger=Ledger(), clock=lambda: 0.0).remaining(np.array([0])).tolist()
+    [10.0]
+    """
+
+    def __init__(self, *, catalog: Catalog, ledger: Ledger, clock: Callable[[], float],
+                 gain: float = 2.0, floor: float = 0.25, ceiling: float = 1.5) -> None:
+        self.gain = gain
+        self.floor = floor
+        self.ceiling = ceiling
+        self._catalog = catalog
+        self._ledger = ledger
+        self._clock = clock
+
+    def spend(self, shop_rows: I64, now: float) -> F64:
+        day = day_of(now)
+        uniq, inv = np.unique(shop_rows, return_inverse=True)
+        ids = self._catalog.shop_ids[uniq].tolist()
+        spent = np.fromiter((self._ledger.spend(i, day) for i in ids), np.float64, len(ids))
+        out: F64 = spent[inv]
+        return out
+
+    def remaining(self, shop_rows: I64) -> F64:
+        out: F64 = self._catalog.daily_budget[shop_rows] - self.spend(shop_rows, self._clock())
+        return out
+
+    def pacing(self, shop_rows: I64, now: float) -> F64:
+        return pacing_multiplier(spend=self.spend(shop_rows, now), budget=self._catalog.daily_budget[shop_rows],
+                                 day_fraction=day_fraction(now), gain=self.gain, floor=self.floor,
+                                 ceiling=self.ceiling)

@@ -1,0 +1,166 @@
+"""The ``bidder`` command line (click). Each command is a thin shell over a library function."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bidder.settings import Settings
+
+__all__ = ["kafka_bootstrap", "main"]
+
+
+@contextlib.contextmanager
+def kafka_bootstrap(settings: Settings, *, override: str | None = None, create: bool = True) -> Iterator[str]:
+    """The cluster to use: ``override``, else ``BIDDER_KAFKA_BOOTSTRAP``, else a fresh embedded broker
+    (with the topics created when ``create``)."""
+    bootstrap = override or settings.kafka_bootstrap
+    if bootstrap:
+        yield bootstrap
+        return
+    from bidder.broker import embedded_broker
+    from streams.admin import create_topics
+
+    with embedded_broker(settings.broker_kind) as broker:
+        click.echo(f"embedded {broker.kind} broker at {broker.bootstrap}", err=True)
+        if create:
+            asyncio.run(create_topics(settings, bootstrap=broker.bootstrap))
+        yield broker.bootstrap
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """Streaming real-time ad bidder. Settings come from BIDDER_* environment variables."""
+    ctx.obj = Settings()
+
+
+@main.command()
+@click.option("--port", type=int, default=None, help="loopback port (default: a free one)")
+@click.option("--kind", type=click.Choice(["noida", "tansu"]), default=None, help="default: BIDDER_BROKER_KIND")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="noida data directory")
+@click.pass_obj
+def broker(settings: Settings, port: int | None, kind: str | None, data_dir: Path | None) -> None:
+    """Run an embedded Kafka-protocol broker until Ctrl-C / SIGTERM."""
+    from bidder.broker import EmbeddedBroker
+
+    b = EmbeddedBroker.start(kind or settings.broker_kind, port=port, data_dir=data_dir)  # type: ignore[arg-type]
+    click.echo(f"bootstrap: {b.bootstrap}")
+    click.echo(f"export BIDDER_KAFKA_BOOTSTRAP={b.bootstrap}")
+    sys.stdout.flush()
+    stop = {"now": False}
+
+    def _stop(*_: Any) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        while not stop["now"] and b.process.poll() is None:
+            signal.sigtimedwait([signal.SIGTERM, signal.SIGINT], 0.5)
+            if b.process.poll() is not None:
+                raise click.ClickException(f"broker exited with {b.process.returncode}; log: {b.log_path}")
+    finally:
+        b.stop()
+        click.echo("broker stopped")
+
+
+@main.group()
+def topics() -> None:
+    """Topic administration."""
+
+
+@topics.command("create")
+@click.option("--bootstrap", default=None, help="default: BIDDER_KAFKA_BOOTSTRAP")
+@click.pass_obj
+def topics_create(settings: Settings, bootstrap: str | None) -> None:
+    """Create every topic the bidder uses (idempotent)."""
+    from streams.admin import create_topics
+
+    target = bootstrap or settings.kafka_bootstrap
+    if not target:
+        raise click.UsageError("set BIDDER_KAFKA_BOOTSTRAP (or --bootstrap); `bidder broker` prints one")
+    for name, status in asyncio.run(create_topics(settings, bootstrap=target)).items():
+        click.echo(f"{name:14s} {status}")
+
+
+@main.command()
+@click.option("--rate", type=float, default=50.0, show_default=True, help="queries per second (open loop)")
+@click.option("--duration", type=float, default=10.0, show_default=True, help="seconds of traffic")
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--candidates", type=int, default=600, show_default=True)
+@click.option("--bootstrap", default=None, help="default: BIDDER_KAFKA_BOOTSTRAP, else an embedded broker")
+@click.option("--drain", type=float, default=5.0, show_default=True, help="seconds to wait for outcomes")
+@click.pass_obj
+def simulate(settings: Settings, rate: float, duration: float, seed: int, candidates: int,
+             bootstrap: str | None, drain: float) -> None:
+    """Run the marketplace simulator: catalog, queries, clicks and purchases."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from streams.simulate import run_simulation
+
+    console = Console()
+    with kafka_bootstrap(settings, override=bootstrap) as target, console.status("simulating") as status:
+        def tick(r: Any) -> None:
+            status.update(f"{r.elapsed_s:5.1f}s  queries {r.sent.get('queries', 0)}  outcomes {r.outcomes}"
+                          f"  clicks {r.sent.get('clicks', 0)}")
+
+        report = asyncio.run(run_simulation(settings, bootstrap=target, rate=rate, duration_s=duration,
+                                            seed=seed, n_candidates=candidates, drain_s=drain, on_tick=tick))
+    table = Table(title=f"simulator, seed {seed}, {rate:g} q/s for {duration:g} s")
+    table.add_column("event")
+    table.add_column("sent", justify="right")
+    for k, v in sorted(report.sent.items()):
+        table.add_row(k, str(v))
+    table.add_row("outcomes received", str(report.outcomes))
+    table.add_row("send errors", str(report.send_errors))
+    console.print(table)
+
+
+@main.command()
+@click.argument("file", type=click.File("rb"))
+@click.option("--topic", required=True, help="topic to write every line to")
+@click.option("--bootstrap", default=None, help="default: BIDDER_KAFKA_BOOTSTRAP")
+@click.pass_obj
+def produce(settings: Settings, file: Any, topic: str, bootstrap: str | None) -> None:
+    """Publish each line of a JSONL file to a topic, as is (invalid lines too: the worker dead-letters them)."""
+    from streams.produce import produce_lines
+
+    target = bootstrap or settings.kafka_bootstrap
+    if not target:
+        raise click.UsageError("set BIDDER_KAFKA_BOOTSTRAP (or --bootstrap)")
+    n = asyncio.run(produce_lines(settings, bootstrap=target, topic=topic, lines=file.read().splitlines()))
+    click.echo(f"produced {n} records to {topic}")
+
+
+@main.command()
+@click.pass_obj
+def worker(settings: Settings) -> None:
+    """Run one bidder worker (production entry point; needs BIDDER_KAFKA_BOOTSTRAP)."""
+    from streams.worker import run_worker
+
+    if not settings.kafka_bootstrap:
+        raise click.UsageError("set BIDDER_KAFKA_BOOTSTRAP; `bidder demo` runs everything on an embedded broker")
+    run_worker(settings)
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks."""
+
+
+@bench.command("kernel", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def bench_kernel(ctx: click.Context) -> None:
+    """Hot-path kernel benchmark (options: see `bidder bench kernel -- --help`)."""
+    from bidder.bench_kernel import main as kernel_main
+
+    ctx.exit(kernel_main(list(ctx.args)))

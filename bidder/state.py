@@ -1,0 +1,134 @@
+"""What every worker knows: the fold of the replicated topics.
+
+Each worker reads ``listings``, ``shops``, ``auctions``, ``billing`` and ``labels`` from every
+partition (not as a group member) and folds them here, so a query on any worker sees every listing's
+rolling features and every shop's spend, and a restart rebuilds all of it from the topics.
+
+Folding is idempotent where topics can repeat themselves (a redelivered query yields a second
+outcome with the same ``query_id``; a redelivered click a ``duplicate`` ledger line; a redelivered
+purchase a second update with the same ``order_id``): repeats change nothing.
+
+The billing agent of a partition applies its own ledger lines as soon as the broker acknowledges
+them (``apply_own_ledger``), so the next click on that shop sees them without waiting for the
+replica; the replica then skips lines below ``ledger_applied[partition]``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from typing import Any
+
+import numpy as np
+import orjson
+
+from bidder.attribution import ClickIndex
+from bidder.auction_log import AuctionLog
+from bidder.billing import Ledger, LedgerEntry
+from bidder.catalog import Catalog
+from bidder.decoding import Limits, Rejection, decode
+from bidder.events import Listing, Shop
+from bidder.rolling import RollingStats
+
+__all__ = ["REPLICATED_TOPICS", "BidderState"]
+
+REPLICATED_TOPICS: tuple[str, ...] = ("listings", "shops", "auctions", "billing", "labels")
+
+
+class BidderState:
+    """Catalog, rolling stats, ledger, recent auctions and clicks: one worker's view of the world."""
+
+    def __init__(
+        self,
+        *,
+        half_life_s: float,
+        click_window_s: float,
+        attribution_window_s: float,
+        limits: Limits,
+    ) -> None:
+        self.limits = limits
+        self.catalog = Catalog()
+        self.stats = RollingStats(half_life_s=half_life_s)
+        self.ledger = Ledger()
+        self.auctions = AuctionLog(window_s=click_window_s)
+        self.clicks = ClickIndex(window_s=attribution_window_s)
+        self.ledger_applied: dict[int, int] = {}
+        self._orders: OrderedDict[str, None] = OrderedDict()
+        self.counts: Counter[str] = Counter()
+
+    # -- folding -----------------------------------------------------------------------------------
+    def apply(self, topic: str, partition: int, offset: int, value: bytes | None, *, now: float) -> None:
+        """Fold one record of a replicated topic. Invalid records are counted, never raised."""
+        try:
+            if topic in ("listings", "shops"):
+                self._apply_catalog(topic, value, now)
+            elif topic == "auctions":
+                self._apply_outcome(orjson.loads(value or b"null"))
+            elif topic == "billing":
+                if offset >= self.ledger_applied.get(partition, 0):
+                    self._apply_ledger(LedgerEntry.from_dict(orjson.loads(value or b"null")))
+                    self.ledger_applied[partition] = offset + 1
+            elif topic == "labels":
+                self._apply_label(orjson.loads(value or b"null"))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            self.counts[f"{topic}_unreadable"] += 1
+
+    def _apply_catalog(self, topic: str, value: bytes | None, now: float) -> None:
+        # catalog records may be old (compacted topics keep them forever): no age limit here
+        ev = decode(topic, value, now=now, limits=Limits(self.limits.max_bytes, self.limits.max_candidates,
+                                                         float("inf"), self.limits.max_future_s))
+        if isinstance(ev, Rejection):
+            self.counts[f"{topic}_rejected"] += 1
+        elif isinstance(ev, Listing):
+            if ev.active:
+                self.catalog.upsert_listing(ev.listing_id, shop_id=ev.shop_id, price=ev.price,
+                                            category=ev.category)
+            else:
+                self.catalog.remove_listing(ev.listing_id)
+            self.counts["listings"] += 1
+        elif isinstance(ev, Shop):
+            self.catalog.upsert_shop(ev.shop_id, daily_budget=ev.daily_budget, target_share=ev.target_share)
+            self.counts["shops"] += 1
+
+    def _apply_outcome(self, outcome: dict[str, Any]) -> None:
+        if not self.auctions.add(outcome):
+            self.counts["auctions_repeated"] += 1
+            return
+        self.counts["auctions"] += 1
+        ids = np.fromiter((int(w["listing_id"]) for w in outcome["winners"]), np.int64)
+        rows, known = self.catalog.rows(ids)
+        self.stats.record(rows[known], kind="impressions", now=float(outcome["ts"]))
+
+    def _apply_ledger(self, entry: LedgerEntry) -> None:
+        if not self.ledger.apply(entry):
+            return
+        row = self.catalog.listing_row(entry.listing_id)
+        if row is not None:
+            self.stats.record(np.array([row]), kind="clicks", now=entry.ts)
+            if entry.amount > 0:
+                self.stats.record(np.array([row]), kind="spend", now=entry.ts, amount=entry.amount)
+        self.clicks.add(user_id=entry.user_id, listing_id=entry.listing_id, ts=entry.ts,
+                        click_id=entry.click_id, query_id=entry.query_id, slot=entry.slot)
+
+    def _apply_label(self, label: dict[str, Any]) -> None:
+        if label.get("type") != "label_update" or not label.get("converted"):
+            return
+        order = str(label["order_id"])
+        if order in self._orders:
+            self.counts["conversions_repeated"] += 1
+            return
+        self._orders[order] = None
+        while len(self._orders) > 1_000_000:
+            self._orders.popitem(last=False)
+        self.counts["conversions"] += 1
+        row = self.catalog.listing_row(int(label["listing_id"]))
+        if row is not None:
+            self.stats.record(np.array([row]), kind="conversions", now=float(label["ts"]))
+
+    def apply_own_ledger(self, entry: LedgerEntry, *, partition: int, offset: int) -> None:
+        """The billing agent's own acknowledged write (offset from the broker's ack)."""
+        if offset >= self.ledger_applied.get(partition, 0):
+            self._apply_ledger(entry)
+            self.ledger_applied[partition] = offset + 1
+
+    def order_attributed(self, order_id: str) -> bool:
+        return order_id in self._orders

@@ -1,0 +1,203 @@
+"""Logged simulator traffic: the training data of the CTR and CVR models, produced offline.
+
+Until the streaming loop logs real labels, ``simulate`` runs the seeded :class:`bidder.market.World`
+under a simple bidding policy and records what the bidder would have logged:
+
+* every query draws 600 candidates; features are gathered exactly as served
+  (:func:`bidder.features.gather` over a :class:`bidder.catalog.Catalog` and the live
+  :class:`bidder.rolling.RollingStats`), so rolling CTR/CVR, counts and recency look as they will in
+  production;
+* policy: pCTR = the smoothed rolling CTR feature, pCVR = the smoothed rolling CVR feature, bids from
+  :func:`bidder.autobid.bids` (pacing 1, shops stop bidding when today's budget is spent), winners
+  from the real GSP auction :func:`bidder.auction.run_auction` (budgets scaled by ``budget_scale`` so
+  auctions stay full all day);
+* each of the 24 winners is an impression; it is clicked with probability
+  ``base_ctr * position_bias(slot)`` and a click converts with the world's true CVR, after an
+  exponential delay. Impressions, clicks, spend and conversions flow back into the rolling stats at
+  their event times;
+* the first ``n_warmup`` queries only warm the stats up; after that each impression is one logged row
+  with its served features, labels and the true probabilities (the oracle) beside them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from bidder.auction import run_auction
+from bidder.autobid import bids as auto_bids
+from bidder.catalog import Catalog
+from bidder.features import FEATURE_SPEC, Priors, QueryContext, gather
+from bidder.market import World, WorldConfig, position_bias
+from bidder.rolling import RollingStats
+
+__all__ = ["SimConfig", "TrafficLog", "build_catalog", "simulate"]
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """How much traffic to simulate; defaults are what the committed models were trained on."""
+
+    world_seed: int = 7
+    n_warmup: int = 6_000
+    """queries that only warm up the rolling stats"""
+    n_log: int = 40_000
+    """queries whose impressions are logged"""
+    rate_qps: float = 1.0
+    """mean query arrival rate (Poisson); 1/s spreads the log over most of a day"""
+    start_ts: float = 1_767_225_600.0
+    """2026-01-01T00:00:00Z"""
+    n_candidates: int = 600
+    slots: int = 24
+    half_life_s: float = 3600.0
+    prior_ctr: float = 0.02
+    prior_cvr: float = 0.05
+    prior_strength: float = 50.0
+    reserve_price: float = 0.05
+    min_bid: float = 0.02
+    max_bid: float = 3.0
+    budget_scale: float = 10.0
+    """shops' daily budgets are multiplied by this in the logging run: at 1 query/s the real budgets
+    run out after about four hours, and a log of full auctions around the clock trains better models"""
+    world: WorldConfig = WorldConfig()
+
+    @classmethod
+    def small(cls) -> SimConfig:
+        """A few seconds of traffic on a small world (tests)."""
+        return cls(
+            n_warmup=300,
+            n_log=1_500,
+            rate_qps=0.2,
+            n_candidates=200,
+            world=WorldConfig(n_shops=40, n_listings=3_000, n_users=2_000),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficLog:
+    """One row per logged impression, in time order."""
+
+    x: F32
+    """``(n, d)`` features as served"""
+    clicked: npt.NDArray[np.int8]
+    purchased: npt.NDArray[np.int8]
+    """1 if the impression was clicked and the click converted"""
+    p_click: F64
+    """true click probability of the impression (base CTR x position bias)"""
+    p_buy: F64
+    """true purchase probability given a click"""
+    slot: I64
+    ts: F64
+
+    @property
+    def n(self) -> int:
+        return len(self.clicked)
+
+    def data_hash(self) -> str:
+        h = hashlib.sha256()
+        for a in (self.x, self.clicked, self.purchased, self.ts):
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()
+
+
+def build_catalog(world: World) -> Catalog:
+    """A catalog holding every shop and listing of the world (catalog row == world row)."""
+    cat = Catalog(capacity=len(world.listing_ids))
+    for s in range(len(world.shop_ids)):
+        cat.upsert_shop(
+            int(world.shop_ids[s]),
+            daily_budget=float(world.shop_budget[s]),
+            target_share=float(world.shop_target_share[s]),
+        )
+    for r in range(len(world.listing_ids)):
+        cat.upsert_listing(
+            int(world.listing_ids[r]),
+            shop_id=int(world.shop_ids[world.listing_shop[r]]),
+            price=float(world.listing_price[r]),
+            category=int(world.listing_category[r]),
+        )
+    return cat
+
+
+def simulate(cfg: SimConfig, *, seed: int) -> TrafficLog:
+    """Run the world offline under the prior-based policy; see the module docstring."""
+    world = World.generate(cfg.world, seed=cfg.world_seed)
+    catalog = build_catalog(world)
+    stats = RollingStats(half_life_s=cfg.half_life_s, capacity=len(world.listing_ids))
+    priors = Priors(prior_ctr=cfg.prior_ctr, prior_cvr=cfg.prior_cvr, strength=cfg.prior_strength)
+    rng = np.random.default_rng(seed)
+    bias = position_bias(range(cfg.slots))
+    buf = np.empty((cfg.n_candidates, FEATURE_SPEC.n_features), np.float32)
+    spent = np.zeros(len(world.shop_ids), np.float64)
+    budget = catalog.daily_budget[: catalog.n_shops] * cfg.budget_scale
+    day = -1
+    pending: list[tuple[float, int]] = []  # (purchase time, listing row)
+    xs: list[F32] = []
+    cols: dict[str, list[npt.NDArray[np.generic]]] = {k: [] for k in ("c", "b", "pc", "pb", "s", "t")}
+    now = cfg.start_ts
+    for i in range(cfg.n_warmup + cfg.n_log):
+        now += float(rng.exponential(1.0 / cfg.rate_qps))
+        if int(now // 86_400) != day:  # budgets reset at midnight UTC
+            day = int(now // 86_400)
+            spent[:] = 0.0
+        while pending and pending[0][0] <= now:
+            t, r = heapq.heappop(pending)
+            stats.record(np.array([r], np.int64), kind="conversions", now=t)
+        q = world.draw_query(rng, now=now, n_candidates=cfg.n_candidates)
+        rows = world.listing_rows(q.listing_ids)
+        ctx = QueryContext(device=q.device, page=q.page, hour=q.hour, category=q.category)
+        x = gather(
+            rows=rows, relevance=q.relevance, context=ctx, catalog=catalog, stats=stats, priors=priors,
+            now=now, out=buf,
+        )
+        shop = catalog.shop_row[rows]
+        b = auto_bids(
+            pcvr=x[:, 2],
+            price=catalog.price[rows],
+            target_share=catalog.target_share[shop],
+            pacing=np.ones(len(rows)),
+            remaining_budget=budget[shop] - spent[shop],
+            min_bid=cfg.min_bid,
+            max_bid=cfg.max_bid,
+        )
+        res = run_auction(bids=b, pctr=x[:, 1], reserve_price=cfg.reserve_price, slots=cfg.slots, rng=rng)
+        w = res.winners
+        k = len(w)
+        p_click = q.base_ctr[w] * bias[:k]
+        clicked = rng.random(k) < p_click
+        bought = clicked & (rng.random(k) < q.cvr[w])
+        stats.record(rows[w], kind="impressions", now=now)
+        if clicked.any():
+            crow = rows[w[clicked]]
+            stats.record(crow, kind="clicks", now=now)
+            cshop = shop[w[clicked]]
+            charge = np.minimum(res.prices[clicked], np.maximum(budget[cshop] - spent[cshop], 0.0))
+            np.add.at(spent, cshop, charge)
+            stats.record(crow, kind="spend", now=now, amount=charge)
+            for r in rows[w[bought]].tolist():
+                heapq.heappush(pending, (now + float(rng.exponential(cfg.world.purchase_delay_mean_s)), r))
+        if i >= cfg.n_warmup:
+            xs.append(x[w].copy())
+            cols["c"].append(clicked.astype(np.int8))
+            cols["b"].append(bought.astype(np.int8))
+            cols["pc"].append(p_click)
+            cols["pb"].append(q.cvr[w])
+            cols["s"].append(np.arange(k, dtype=np.int64))
+            cols["t"].append(np.full(k, now))
+    return TrafficLog(
+        x=np.concatenate(xs).astype(np.float32),
+        clicked=np.concatenate(cols["c"]).astype(np.int8),
+        purchased=np.concatenate(cols["b"]).astype(np.int8),
+        p_click=np.concatenate(cols["pc"]).astype(np.float64),
+        p_buy=np.concatenate(cols["pb"]).astype(np.float64),
+        slot=np.concatenate(cols["s"]).astype(np.int64),
+        ts=np.concatenate(cols["t"]).astype(np.float64),
+    )

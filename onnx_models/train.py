@@ -1,0 +1,343 @@
+"""Train the default CTR and CVR models of every family on simulated traffic and export them to ONNX.
+
+    python -m onnx_models.train --family all --seed 7        # regenerates the committed models
+
+Targets: ``ctr`` = P(click | impression), trained on every logged impression; ``cvr`` =
+P(purchase | click), trained on clicked impressions only (the bid values a click). The log is split by
+time: the first 80 % trains, the last 20 % measures AUC/logloss, beside the oracle's (the world's true
+probabilities on the same rows), which is the best any model could reach.
+
+Families, all exported to the same contract (``features`` (n, d) float32 -> ``p`` (n,) float32, see
+``onnx_models/export.py``):
+
+* ``lr``: standardised logistic regression (scikit-learn);
+* ``gbdt``: LightGBM, 100 trees of depth <= 6;
+* ``mlp``: wide-and-deep network (PyTorch): standardise, deep 256-128-64 ReLU tower plus a linear wide
+  part, summed into one logit.
+
+Each model is written as ``<family>_<target>.onnx`` with its ``.json`` sidecar
+(:class:`bidder.model_meta.ModelMeta`: spec, training window and data hash, offline metrics, reference
+profiles, golden rows). The same seed on the same machine gives the same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+import onnxruntime as ort
+
+from bidder.features import FEATURE_SPEC
+from bidder.model_meta import ModelMeta
+from bidder.profile import FeatureProfile, profile_matrix
+from onnx_models.export import INPUT_NAME, OUTPUT_NAME, mlp_graph, narrow_to_positive_class
+from onnx_models.traffic import SimConfig, TrafficLog, simulate
+
+__all__ = ["Fitted", "TrainConfig", "fit", "main", "run", "split_log"]
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+FAMILIES = ("lr", "gbdt", "mlp")
+TARGETS = ("ctr", "cvr")
+MODEL_DIR = Path(__file__).resolve().parent
+GOLDEN_ROWS = 16
+GOLDEN_ATOL = 1e-4
+"""load-time tolerance: exported output vs the output stored at training (covers CPU vs CUDA kernels)"""
+
+
+@dataclass(frozen=True, slots=True)
+class TrainConfig:
+    sim: SimConfig = SimConfig()
+    mlp_hidden: tuple[int, ...] = (256, 128, 64)
+    mlp_steps: dict[str, int] | None = None
+    """Adam steps of 1024 rows per target (a fixed step count, not epochs: the CVR set is small)"""
+    gbdt_trees: int = 100
+    gbdt_depth: int = 6
+
+    def steps(self, target: str) -> int:
+        return (self.mlp_steps or {"ctr": 3000, "cvr": 1500})[target]
+
+    @classmethod
+    def small(cls) -> TrainConfig:
+        return cls(sim=SimConfig.small(), mlp_hidden=(32, 16), mlp_steps={"ctr": 150, "cvr": 100}, gbdt_trees=20)
+
+
+@dataclass(frozen=True, slots=True)
+class Fitted:
+    """An exported model and the training framework's own predict function (for parity)."""
+
+    onnx_model: onnx.ModelProto
+    predict: Callable[[F32], F64]
+
+
+def split_log(log: TrafficLog, target: str, train_frac: float = 0.8) -> tuple[F32, F64, F32, F64, F64]:
+    """``(x_train, y_train, x_test, y_test, oracle_test)`` for a target, split by time."""
+    if target == "ctr":
+        x, y, oracle = log.x, log.clicked.astype(np.float64), log.p_click
+    else:
+        m = log.clicked.astype(bool)
+        x, y, oracle = log.x[m], log.purchased[m].astype(np.float64), log.p_buy[m]
+    cut = int(len(y) * train_frac)
+    return x[:cut], y[:cut], x[cut:], y[cut:], oracle[cut:]
+
+
+def _fit_lr(x: F32, y: F64, seed: int, cfg: TrainConfig) -> Fitted:
+    from skl2onnx import convert_sklearn  # noqa: PLC0415
+    from skl2onnx.common.data_types import FloatTensorType  # noqa: PLC0415
+    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
+    from sklearn.pipeline import make_pipeline  # noqa: PLC0415
+    from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
+
+    clf = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
+    pipe = make_pipeline(StandardScaler(), clf).fit(x, y)
+    model = convert_sklearn(
+        pipe,
+        initial_types=[(INPUT_NAME, FloatTensorType([None, x.shape[1]]))],
+        options={id(clf): {"zipmap": False}},
+        target_opset={"": 17, "ai.onnx.ml": 3},
+    )
+    model = narrow_to_positive_class(model, "probabilities")
+    return Fitted(model, lambda a: np.asarray(pipe.predict_proba(a)[:, 1], np.float64))
+
+
+def _fit_gbdt(x: F32, y: F64, seed: int, cfg: TrainConfig) -> Fitted:
+    import lightgbm as lgb  # noqa: PLC0415
+    from onnxmltools import convert_lightgbm  # noqa: PLC0415
+    from onnxmltools.convert.common.data_types import FloatTensorType  # noqa: PLC0415
+
+    clf = lgb.LGBMClassifier(
+        n_estimators=cfg.gbdt_trees,
+        max_depth=cfg.gbdt_depth,
+        num_leaves=2 ** (cfg.gbdt_depth - 1),
+        learning_rate=0.08,
+        min_child_samples=50,
+        subsample=0.8,
+        subsample_freq=1,
+        colsample_bytree=0.9,
+        random_state=seed,
+        deterministic=True,
+        force_row_wise=True,
+        n_jobs=2,
+        verbose=-1,
+    ).fit(x, y)
+    model = convert_lightgbm(
+        clf,
+        initial_types=[(INPUT_NAME, FloatTensorType([None, x.shape[1]]))],
+        zipmap=False,
+        target_opset=15,  # the newest onnxmltools 1.16 converts to
+    )
+    model = narrow_to_positive_class(model, "probabilities")
+    return Fitted(model, lambda a: np.asarray(clf.predict_proba(a)[:, 1], np.float64))
+
+
+def _fit_mlp(x: F32, y: F64, seed: int, cfg: TrainConfig, target: str) -> Fitted:
+    import torch  # noqa: PLC0415
+    from torch import nn  # noqa: PLC0415
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(2)
+    mu = x.mean(0).astype(np.float32)
+    inv_std = (1.0 / np.maximum(x.std(0), 1e-3)).astype(np.float32)
+
+    class WideDeep(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("mu", torch.from_numpy(mu))
+            self.register_buffer("inv_std", torch.from_numpy(inv_std))
+            dims = (x.shape[1], *cfg.mlp_hidden)
+            self.deep = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+            self.head = nn.Linear(dims[-1], 1)
+            self.wide = nn.Linear(x.shape[1], 1)
+
+        def logit(self, a: torch.Tensor) -> torch.Tensor:
+            z = (a - self.mu) * self.inv_std
+            h = z
+            for layer in self.deep:
+                h = torch.relu(layer(h))
+            return (self.head(h) + self.wide(z)).reshape(-1)
+
+    net = WideDeep()
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3, weight_decay=1e-6)
+    loss_fn = nn.BCEWithLogitsLoss()
+    xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.float32))
+    gen = torch.Generator().manual_seed(seed)
+    batch = min(1024, len(yt))
+    steps = cfg.steps(target)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+    net.train()
+    perm, pos = torch.randperm(len(yt), generator=gen), 0
+    for _ in range(steps):
+        if pos + batch > len(yt):
+            perm, pos = torch.randperm(len(yt), generator=gen), 0
+        idx = perm[pos : pos + batch]
+        pos += batch
+        opt.zero_grad()
+        loss = loss_fn(net.logit(xt[idx]), yt[idx])
+        loss.backward()
+        opt.step()
+        sched.step()
+    net.eval()
+
+    def as_np(t: torch.Tensor) -> F32:
+        return np.asarray(t.detach().numpy(), np.float32)
+
+    model = mlp_graph(
+        mu=mu,
+        inv_std=inv_std,
+        layers=[(as_np(layer.weight), as_np(layer.bias)) for layer in net.deep],
+        head=(as_np(net.head.weight), as_np(net.head.bias)),
+        wide=(as_np(net.wide.weight), as_np(net.wide.bias)),
+        name=f"mlp_{target}",
+    )
+
+    def predict(a: F32) -> F64:
+        with torch.no_grad():
+            return np.asarray(torch.sigmoid(net.logit(torch.from_numpy(np.ascontiguousarray(a)))), np.float64)
+
+    return Fitted(model, predict)
+
+
+def fit(family: str, target: str, x: F32, y: F64, *, seed: int, cfg: TrainConfig) -> Fitted:
+    """Train one model and export it."""
+    if family == "lr":
+        return _fit_lr(x, y, seed, cfg)
+    if family == "gbdt":
+        return _fit_gbdt(x, y, seed, cfg)
+    if family == "mlp":
+        return _fit_mlp(x, y, seed, cfg, target)
+    raise ValueError(f"unknown family {family!r}")
+
+
+def _ort_predict(blob: bytes, x: F32) -> F32:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(blob, sess_options=so, providers=["CPUExecutionProvider"])
+    out: F32 = sess.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x, np.float32)})[0]
+    return out.reshape(-1)
+
+
+def _metrics(y: F64, p: npt.ArrayLike) -> dict[str, float]:
+    from sklearn.metrics import log_loss, roc_auc_score  # noqa: PLC0415
+
+    q = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
+    return {
+        "auc": round(float(roc_auc_score(y, q)), 5),
+        "logloss": round(float(log_loss(y, q, labels=[0, 1])), 5),
+        "mean_p": round(float(q.mean()), 5),
+    }
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def train_one(
+    family: str, target: str, log: TrafficLog, *, seed: int, cfg: TrainConfig, out_dir: Path
+) -> tuple[ModelMeta, Fitted]:
+    """Train, export, evaluate and write ``<family>_<target>.onnx`` + ``.json``."""
+    x_tr, y_tr, x_te, y_te, oracle_te = split_log(log, target)
+    t0 = time.perf_counter()
+    fitted = fit(family, target, x_tr, y_tr, seed=seed, cfg=cfg)
+    fit_s = time.perf_counter() - t0
+    blob = fitted.onnx_model.SerializeToString()
+    sha = hashlib.sha256(blob).hexdigest()
+    p_tr = _ort_predict(blob, x_tr)
+    p_te = _ort_predict(blob, x_te)
+    golden_idx = np.linspace(0, len(y_te) - 1, GOLDEN_ROWS).astype(np.int64)
+    ts = log.ts if target == "ctr" else log.ts[log.clicked.astype(bool)]
+    cut = len(y_tr)
+    data_hash = hashlib.sha256(np.ascontiguousarray(x_tr).tobytes() + y_tr.tobytes()).hexdigest()
+    name = f"{family}_{target}"
+    meta = ModelMeta(
+        name=name,
+        version=f"{family}-{target}-{sha[:12]}",
+        family=family,  # type: ignore[arg-type]
+        target=target,  # type: ignore[arg-type]
+        feature_spec=FEATURE_SPEC,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        onnx_sha256=sha,
+        training={
+            "rows": "impressions" if target == "ctr" else "clicked impressions",
+            "label": "clicked" if target == "ctr" else "purchased after the click",
+            "window_start": _iso(float(ts[0])),
+            "window_end": _iso(float(ts[cut - 1])),
+            "test_window_end": _iso(float(ts[-1])),
+            "n_train": int(len(y_tr)),
+            "n_test": int(len(y_te)),
+            "positives_train": int(y_tr.sum()),
+            "data_sha256": data_hash,
+            "seed": seed,
+            "fit_seconds": round(fit_s, 2),
+            "simulator": {
+                "world_seed": cfg.sim.world_seed,
+                "n_warmup_queries": cfg.sim.n_warmup,
+                "n_logged_queries": cfg.sim.n_log,
+                "rate_qps": cfg.sim.rate_qps,
+                "n_candidates": cfg.sim.n_candidates,
+                "policy": "pCTR = ctr_smoothed, pCVR = cvr_smoothed, autobid + GSP auction",
+            },
+        },
+        metrics={
+            "test": _metrics(y_te, p_te),
+            "oracle_test": _metrics(y_te, oracle_te),
+            "train": _metrics(y_tr, p_tr),
+            "label_rate_test": round(float(y_te.mean()), 5),
+        },
+        reference=tuple(p.to_dict() for p in profile_matrix(x_tr, FEATURE_SPEC.names)),
+        prediction_reference=FeatureProfile.from_values(f"p{target}", p_tr).to_dict(),
+        golden_inputs=tuple(tuple(float(v) for v in r) for r in x_te[golden_idx]),
+        golden_outputs=tuple(float(v) for v in p_te[golden_idx]),
+        golden_atol=GOLDEN_ATOL,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.onnx").write_bytes(blob)
+    meta.save(out_dir / f"{name}.json")
+    return meta, fitted
+
+
+def run(
+    families: tuple[str, ...], *, seed: int, cfg: TrainConfig, out_dir: Path
+) -> dict[str, tuple[ModelMeta, Fitted]]:
+    log = simulate(cfg.sim, seed=seed)
+    return {
+        f"{fam}_{tgt}": train_one(fam, tgt, log, seed=seed, cfg=cfg, out_dir=out_dir)
+        for fam in families
+        for tgt in TARGETS
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m onnx_models.train", description=__doc__.split("\n")[0])
+    ap.add_argument("--family", choices=[*FAMILIES, "all"], default="all")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--out", type=Path, default=MODEL_DIR)
+    ap.add_argument("--small", action="store_true", help="tiny world and log (smoke test)")
+    args = ap.parse_args(argv)
+    cfg = TrainConfig.small() if args.small else TrainConfig()
+    families = FAMILIES if args.family == "all" else (args.family,)
+    t0 = time.perf_counter()
+    results = run(families, seed=args.seed, cfg=cfg, out_dir=args.out)
+    print(f"{'model':10s} {'auc':>8s} {'oracle':>8s} {'logloss':>8s} {'oracle':>8s} {'n_train':>9s}  version")
+    for name, (meta, _) in results.items():
+        m: dict[str, Any] = meta.metrics
+        print(
+            f"{name:10s} {m['test']['auc']:8.4f} {m['oracle_test']['auc']:8.4f} {m['test']['logloss']:8.4f} "
+            f"{m['oracle_test']['logloss']:8.4f} {meta.training['n_train']:9d}  {meta.version}"
+        )
+    print(f"done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

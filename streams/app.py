@@ -1,0 +1,322 @@
+"""The Faust app: thin agents that decode, batch, call the pure core and send.
+
+=================  =============  ==========================================================  ===========
+agent              topic in       does                                                         out
+=================  =============  ==========================================================  ===========
+``bid``            queries        take(batch_max, within) -> decode -> BidPipeline.process    auctions
+``bill``           clicks         charge once by click_id, clamp to budget (concurrency=1)     billing, labels
+``attribute``      purchases      last click by buyer on listing within the window             labels
+``label``          auctions       impressions -> provisional negative examples                 labels
+``check_catalog``  listings/shops validate (the replica folds them into the catalog)           dead-letters
+=================  =============  ==========================================================  ===========
+
+Every rejected record goes to ``dead-letters`` and its delivery is awaited before the agent moves on,
+so its offset is never committed first. Outputs are sent with ``force=True`` (immediately, not held
+until the source event is acked) and their deliveries awaited at the end of each batch.
+Effects are idempotent (click ids, order ids, query ids) because Faust reprocesses up to one commit
+interval after every rebalance (faust-streaming #502).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import faust
+import mode
+import numpy as np
+import orjson
+
+from bidder.attribution import label_update, provisional_labels
+from bidder.budget import LedgerBudget
+from bidder.decoding import Limits, Rejection, decode
+from bidder.events import Click, Purchase, Query, encode
+from bidder.features import Priors
+from bidder.kafka_config import faust_app_kwargs
+from bidder.pipeline import BidPipeline
+from bidder.scoring import Models, load_models
+from bidder.settings import Settings
+from bidder.state import BidderState
+from bidder.topics import ALL_TOPICS
+from streams.deadletter import dead_letter_record
+from streams.replicator import Replicator
+
+__all__ = ["Runtime", "build_app", "use_fetch_max_wait"]
+
+log = logging.getLogger(__name__)
+
+_KEY_FIELD = {"queries": "query_id", "clicks": "shop_id", "purchases": "user_id", "listings": "listing_id",
+              "shops": "shop_id"}
+
+
+def use_fetch_max_wait(ms: int) -> None:
+    """faust-streaming 0.15.3 hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer
+    (``AIOKafkaConsumerThread._create_worker_consumer``), which put a ~390 ms median on every hop
+    through a polling broker. Wrap it so the consumer uses our setting before it starts."""
+    from faust.transport.drivers import aiokafka as driver
+
+    original = getattr(driver.AIOKafkaConsumerThread, "_bidder_original_create", None)
+    if original is None:
+        original = driver.AIOKafkaConsumerThread._create_worker_consumer
+        driver.AIOKafkaConsumerThread._bidder_original_create = original
+
+    def create(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = ms
+        return consumer
+
+    driver.AIOKafkaConsumerThread._create_worker_consumer = create
+
+
+@dataclass
+class Runtime:
+    """What the agents share in one worker process."""
+
+    settings: Settings
+    state: BidderState
+    replica: Replicator
+    models: Models
+    pipeline: BidPipeline
+    limits: Limits
+    topics: dict[str, faust.TopicT]
+    clock: Callable[[], float] = time.time
+    counts: Counter[str] = field(default_factory=Counter)
+    billing_ready: set[int] = field(default_factory=set)
+
+    # -- helpers -------------------------------------------------------------------------------------
+    async def send(self, topic: str, key: bytes | None, value: bytes, *, partition: int | None = None) -> Any:
+        """Queue a record now (not attached to the current event); returns its delivery future."""
+        return await self.topics[topic].send(key=key, value=value, partition=partition, force=True)
+
+    async def dead_letter(self, message: Any, rejection: Rejection) -> None:
+        fut = await self.send("dead-letters", message.topic.encode(), dead_letter_record(
+            rejection, topic=message.topic, partition=message.partition, offset=message.offset,
+            key=message.key, value=message.value, ts=self.clock()))
+        await fut
+        self.counts[f"dead_letter:{rejection.reason}"] += 1
+        log.warning("dead-lettered %s[%d]@%d: %s (%s)", message.topic, message.partition, message.offset,
+                    rejection.reason, rejection.detail)
+
+    def decode(self, message: Any, now: float) -> Any:
+        ev = decode(message.topic, message.value, now=now, limits=self.limits)
+        if isinstance(ev, Rejection):
+            return ev
+        want = str(getattr(ev, _KEY_FIELD[message.topic]))
+        if message.key is None or message.key != want.encode():
+            got = None if message.key is None else message.key[:64]
+            return Rejection("wrong_key", f"record key {got!r}, expected {want!r}")
+        return ev
+
+    # -- queries -> auctions -----------------------------------------------------------------------
+    async def handle_queries(self, events: Sequence[Any]) -> None:
+        start = self.clock()
+        queries: list[Query] = []
+        sources: dict[str, Any] = {}
+        for ev in events:
+            q = self.decode(ev.message, start)
+            if isinstance(q, Rejection):
+                await self.dead_letter(ev.message, q)
+            else:
+                queries.append(q)
+                sources[q.query_id] = ev.message
+        if not queries:
+            return
+        outcomes = self.pipeline.process(queries)
+        pending = []
+        for q, o in zip(queries, outcomes, strict=True):
+            if o.n_unknown >= o.n_candidates:
+                await self.dead_letter(sources[q.query_id], Rejection(
+                    "no_known_candidates", f"none of {o.n_candidates} candidate listings is in the catalog"))
+                continue
+            timed = replace(o, timings_ms={**o.timings_ms, "queue": max(0.0, (start - q.ts) * 1000.0)})
+            pending.append(await self.send("auctions", q.query_id.encode(), encode(timed)))
+        await asyncio.gather(*pending)
+        self.counts["queries"] += len(queries)
+
+    # -- clicks -> billing ---------------------------------------------------------------------------
+    async def handle_click(self, message: Any) -> None:
+        click = self.decode(message, self.clock())
+        if isinstance(click, Rejection):
+            await self.dead_letter(message, click)
+            return
+        assert isinstance(click, Click)
+        part = message.partition
+        if part not in self.billing_ready:
+            # rebuild this partition's ledger before deciding anything on it
+            if not await self.replica.wait_caught_up(["billing"], partitions={"billing": part}):
+                raise RuntimeError(f"billing partition {part} did not catch up")
+            self.billing_ready.add(part)
+        state = self.state
+        ad = state.auctions.find(click.query_id, click.listing_id)
+        if ad is None and not state.auctions.knows(click.query_id):
+            await self.replica.wait_caught_up(["auctions"])
+            ad = state.auctions.find(click.query_id, click.listing_id)
+        if ad is None:
+            known = state.auctions.knows(click.query_id)
+            await self.dead_letter(message, Rejection(
+                "not_a_winner" if known else "unknown_auction",
+                f"listing {click.listing_id} in query {click.query_id!r}" if known
+                else f"no auction outcome for query {click.query_id!r} in the last "
+                     f"{self.settings.click_window_s:.0f}s"))
+            return
+        if ad.shop_id != click.shop_id:
+            await self.dead_letter(message, Rejection(
+                "shop_mismatch", f"click names shop {click.shop_id}, the auction had shop {ad.shop_id}"))
+            return
+        shop_row = state.catalog.shop_row_of(click.shop_id)
+        entry = state.ledger.decide(
+            click_id=click.click_id, shop_id=click.shop_id, listing_id=click.listing_id,
+            query_id=click.query_id, user_id=click.user_id, slot=ad.slot, ts=click.ts, price=ad.price,
+            budget=float(state.catalog.daily_budget[shop_row]))
+        fut = await self.send("billing", str(click.shop_id).encode(), orjson.dumps(entry.to_dict()),
+                              partition=part)
+        meta = await fut
+        state.apply_own_ledger(entry, partition=part, offset=int(meta.offset))
+        self.counts[f"clicks_{entry.status}"] += 1
+        if entry.status != "duplicate":
+            await (await self.send("labels", click.query_id.encode(), orjson.dumps(label_update(
+                query_id=click.query_id, slot=ad.slot, listing_id=click.listing_id, ts=click.ts,
+                click_id=click.click_id))))
+
+    # -- purchases -> labels -------------------------------------------------------------------------
+    async def handle_purchase(self, message: Any) -> None:
+        purchase = self.decode(message, self.clock())
+        if isinstance(purchase, Rejection):
+            await self.dead_letter(message, purchase)
+            return
+        assert isinstance(purchase, Purchase)
+        if self.state.order_attributed(purchase.order_id):
+            self.counts["purchases_repeated"] += 1
+            return
+        ref = self.state.clicks.attribute(user_id=purchase.user_id, listing_id=purchase.listing_id,
+                                          ts=purchase.ts)
+        if ref is None:
+            await self.replica.wait_caught_up(["billing"])
+            ref = self.state.clicks.attribute(user_id=purchase.user_id, listing_id=purchase.listing_id,
+                                              ts=purchase.ts)
+        if ref is None:
+            await self.dead_letter(message, Rejection(
+                "unattributed_purchase",
+                f"no click by user {purchase.user_id} on listing {purchase.listing_id} in the "
+                f"{self.settings.attribution_window_s:.0f}s before {purchase.ts}"))
+            return
+        await (await self.send("labels", ref.query_id.encode(), orjson.dumps(label_update(
+            query_id=ref.query_id, slot=ref.slot, listing_id=purchase.listing_id, ts=purchase.ts,
+            click_id=ref.click_id, order_id=purchase.order_id))))
+        self.counts["purchases_attributed"] += 1
+
+    # -- auctions -> provisional labels --------------------------------------------------------------
+    async def handle_outcomes(self, events: Sequence[Any]) -> None:
+        pending = []
+        for ev in events:
+            try:
+                outcome = orjson.loads(ev.message.value)
+                record = provisional_labels(outcome)
+            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+                self.counts["auctions_unreadable"] += 1
+                log.error("unreadable auction outcome at offset %d: %s", ev.message.offset, exc)
+                continue
+            pending.append(await self.send("labels", str(outcome["query_id"]).encode(), orjson.dumps(record)))
+        await asyncio.gather(*pending)
+
+    async def handle_catalog(self, message: Any) -> None:
+        ev = decode(message.topic, message.value, now=self.clock(),
+                    limits=Limits(self.limits.max_bytes, self.limits.max_candidates, float("inf"),
+                                  self.limits.max_future_s))
+        if isinstance(ev, Rejection):
+            await self.dead_letter(message, ev)
+            return
+        want = str(getattr(ev, _KEY_FIELD[message.topic])).encode()
+        if message.key != want:
+            await self.dead_letter(message, Rejection("wrong_key", f"record key {message.key!r}, expected {want!r}"))
+
+
+def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], float] = time.time,
+              rng_seed: int | None = None) -> tuple[faust.App, Runtime]:
+    """The Faust app and its runtime for one worker process."""
+    use_fetch_max_wait(settings.fetch_max_wait_ms)
+    app = faust.App(
+        settings.app_id,
+        **faust_app_kwargs(settings, bootstrap=bootstrap),
+        value_serializer="raw",
+        key_serializer="raw",
+        store="memory://",
+        web_enabled=settings.web_port > 0,
+        web_port=settings.web_port or 6066,
+        web_bind="0.0.0.0",  # noqa: S104 - probes and Prometheus scrape the pod IP
+        consumer_auto_offset_reset="earliest",
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        producer_acks=-1,
+        stream_wait_empty=False,
+    )
+    topics = {t.name: app.topic(t.name, value_serializer="raw", key_serializer="raw") for t in ALL_TOPICS}
+    limits = Limits(max_bytes=settings.max_message_bytes, max_candidates=settings.max_candidates,
+                    max_age_s=settings.max_event_age_s, max_future_s=settings.max_event_future_s)
+    state = BidderState(half_life_s=settings.feature_half_life_s, click_window_s=settings.click_window_s,
+                        attribution_window_s=settings.attribution_window_s, limits=limits)
+    models = load_models(settings.model_dir, settings.model_family, settings.provider,
+                         settings.intra_op_threads, settings.inter_op_threads)
+    pipeline = BidPipeline(
+        catalog=state.catalog, stats=state.stats,
+        priors=Priors(prior_ctr=settings.prior_ctr, prior_cvr=settings.prior_cvr,
+                      strength=settings.prior_strength),
+        ctr=models.ctr, cvr=models.cvr,
+        budget=LedgerBudget(catalog=state.catalog, ledger=state.ledger, clock=clock),
+        slots=settings.slots, reserve_price=settings.reserve_price, min_bid=settings.min_bid,
+        max_bid=settings.max_bid, clock=clock, rng=np.random.default_rng(rng_seed),
+        model_versions=models.versions,
+    )
+    replica = Replicator(state, settings, bootstrap=bootstrap, clock=clock)
+    rt = Runtime(settings=settings, state=state, replica=replica, models=models, pipeline=pipeline,
+                 limits=limits, topics=topics, clock=clock)
+
+    @app.service
+    class ReplicaService(mode.Service):  # type: ignore[misc]
+        """Starts the replica before the agents run and stops it after them."""
+
+        async def on_start(self) -> None:
+            await replica.start()
+
+        async def on_stop(self) -> None:
+            await replica.stop()
+
+    @app.on_partitions_revoked.connect
+    async def _revoked(app_: Any, revoked: Any, **_: Any) -> None:
+        rt.billing_ready.difference_update(tp.partition for tp in revoked if tp.topic == "clicks")
+
+    async def ready() -> None:
+        await replica.ready.wait()
+
+    def batch_agent(topic: str, size: int, within: float,
+                    handler: Callable[[Sequence[Any]], Awaitable[None]]) -> None:
+        async def agent(stream: Any) -> None:
+            await ready()
+            async for events in stream.take_events(size, within=within):
+                await handler(events)
+
+        agent.__name__ = f"{topic.replace('-', '_')}_agent"
+        app.agent(topics[topic], name=f"bidder.{topic}", concurrency=1)(agent)
+
+    def event_agent(topic: str, handler: Callable[[Any], Awaitable[None]]) -> None:
+        async def agent(stream: Any) -> None:
+            await ready()
+            async for ev in stream.events():
+                await handler(ev.message)
+
+        agent.__name__ = f"{topic.replace('-', '_')}_agent"
+        app.agent(topics[topic], name=f"bidder.{topic}", concurrency=1)(agent)
+
+    batch_agent("queries", settings.batch_max, settings.batch_within_s, rt.handle_queries)
+    event_agent("clicks", rt.handle_click)
+    event_agent("purchases", rt.handle_purchase)
+    batch_agent("auctions", 64, 0.05, rt.handle_outcomes)
+    event_agent("listings", rt.handle_catalog)
+    event_agent("shops", rt.handle_catalog)
+    return app, rt
+

@@ -1,0 +1,135 @@
+"""Feeds every worker's :class:`bidder.state.BidderState` from the replicated topics.
+
+A plain aiokafka consumer without a group: it is assigned every partition of ``listings``,
+``shops``, ``auctions``, ``billing`` and ``labels`` and reads them from the beginning, so each
+worker holds the whole fold (the "global table" of the design) and a restart rebuilds it.
+
+Catching up is measured against the larger of ``ListOffsets(latest)`` and the high watermark of the
+fetch responses: the embedded Tansu broker answers ListOffsets wrongly after multi-record batches
+(base offset of the last batch + 1), and Faust's own table recovery trusts it; the fetch high
+watermark is right on both embedded brokers and on Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bidder.kafka_config import aiokafka_consumer_kwargs
+from bidder.settings import Settings
+from bidder.state import REPLICATED_TOPICS, BidderState
+
+__all__ = ["Replicator"]
+
+log = logging.getLogger(__name__)
+
+
+class Replicator:
+    """Background task folding replicated topics into ``state``."""
+
+    def __init__(self, state: BidderState, settings: Settings, *, bootstrap: str | None,
+                 clock: Callable[[], float] = time.time, topics: Iterable[str] = REPLICATED_TOPICS) -> None:
+        self.state = state
+        self._settings = settings
+        self._bootstrap = bootstrap
+        self._clock = clock
+        self._topics = tuple(topics)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._applied: dict[TopicPartition, int] = {}
+        self._rounds = 0
+        self._round_event = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.records = 0
+
+    async def start(self) -> None:
+        kwargs = aiokafka_consumer_kwargs(self._settings, bootstrap=self._bootstrap)
+        kwargs.pop("session_timeout_ms", None)
+        kwargs.pop("heartbeat_interval_ms", None)
+        consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+                                    max_partition_fetch_bytes=4 * 1024 * 1024, **kwargs)
+        await consumer.start()
+        parts: list[TopicPartition] = []
+        for topic in self._topics:
+            for _ in range(50):  # metadata for a just-created topic may take a moment
+                ids = consumer.partitions_for_topic(topic)
+                if ids:
+                    break
+                await consumer._client.force_metadata_update()
+                await asyncio.sleep(0.1)
+            else:
+                raise RuntimeError(f"topic {topic!r} does not exist; run `bidder topics create` first")
+            parts.extend(TopicPartition(topic, p) for p in sorted(ids))
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        self._applied = dict.fromkeys(parts, 0)
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._run(), name="replicator")
+        await self.wait_caught_up()
+        self.ready.set()
+        log.info("replica ready: %s", dict(self.state.counts))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        consumer = self._consumer
+        while True:
+            batches = await consumer.getmany(timeout_ms=max(self._settings.fetch_max_wait_ms, 5),
+                                             max_records=5000)
+            now = self._clock()
+            for tp, records in batches.items():
+                for r in records:
+                    self.state.apply(tp.topic, tp.partition, r.offset, r.value, now=now)
+                    self._applied[tp] = r.offset + 1
+                self.records += len(records)
+            self._rounds += 1
+            self._round_event.set()
+            self._round_event = asyncio.Event()
+
+    def caught_up_to(self, targets: dict[TopicPartition, int]) -> bool:
+        assert self._consumer is not None
+        for tp, end in targets.items():
+            hw = self._consumer.highwater(tp)
+            if self._applied.get(tp, 0) < max(end, hw or 0):
+                return False
+        return True
+
+    async def wait_caught_up(self, topics: Iterable[str] | None = None, *, partitions: dict[str, int] | None = None,
+                             timeout_s: float = 30.0) -> bool:
+        """Wait until everything written before this call to ``topics`` is folded in.
+
+        ``partitions`` narrows a topic to one partition (``{"billing": 3}``). Returns False on timeout.
+        """
+        assert self._consumer is not None
+        wanted = set(topics or self._topics)
+        tps = [tp for tp in self._applied if tp.topic in wanted
+               and (partitions is None or partitions.get(tp.topic, tp.partition) == tp.partition)]
+        targets = await self._consumer.end_offsets(tps)
+        start_round = self._rounds
+        deadline = time.monotonic() + timeout_s
+        # two fetch rounds after the call guarantee a high watermark newer than the call
+        while self._rounds < start_round + 2 or not self.caught_up_to(targets):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._round_event.wait(), timeout=remaining)
+        return True
+
+    def lag(self) -> int:
+        """Records known to exist but not yet folded (by the last fetch's high watermarks)."""
+        if self._consumer is None:
+            return 0
+        return sum(max((self._consumer.highwater(tp) or 0) - n, 0) for tp, n in self._applied.items())

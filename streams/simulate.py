@@ -1,0 +1,154 @@
+"""Drives the marketplace simulator over Kafka: catalog, open-loop queries, clicks and purchases.
+
+Open loop: query ``i`` is sent at ``t0 + i / rate`` whatever the bidder is doing, so queueing delay
+shows up in the latency instead of slowing the sender down. Outcomes are read from ``auctions``
+(every partition, no consumer group) and answered with clicks and, later, purchases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bidder.events import encode
+from bidder.kafka_config import aiokafka_consumer_kwargs
+from bidder.market import World, WorldConfig
+from bidder.producer import EventProducer, key_of, topic_of
+from bidder.settings import Settings
+from bidder.simulator import Simulator
+
+__all__ = ["SimulationReport", "run_simulation", "tail_consumer"]
+
+
+@dataclass
+class SimulationReport:
+    """What the simulator sent and saw; ``latencies_ms`` is query sent -> outcome read."""
+
+    sent: dict[str, int] = field(default_factory=dict)
+    outcomes: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    send_errors: int = 0
+    elapsed_s: float = 0.0
+    simulator: Simulator | None = None
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+
+async def tail_consumer(settings: Settings, bootstrap: str | None, topics: list[str],
+                        *, from_beginning: bool = False) -> AIOKafkaConsumer:
+    """A group-less consumer on every partition of ``topics``, at their end (or beginning)."""
+    kwargs = aiokafka_consumer_kwargs(settings, bootstrap=bootstrap)
+    kwargs.pop("session_timeout_ms", None)
+    kwargs.pop("heartbeat_interval_ms", None)
+    consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, **kwargs)
+    await consumer.start()
+    parts = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+    consumer.assign(parts)
+    if from_beginning:
+        await consumer.seek_to_beginning(*parts)
+    else:
+        await consumer.seek_to_end(*parts)
+    return consumer
+
+
+async def run_simulation(
+    settings: Settings,
+    *,
+    bootstrap: str | None,
+    rate: float,
+    duration_s: float,
+    seed: int = 7,
+    world: WorldConfig | None = None,
+    n_candidates: int = 600,
+    purchase_delay_mean_s: float = 5.0,
+    drain_s: float = 10.0,
+    send_catalog: bool = True,
+    on_tick: Callable[[SimulationReport], None] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> SimulationReport:
+    """Run the simulator for ``duration_s`` seconds at ``rate`` queries/s, then drain."""
+    sim = Simulator(World.generate(world or WorldConfig(), seed=seed), rng=np.random.default_rng(seed + 1),
+                    n_candidates=n_candidates, purchase_delay_mean_s=purchase_delay_mean_s)
+    report = SimulationReport(simulator=sim)
+    sent_at: dict[str, float] = {}
+    producer = EventProducer(settings, bootstrap=bootstrap)
+    await producer.start()
+    consumer = await tail_consumer(settings, bootstrap, ["auctions"])
+    acks: list[asyncio.Future[Any]] = []
+
+    async def send(event: Any) -> None:
+        acks.append(await producer.send_nowait(topic_of(event), key_of(event), encode(event)))
+
+    async def answer_outcomes() -> None:
+        while True:
+            batches = await consumer.getmany(timeout_ms=50)
+            now = clock()
+            for records in batches.values():
+                for r in records:
+                    outcome = orjson.loads(r.value)
+                    t_sent = sent_at.pop(str(outcome.get("query_id")), None)
+                    if t_sent is None:
+                        continue
+                    report.latencies_ms.append((time.perf_counter() - t_sent) * 1000.0)
+                    report.outcomes += 1
+                    for click in sim.answer(outcome, now=now):
+                        await send(click)
+            for purchase in sim.due_purchases(now=clock()):
+                await send(purchase)
+
+    try:
+        if send_catalog:
+            shops, listings = sim.catalog(now=clock())
+            for ev in [*shops, *listings]:
+                await send(ev)
+            await producer.flush()
+        answering = asyncio.create_task(answer_outcomes())
+        t0 = time.perf_counter()
+        n = int(rate * duration_s)
+        next_tick = t0
+        for i in range(n):
+            due = t0 + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            query = sim.next_query(now=clock())
+            sent_at[query.query_id] = time.perf_counter()
+            await send(query)
+            if on_tick is not None and time.perf_counter() >= next_tick:
+                report.sent = dict(sim.sent)
+                report.elapsed_s = time.perf_counter() - t0
+                on_tick(report)
+                next_tick += 0.5
+            if len(acks) > 2000:
+                done = [a for a in acks if a.done()]
+                report.send_errors += sum(1 for a in done if a.exception() is not None)
+                acks[:] = [a for a in acks if not a.done()]
+        # drain: outcomes still in flight, then purchases still due
+        deadline = time.perf_counter() + drain_s
+        while (sent_at or sim.pending_purchases) and time.perf_counter() < deadline:
+            await asyncio.sleep(0.1)
+            if on_tick is not None:
+                report.sent = dict(sim.sent)
+                on_tick(report)
+        answering.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await answering
+        await producer.flush()
+        results = await asyncio.gather(*acks, return_exceptions=True)
+        report.send_errors += sum(1 for r in results if isinstance(r, BaseException))
+        report.elapsed_s = time.perf_counter() - t0
+        report.sent = dict(sim.sent)
+        report.sent["queries_unanswered"] = len(sent_at)
+        return report
+    finally:
+        await consumer.stop()
+        await producer.stop()

@@ -1,0 +1,174 @@
+"""BidPipeline: queries in, outcomes out, with the real catalog, stats, models, auto-bid and auction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from bidder.events import Query
+from bidder.features import FEATURE_SPEC, Priors, QueryContext, gather
+from bidder.market import World, WorldConfig
+from bidder.pipeline import BidPipeline, BudgetView, StaticBudget, UnlimitedBudget
+from bidder.rolling import RollingStats
+from bidder.scoring import Models, load_models
+from bidder.settings import DEFAULT_MODEL_DIR
+from onnx_models.traffic import build_catalog
+
+NOW = 1_767_272_400.0
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    return World.generate(WorldConfig(n_shops=20, n_listings=2_000, n_users=500), seed=3)
+
+
+@pytest.fixture(scope="module")
+def models() -> Models:
+    return load_models(DEFAULT_MODEL_DIR, "mlp", "cpu", 1, 1)
+
+
+@pytest.fixture
+def stats(world: World) -> RollingStats:
+    s = RollingStats(half_life_s=3600.0, capacity=len(world.listing_ids))
+    rng = np.random.default_rng(0)
+    rows = np.arange(len(world.listing_ids), dtype=np.int64)
+    t = NOW - rng.uniform(0, 3600, len(rows))
+    imps = rng.lognormal(2.0, 1.0, len(rows))
+    s.record(rows, kind="impressions", now=t, amount=imps)
+    s.record(rows, kind="clicks", now=t, amount=imps * 0.04)
+    return s
+
+
+def _queries(world: World, n: int, seed: int = 1, candidates: int = 300) -> list[Query]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        d = world.draw_query(rng, now=NOW, n_candidates=candidates)
+        out.append(
+            Query(
+                query_id=f"q{i}", ts=NOW - 0.01, user_id=d.user_id,
+                context=QueryContext(device=d.device, page=d.page, hour=d.hour, category=d.category),
+                text=d.query_text, listing_ids=d.listing_ids, relevance=d.relevance,
+            )
+        )
+    return out
+
+
+def _pipeline(world: World, stats: RollingStats, models: Models, *, budget: BudgetView | None = None,
+              seed: int = 5, perf: Iterator[float] | None = None, slots: int = 24) -> BidPipeline:
+    catalog = build_catalog(world)
+    kw = {} if perf is None else {"perf_counter": perf.__next__}
+    return BidPipeline(
+        catalog=catalog, stats=stats, priors=Priors(), ctr=models.ctr, cvr=models.cvr,
+        budget=budget or UnlimitedBudget(), slots=slots, reserve_price=0.05, min_bid=0.02, max_bid=3.0,
+        clock=lambda: NOW, rng=np.random.default_rng(seed), model_versions=models.versions, **kw,
+    )
+
+
+def test_outcomes_are_complete_and_consistent(world: World, stats: RollingStats, models: Models) -> None:
+    pipe = _pipeline(world, stats, models)
+    qs = _queries(world, 3)
+    outs = pipe.process(qs)
+    assert [o.query_id for o in outs] == ["q0", "q1", "q2"]
+    for q, o in zip(qs, outs, strict=True):
+        assert o.n_candidates == len(q.listing_ids)
+        assert o.n_unknown == 0
+        assert len(o.winners) == 24
+        assert [w.slot for w in o.winners] == list(range(24))
+        assert len({w.listing_id for w in o.winners}) == 24
+        assert set(o.timings_ms) == {"gather", "score", "bid", "auction", "total"}
+        assert all(v >= 0 for v in o.timings_ms.values())
+        assert o.model_versions == models.versions
+        ecpm = [w.bid * w.pctr for w in o.winners]
+        assert ecpm == sorted(ecpm, reverse=True)
+        # each winner carries the features exactly as served, and the model's scores of them
+        rows, _ = pipe.catalog.rows(q.listing_ids)
+        x = gather(rows=rows, relevance=q.relevance, context=q.context, catalog=pipe.catalog, stats=stats,
+                   priors=Priors(), now=NOW)
+        pctr, pcvr = models.ctr.score(x), models.cvr.score(x)
+        idx = {lid: i for i, lid in enumerate(q.listing_ids.tolist())}
+        for w in o.winners:
+            i = idx[w.listing_id]
+            assert len(w.features) == FEATURE_SPEC.n_features
+            np.testing.assert_array_equal(np.asarray(w.features, np.float32), x[i])
+            assert w.pctr == pytest.approx(float(pctr[i]), abs=1e-6)
+            assert w.pcvr == pytest.approx(float(pcvr[i]), abs=1e-6)
+            assert w.shop_id == int(pipe.catalog.shop_ids[pipe.catalog.shop_row[rows[i]]])
+            assert 0.05 <= w.price <= w.bid + 1e-12
+            assert 0.02 <= w.bid <= 3.0
+
+
+def test_batch_equals_one_by_one(world: World, stats: RollingStats, models: Models) -> None:
+    qs = _queries(world, 4, seed=2)
+    batched = _pipeline(world, stats, models).process(qs)
+    single = _pipeline(world, stats, models)
+    one_by_one = [single.process([q])[0] for q in qs]
+    for a, b in zip(batched, one_by_one, strict=True):
+        assert [(w.listing_id, w.price) for w in a.winners] == [(w.listing_id, w.price) for w in b.winners]
+    assert batched[0].extra == {"batch_queries": 4}
+
+
+def test_unknown_and_inactive_candidates_are_skipped(world: World, stats: RollingStats, models: Models) -> None:
+    pipe = _pipeline(world, stats, models)
+    q = _queries(world, 1, seed=4)[0]
+    gone = int(q.listing_ids[0])
+    pipe.catalog.remove_listing(gone)
+    ids = np.concatenate([q.listing_ids, np.array([9, 10, 11], np.int64)])
+    rel = np.concatenate([q.relevance, np.ones(3)])
+    q2 = Query(query_id="u", ts=NOW, user_id=1, context=q.context, text="", listing_ids=ids, relevance=rel)
+    o = pipe.process([q2])[0]
+    assert o.n_unknown == 4
+    assert o.n_candidates == len(ids)
+    assert gone not in {w.listing_id for w in o.winners}
+    assert len(o.winners) == 24
+    nobody = Query(query_id="n", ts=NOW, user_id=1, context=q.context, text="",
+                   listing_ids=np.array([1, 2], np.int64), relevance=np.ones(2))
+    o = pipe.process([nobody])[0]
+    assert (o.winners, o.n_unknown) == ((), 2)
+
+
+def test_shops_without_budget_do_not_win(world: World, stats: RollingStats, models: Models) -> None:
+    catalog = build_catalog(world)
+    remaining = catalog.daily_budget[: catalog.n_shops].copy()
+    broke = np.arange(0, catalog.n_shops, 2)
+    remaining[broke] = 0.0
+    pipe = _pipeline(world, stats, models, budget=StaticBudget(remaining_by_shop_row=remaining))
+    broke_ids = set(catalog.shop_ids[broke].tolist())
+    for o in pipe.process(_queries(world, 5, seed=6)):
+        assert o.winners
+        assert not broke_ids & {w.shop_id for w in o.winners}
+
+
+def test_fewer_bidders_than_slots(world: World, stats: RollingStats, models: Models) -> None:
+    o = _pipeline(world, stats, models).process(_queries(world, 1, candidates=10))[0]
+    assert len(o.winners) == 10
+
+
+def test_timings_use_the_injected_perf_counter(world: World, stats: RollingStats, models: Models) -> None:
+    ticks = iter(float(i) * 1e-3 for i in range(10_000))  # every reading is 1 ms later
+    o = _pipeline(world, stats, models, perf=ticks).process(_queries(world, 1))[0]
+    assert o.timings_ms["gather"] == pytest.approx(1.0)
+    assert o.timings_ms["score"] == pytest.approx(1.0)
+    assert o.timings_ms["bid"] == pytest.approx(1.0)
+    assert o.timings_ms["auction"] == pytest.approx(1.0)
+    assert o.timings_ms["total"] == pytest.approx(7.0)
+
+
+def test_same_seed_same_outcomes(world: World, stats: RollingStats, models: Models) -> None:
+    qs = _queries(world, 3, seed=8)
+    a = _pipeline(world, stats, models, seed=1).process(qs)
+    b = _pipeline(world, stats, models, seed=1).process(qs)
+    assert [o.winners for o in a] == [o.winners for o in b]
+
+
+def test_budget_views() -> None:
+    assert isinstance(UnlimitedBudget(), BudgetView)
+    b = StaticBudget(remaining_by_shop_row=np.array([1.0, 0.5]), pacing=0.7)
+    assert isinstance(b, BudgetView)
+    assert b.pacing(np.array([0, 1]), NOW).tolist() == [0.7, 0.7]
+    assert b.remaining(np.array([0, 5])).tolist() == [1.0, 0.0]  # unknown shop row: no budget
+    charged = b.charge(np.array([1, 1]), amount=np.array([0.4, 0.4]))
+    assert charged.tolist() == pytest.approx([0.4, 0.1])  # clamped to what is left
+    assert b.remaining(np.array([1])).tolist() == [0.0]

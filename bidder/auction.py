@@ -60,17 +60,27 @@ def run_auction(
         raise ValueError(f"bids {b.shape} and pctr {p.shape} must be equal 1-d shapes")
     if slots < 0 or reserve_price < 0:
         raise ValueError("slots and reserve_price must be non-negative")
-    entrants: I64 = np.flatnonzero((b >= reserve_price) & (b > 0.0) & (p > 0.0) & np.isfinite(b * p))
-    ecpm_all = b[entrants] * p[entrants]
+    ecpm_b = b * p
+    entrants: I64 = np.flatnonzero((b >= reserve_price) & (b > 0.0) & (p > 0.0) & np.isfinite(ecpm_b))
+    e = ecpm_b[entrants]
+    n = len(e)
+    k = min(slots, n)
+    # Only the top k + 1 matter (k winners and the runner-up that prices the last slot). Keep every
+    # entrant whose eCPM reaches the (k+1)-th largest, so ties at that boundary all stay in the draw.
+    m = min(k + 1, n)
+    if m < n:
+        threshold = np.partition(e, n - m)[n - m]
+        pool: I64 = np.flatnonzero(e >= threshold)
+    else:
+        pool = np.arange(n)
     # random permutation + stable sort = ties in a uniformly random order
-    perm = rng.permutation(len(entrants))
-    order = perm[np.argsort(-ecpm_all[perm], kind="stable")]
-    k = min(slots, len(order))
+    pool = pool[rng.permutation(len(pool))]
+    order = pool[np.argsort(-e[pool], kind="stable")]
     top = order[:k]
     winners: I64 = entrants[top]
-    ecpm: F64 = ecpm_all[top]
+    ecpm: F64 = e[top]
     next_ecpm = np.zeros(k, np.float64)
     n_next = min(k, len(order) - 1)
-    next_ecpm[:n_next] = ecpm_all[order[1 : n_next + 1]]
+    next_ecpm[:n_next] = e[order[1 : n_next + 1]]
     prices: F64 = np.minimum(np.maximum(reserve_price, next_ecpm / p[winners]), b[winners])
-    return AuctionResult(winners=winners, prices=prices, ecpm=ecpm, n_entrants=len(entrants))
+    return AuctionResult(winners=winners, prices=prices, ecpm=ecpm, n_entrants=n)

@@ -164,3 +164,29 @@ def bench_kernel(ctx: click.Context) -> None:
     from bidder.bench_kernel import main as kernel_main
 
     ctx.exit(kernel_main(list(ctx.args)))
+
+
+@main.command()
+@click.option("--seconds", type=float, default=60.0, show_default=True, help="seconds of traffic")
+@click.option("--rate", type=float, default=200.0, show_default=True, help="queries per second (open loop)")
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print the reconciled summary as JSON")
+@click.pass_obj
+def demo(settings: Settings, seconds: float, rate: float, seed: int, as_json: bool) -> None:
+    """Broker, topics, a worker and the simulator, with a live table and a reconciled summary."""
+    import orjson
+    from rich.console import Console
+
+    from streams.demo import run_demo, summary_table
+
+    console = Console(stderr=as_json)
+    with kafka_bootstrap(settings) as bootstrap:
+        summary = run_demo(settings, bootstrap=bootstrap, seconds=seconds, rate=rate, seed=seed,
+                           console=None if as_json else console)
+    if as_json:
+        click.echo(orjson.dumps({"numbers": summary.numbers, "checks": summary.checks, "ok": summary.ok},
+                                option=orjson.OPT_INDENT_2).decode())
+    else:
+        console.print(summary_table(summary))
+    if not summary.ok:
+        raise SystemExit(1)

@@ -44,6 +44,7 @@ from bidder.settings import Settings
 from bidder.state import BidderState
 from bidder.topics import ALL_TOPICS
 from streams.deadletter import dead_letter_record
+from streams.metrics import STAGES, WorkerMetrics
 from streams.replicator import Replicator
 
 __all__ = ["Runtime", "build_app", "use_fetch_max_wait"]
@@ -85,8 +86,28 @@ class Runtime:
     limits: Limits
     topics: dict[str, faust.TopicT]
     clock: Callable[[], float] = time.time
+    metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     counts: Counter[str] = field(default_factory=Counter)
     billing_ready: set[int] = field(default_factory=set)
+
+    # -- health --------------------------------------------------------------------------------------
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Liveness: the event loop answers (this runs on it) and the replica consumer is not stuck."""
+        age = self.replica.seconds_since_round()
+        ok = age < 30.0
+        return ok, {"event_loop": "responsive", "replica_round_age_s": round(age, 3)}
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready: models loaded on the requested provider, broker reachable, replica recovered."""
+        providers = {k: m.providers[0] for k, m in (("ctr", self.models.ctr), ("cvr", self.models.cvr))}
+        want = "CUDAExecutionProvider" if self.settings.provider == "cuda" else "CPUExecutionProvider"
+        checks = {
+            "models": all(p == want for p in providers.values()),
+            "broker": self.replica.seconds_since_round() < 10.0,
+            "recovered": self.replica.ready.is_set(),
+        }
+        return all(checks.values()), {**checks, "providers": providers, "model_versions": self.models.versions,
+                                      "replica_lag": self.replica.lag()}
 
     # -- helpers -------------------------------------------------------------------------------------
     async def send(self, topic: str, key: bytes | None, value: bytes, *, partition: int | None = None) -> Any:
@@ -99,6 +120,7 @@ class Runtime:
             key=message.key, value=message.value, ts=self.clock()))
         await fut
         self.counts[f"dead_letter:{rejection.reason}"] += 1
+        self.metrics.dead_letters.labels(topic=message.topic, reason=rejection.reason).inc()
         log.warning("dead-lettered %s[%d]@%d: %s (%s)", message.topic, message.partition, message.offset,
                     rejection.reason, rejection.detail)
 
@@ -128,15 +150,21 @@ class Runtime:
             return
         outcomes = self.pipeline.process(queries)
         pending = []
+        stage = self.metrics.stage_seconds
         for q, o in zip(queries, outcomes, strict=True):
             if o.n_unknown >= o.n_candidates:
                 await self.dead_letter(sources[q.query_id], Rejection(
                     "no_known_candidates", f"none of {o.n_candidates} candidate listings is in the catalog"))
                 continue
             timed = replace(o, timings_ms={**o.timings_ms, "queue": max(0.0, (start - q.ts) * 1000.0)})
+            for name in STAGES:
+                stage.labels(stage=name).observe(timed.timings_ms.get(name, 0.0) / 1000.0)
             pending.append(await self.send("auctions", q.query_id.encode(), encode(timed)))
         await asyncio.gather(*pending)
         self.counts["queries"] += len(queries)
+        self.metrics.queries.inc(len(pending))
+        self.metrics.batch_size.observe(len(events))
+        self.metrics.replica_lag.set(self.replica.lag())
 
     # -- clicks -> billing ---------------------------------------------------------------------------
     async def handle_click(self, message: Any) -> None:
@@ -178,6 +206,13 @@ class Runtime:
         meta = await fut
         state.apply_own_ledger(entry, partition=part, offset=int(meta.offset))
         self.counts[f"clicks_{entry.status}"] += 1
+        self.metrics.clicks.labels(status=entry.status).inc()
+        if entry.status == "charged":
+            self.metrics.charged.inc(entry.amount)
+            if entry.amount < entry.price:
+                self.metrics.budget_exhausted.inc()
+        elif entry.status == "unbilled":
+            self.metrics.unbilled.inc(entry.price)
         if entry.status != "duplicate":
             await (await self.send("labels", click.query_id.encode(), orjson.dumps(label_update(
                 query_id=click.query_id, slot=ad.slot, listing_id=click.listing_id, ts=click.ts,
@@ -209,6 +244,7 @@ class Runtime:
             query_id=ref.query_id, slot=ref.slot, listing_id=purchase.listing_id, ts=purchase.ts,
             click_id=ref.click_id, order_id=purchase.order_id))))
         self.counts["purchases_attributed"] += 1
+        self.metrics.conversions.inc()
 
     # -- auctions -> provisional labels --------------------------------------------------------------
     async def handle_outcomes(self, events: Sequence[Any]) -> None:
@@ -285,6 +321,25 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
 
         async def on_stop(self) -> None:
             await replica.stop()
+
+    rt.metrics.model.info({**{f"{k}_version": v for k, v in models.versions.items()},
+                           "provider": settings.provider, "family": settings.model_family})
+
+    @app.page("/healthz")
+    async def healthz(view: Any, request: Any) -> Any:
+        ok, body = rt.health()
+        return view.json(body, status=200 if ok else 503)
+
+    @app.page("/readyz")
+    async def readyz(view: Any, request: Any) -> Any:
+        ok, body = rt.readiness()
+        return view.json(body, status=200 if ok else 503)
+
+    @app.page("/metrics")
+    async def metrics(view: Any, request: Any) -> Any:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return view.bytes(generate_latest(rt.metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     @app.on_partitions_revoked.connect
     async def _revoked(app_: Any, revoked: Any, **_: Any) -> None:

@@ -43,6 +43,7 @@ class Replicator:
         self._task: asyncio.Task[None] | None = None
         self._applied: dict[TopicPartition, int] = {}
         self._rounds = 0
+        self._last_round = time.monotonic()
         self._round_event = asyncio.Event()
         self.ready = asyncio.Event()
         self.records = 0
@@ -95,6 +96,7 @@ class Replicator:
                     self._applied[tp] = r.offset + 1
                 self.records += len(records)
             self._rounds += 1
+            self._last_round = time.monotonic()
             self._round_event.set()
             self._round_event = asyncio.Event()
 
@@ -127,6 +129,10 @@ class Replicator:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._round_event.wait(), timeout=remaining)
         return True
+
+    def seconds_since_round(self) -> float:
+        """How long since the fetch loop last completed (a stuck consumer stops completing)."""
+        return time.monotonic() - self._last_round
 
     def lag(self) -> int:
         """Records known to exist but not yet folded (by the last fetch's high watermarks)."""

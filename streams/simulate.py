@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,7 @@ from bidder.producer import EventProducer, key_of, topic_of
 from bidder.settings import Settings
 from bidder.simulator import Simulator
 
-__all__ = ["SimulationReport", "run_simulation", "tail_consumer"]
+__all__ = ["SimulationReport", "malformed_query", "run_simulation", "tail_consumer"]
 
 
 @dataclass
@@ -41,6 +41,20 @@ class SimulationReport:
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+
+def malformed_query(query: Any, i: int) -> tuple[str, bytes]:
+    """A broken version of a query (the kinds rotate), for demos of the dead-letter path."""
+    good = encode(query)
+    kinds = [
+        ("invalid_json", good[: len(good) // 2]),
+        ("out_of_range", good.replace(b'"relevance":[', b'"relevance":[-1.0,', 1)
+         .replace(b'"listing_id":[', b'"listing_id":[1,', 1)),
+        ("duplicate_candidates", good.replace(b'"listing_id":[', b'"listing_id":[7,7,', 1)
+         .replace(b'"relevance":[', b'"relevance":[0.5,0.5,', 1)),
+        ("missing_field", good.replace(b'"user_id":', b'"user":', 1)),
+    ]
+    return kinds[i % len(kinds)]
 
 
 async def tail_consumer(settings: Settings, bootstrap: str | None, topics: list[str],
@@ -72,10 +86,16 @@ async def run_simulation(
     purchase_delay_mean_s: float = 5.0,
     drain_s: float = 10.0,
     send_catalog: bool = True,
+    after_catalog: Callable[[], Awaitable[None]] | None = None,
+    invalid_every: int = 0,
     on_tick: Callable[[SimulationReport], None] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> SimulationReport:
-    """Run the simulator for ``duration_s`` seconds at ``rate`` queries/s, then drain."""
+    """Run the simulator for ``duration_s`` seconds at ``rate`` queries/s, then drain.
+
+    ``after_catalog`` runs once the catalog is acknowledged (the demo starts its worker there);
+    ``invalid_every=k`` replaces every k-th query with a malformed one (kept in ``sent``).
+    """
     sim = Simulator(World.generate(world or WorldConfig(), seed=seed), rng=np.random.default_rng(seed + 1),
                     n_candidates=n_candidates, purchase_delay_mean_s=purchase_delay_mean_s)
     report = SimulationReport(simulator=sim)
@@ -111,6 +131,9 @@ async def run_simulation(
             for ev in [*shops, *listings]:
                 await send(ev)
             await producer.flush()
+            await asyncio.gather(*acks)
+        if after_catalog is not None:
+            await after_catalog()
         answering = asyncio.create_task(answer_outcomes())
         t0 = time.perf_counter()
         n = int(rate * duration_s)
@@ -121,6 +144,12 @@ async def run_simulation(
             if delay > 0:
                 await asyncio.sleep(delay)
             query = sim.next_query(now=clock())
+            if invalid_every and i % invalid_every == invalid_every - 1:
+                kind, raw = malformed_query(query, i)
+                sim.sent["queries"] -= 1
+                sim.sent[f"invalid_queries:{kind}"] += 1
+                acks.append(await producer.send_nowait("queries", query.query_id.encode(), raw))
+                continue
             sent_at[query.query_id] = time.perf_counter()
             await send(query)
             if on_tick is not None and time.perf_counter() >= next_tick:

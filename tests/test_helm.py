@@ -154,6 +154,12 @@ def _unwrap(annotation: Any) -> Any:
     return annotation
 
 
+def _within(value: float, metadata: list[Any]) -> bool:
+    """Whether ``value`` meets the field's annotated-types bounds (Ge, Gt, Le, Lt)."""
+    checks = {"ge": value.__ge__, "gt": value.__gt__, "le": value.__le__, "lt": value.__lt__}
+    return all(checks[attr](getattr(m, attr)) for m in metadata for attr in checks if hasattr(m, attr))
+
+
 def _non_default(field: str) -> Any:
     """A valid value of ``field`` different from its default, as a Helm value (JSON-able)."""
     info = Settings.model_fields[field]
@@ -163,15 +169,12 @@ def _non_default(field: str) -> Any:
         return next(choice for choice in typing.get_args(kind) if choice != default)
     if kind is bool:
         return not default
-    bounds = {type(m).__name__: m for m in info.metadata}
-    if kind is int:
-        value = (default if default is not None else 1) + 3
-        if "Le" in bounds:
-            value = min(value, bounds["Le"].le)
-        return value if value != default else value - 2
-    if kind is float:
-        value = (default if default is not None else 1.0) * 0.75
-        return value
+    if kind in (int, float):
+        base = default if default is not None else 1
+        candidates = [base * 1.5, base * 0.75, base + 1, base - 1, 0.5, 1, 2]
+        if kind is int:
+            candidates = [round(c) for c in candidates]
+        return next(c for c in candidates if c != default and _within(c, info.metadata))
     if kind is Path:
         return f"/srv/custom/{field}"
     if kind is str:
@@ -282,7 +285,9 @@ def test_helm_lint_strict(helm: Callable[..., subprocess.CompletedProcess[str]],
         assert "0 chart(s) failed" in done.stdout
 
 
-_QUANTITY = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$")
+_QUANTITY = re.compile(
+    r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$"
+)
 
 
 def _quantities(obj: Any, path: str = "") -> Iterator[tuple[str, Any]]:
@@ -369,7 +374,9 @@ def test_gpu_profile_settings_reach_the_app(
     helm: Callable[..., subprocess.CompletedProcess[str]], values_dir: Path, tmp_path: Path
 ) -> None:
     manifests = _render(helm, values_dir, GPU_VALUES)
-    got = _settings_in_subprocess(_container_env(_worker_container(manifests), _configmaps(manifests)), tmp_path)
+    got = _settings_in_subprocess(
+        _container_env(_worker_container(manifests), _configmaps(manifests)), tmp_path
+    )
     assert got["provider"] == "cuda"
     assert got["batch_max"] == 64
     assert got["model_dir"] == "/opt/bidder/models"
@@ -381,7 +388,10 @@ def test_gpu_profile_settings_reach_the_app(
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"autoscaling": {"enabled": False}, "replicaCount": 5}, "replicaCount=5 exceeds config.topicPartitions=4"),
+        (
+            {"autoscaling": {"enabled": False}, "replicaCount": 5},
+            "replicaCount=5 exceeds config.topicPartitions=4",
+        ),
         ({"autoscaling": {"maxReplicas": 5}}, "autoscaling.maxReplicas=5 exceeds config.topicPartitions=4"),
         (
             {"config": {"topicPartitions": 2}, "autoscaling": {"minReplicas": 1}},
@@ -392,7 +402,10 @@ def test_gpu_profile_settings_reach_the_app(
     ],
 )
 def test_replicas_beyond_partitions_are_refused(
-    helm: Callable[..., subprocess.CompletedProcess[str]], values_dir: Path, values: dict[str, Any], message: str
+    helm: Callable[..., subprocess.CompletedProcess[str]],
+    values_dir: Path,
+    values: dict[str, Any],
+    message: str,
 ) -> None:
     done = _render_raw(helm, values_dir, values=values)
     assert done.returncode != 0
@@ -403,7 +416,9 @@ def test_replicas_up_to_partitions_render(
     helm: Callable[..., subprocess.CompletedProcess[str]], values_dir: Path
 ) -> None:
     fixed = _render(
-        helm, values_dir, values={"autoscaling": {"enabled": False}, "replicaCount": 8, "config": {"topicPartitions": 8}}
+        helm,
+        values_dir,
+        values={"autoscaling": {"enabled": False}, "replicaCount": 8, "config": {"topicPartitions": 8}},
     )
     assert _one(fixed, "Deployment")["spec"]["replicas"] == 8
     assert not [m for m in fixed if m["kind"] == "HorizontalPodAutoscaler"]
@@ -426,8 +441,12 @@ def test_config_block_schema_and_settings_agree_one_to_one() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     schema = json.loads((CHART / "values.schema.json").read_text())
     config_schema = schema["properties"]["config"]
-    assert set(values["config"]) == keys, "values.yaml config: must list every Settings field"
-    assert set(config_schema["properties"]) == keys, "values.schema.json config must list every Settings field"
+    hint = (
+        "helm/bidder/values.yaml `config:` and values.schema.json `properties.config.properties` must list "
+        "exactly the Settings fields (camelCase; null = app default). Missing: {missing}; unknown: {extra}"
+    )
+    for listed in (set(values["config"]), set(config_schema["properties"])):
+        assert listed == keys, hint.format(missing=sorted(keys - listed), extra=sorted(listed - keys))
     assert config_schema["additionalProperties"] is False  # a typo is refused, never ignored
     for field in fields:
         prop = config_schema["properties"][camel(field)]
@@ -462,16 +481,17 @@ def test_every_value_reaches_the_app_as_a_setting(
     got = _settings_in_subprocess(_container_env(worker, configmaps), tmp_path)
     assert set(got) == set(Settings.model_fields)
     for field, want in expected.items():
-        assert got[field] == pytest.approx(want) if isinstance(want, float) else got[field] == want, field
+        if isinstance(want, float):
+            assert got[field] == pytest.approx(want), field
+        else:
+            assert got[field] == want, field
 
     # The topics Job gets the same settings (inline: a pre-install hook runs before the ConfigMap exists).
     job = _one(manifests, "Job", f"{WORKER}-topics")
-    job_container = job["spec"]["template"]["spec"]["containers"][0]
-    assert _container_env(job_container, configmaps) == _container_env(worker, configmaps) | {
-        "OMP_NUM_THREADS": "1"
-    } or _container_env(job_container, configmaps) == {
-        k: v for k, v in _container_env(worker, configmaps).items() if k.startswith("BIDDER_")
-    }
+    job_env = _container_env(job["spec"]["template"]["spec"]["containers"][0], configmaps)
+    worker_env = _container_env(worker, configmaps)
+    assert worker_env["OMP_NUM_THREADS"] == "1"  # extraEnv is for the worker only
+    assert job_env == {k: v for k, v in worker_env.items() if k.startswith("BIDDER_")}
 
 
 def test_defaults_reach_the_app(
@@ -487,7 +507,9 @@ def test_defaults_reach_the_app(
         "BIDDER_WEB_PORT",
         "BIDDER_DATA_DIR",
     }
-    got = _settings_in_subprocess(_container_env(_worker_container(manifests), _configmaps(manifests)), tmp_path)
+    got = _settings_in_subprocess(
+        _container_env(_worker_container(manifests), _configmaps(manifests)), tmp_path
+    )
     assert got["kafka_bootstrap"] == "kafka:9092"
     assert got["model_dir"] == "/opt/bidder/models"
     assert got["data_dir"] == "/var/lib/bidder"
@@ -503,22 +525,37 @@ def test_user_supplied_tls_paths_reach_the_app(
         "extraVolumeMounts": [{"name": "pki", "mountPath": "/etc/pki", "readOnly": True}],
     }
     manifests = _render(helm, values_dir, values=values)
-    got = _settings_in_subprocess(_container_env(_worker_container(manifests), _configmaps(manifests)), tmp_path)
-    assert (got["security_protocol"], got["ssl_cafile"], got["ssl_certfile"]) == ("SSL", "/etc/pki/ca.pem", None)
+    got = _settings_in_subprocess(
+        _container_env(_worker_container(manifests), _configmaps(manifests)), tmp_path
+    )
+    assert (got["security_protocol"], got["ssl_cafile"], got["ssl_certfile"]) == (
+        "SSL",
+        "/etc/pki/ca.pem",
+        None,
+    )
 
 
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"config": {"securityProtocol": "SASL_SSL", "saslMechanism": "PLAIN", "saslUsername": "u"}}, "existingSecret"),
         (
-            {"config": {"securityProtocol": "SASL_PLAINTEXT", "saslUsername": "u"}, "kafka": {"sasl": {"existingSecret": "s"}}},
+            {"config": {"securityProtocol": "SASL_SSL", "saslMechanism": "PLAIN", "saslUsername": "u"}},
+            "existingSecret",
+        ),
+        (
+            {
+                "config": {"securityProtocol": "SASL_PLAINTEXT", "saslUsername": "u"},
+                "kafka": {"sasl": {"existingSecret": "s"}},
+            },
             "needs config.saslMechanism",
         ),
         ({"kafka": {"tls": {"existingSecret": "tls"}}}, "has no TLS"),
         ({"kafka": {"sasl": {"existingSecret": "s"}}}, "has no SASL"),
         (
-            {"config": {"securityProtocol": "SSL", "sslCafile": "/x/ca.pem"}, "kafka": {"tls": {"existingSecret": "t"}}},
+            {
+                "config": {"securityProtocol": "SSL", "sslCafile": "/x/ca.pem"},
+                "kafka": {"tls": {"existingSecret": "t"}},
+            },
             "leave config.sslCafile",
         ),
         ({"config": {"saslPassword": "plain-text-in-values"}}, "saslPassword"),
@@ -526,10 +563,16 @@ def test_user_supplied_tls_paths_reach_the_app(
         ({"config": {"provider": "rocm"}}, "provider"),
         ({"extraEnv": [{"name": "BIDDER_SLOTS", "value": "3"}]}, "extraEnv"),
         ({"models": {"source": "volume"}}, "models.volume"),
+        ({"config": {"modelDir": "/var/lib/bidder/models"}}, "must not lie inside config.dataDir"),
+        ({"config": {"dataDir": ".bidder"}}, "dataDir"),
+        ({"config": {"kafkaBootstrap": None}}, "kafkaBootstrap"),
     ],
 )
 def test_bad_values_are_refused_at_render_time(
-    helm: Callable[..., subprocess.CompletedProcess[str]], values_dir: Path, values: dict[str, Any], message: str
+    helm: Callable[..., subprocess.CompletedProcess[str]],
+    values_dir: Path,
+    values: dict[str, Any],
+    message: str,
 ) -> None:
     done = _render_raw(helm, values_dir, values=values)
     assert done.returncode != 0
@@ -557,7 +600,7 @@ def test_security_context_and_writable_dirs(
                 assert sc["capabilities"]["drop"] == ["ALL"]
             mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
             data_dir = manifests_config(manifests)["BIDDER_DATA_DIR"]
-            for path in ("/tmp", data_dir):  # noqa: S108 - the container's own /tmp, an emptyDir
+            for path in ("/tmp", data_dir):
                 assert "emptyDir" in volumes[mounts[path]], (kind, path)
 
 
@@ -568,7 +611,9 @@ def manifests_config(manifests: list[Manifest]) -> dict[str, str]:
 def test_probes_ports_service_and_service_monitor(
     helm: Callable[..., subprocess.CompletedProcess[str]], values_dir: Path
 ) -> None:
-    manifests = _render(helm, values_dir, values={"config": {"webPort": 9100}, "serviceMonitor": {"enabled": True}})
+    manifests = _render(
+        helm, values_dir, values={"config": {"webPort": 9100}, "serviceMonitor": {"enabled": True}}
+    )
     worker = _worker_container(manifests)
     assert worker["command"] == ["bidder", "worker"]
     assert worker["envFrom"] == [{"configMapRef": {"name": WORKER}}]
@@ -605,14 +650,20 @@ def test_topics_job_is_an_idempotent_pre_install_hook(
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
     env = {v["name"]: v["value"] for v in container["env"]}
     assert env == manifests_config(manifests)
-    assert not [m for m in _render(helm, values_dir, values={"topicsJob": {"enabled": False}}) if m["kind"] == "Job"]
+    assert not [
+        m for m in _render(helm, values_dir, values={"topicsJob": {"enabled": False}}) if m["kind"] == "Job"
+    ]
 
 
 @pytest.mark.parametrize("source", ["image", "volume", "initContainer"])
-def test_model_delivery(helm: Callable[..., subprocess.CompletedProcess[str]], values_dir: Path, source: str) -> None:
+def test_model_delivery(
+    helm: Callable[..., subprocess.CompletedProcess[str]], values_dir: Path, source: str
+) -> None:
     values: dict[str, Any] = {"models": {"source": source}}
     if source == "volume":
-        values["models"]["volume"] = {"persistentVolumeClaim": {"claimName": "bidder-models", "readOnly": True}}
+        values["models"]["volume"] = {
+            "persistentVolumeClaim": {"claimName": "bidder-models", "readOnly": True}
+        }
     if source == "initContainer":
         values["models"]["initContainer"] = {"image": "registry.example/bidder-models:7", "sourcePath": "/m"}
     manifests = _render(helm, values_dir, values=values)
@@ -655,3 +706,41 @@ def test_notes_describe_the_gpu_profile(helm: Callable[..., subprocess.Completed
     notes = done.stdout.split("NOTES:", 1)[1]
     assert "Provider:   cuda (1 GPU per worker)" in notes
     assert f"kubectl -n {NAMESPACE} logs job/{WORKER}-topics" in notes
+
+
+# --- the images agree with the chart ---------------------------------------------------------------
+
+
+def _dockerfile_final_stage(path: Path) -> str:
+    text = path.read_text().replace("\\\n", " ")
+    return text.rsplit("\nFROM ", 1)[1]
+
+
+@pytest.mark.parametrize(("dockerfile", "provider"), [("Dockerfile", "cpu"), ("Dockerfile.cuda", "cuda")])
+def test_images_match_the_chart(dockerfile: str, provider: str) -> None:
+    """No Docker engine here: check what the chart relies on (uid, paths, port, provider, command)."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    stage = _dockerfile_final_stage(ROOT / dockerfile)
+    uid = values["podSecurityContext"]["runAsUser"]
+    assert re.search(rf"^USER {uid}:{uid}$", stage, re.MULTILINE)
+    assert f"--uid {uid}" in stage
+    assert f"COPY onnx_models/ {values['config']['modelDir']}/" in stage
+    assert f"BIDDER_MODEL_DIR={values['config']['modelDir']}" in stage
+    assert f"BIDDER_DATA_DIR={values['config']['dataDir']}" in stage
+    assert f"BIDDER_PROVIDER={provider}" in stage
+    assert re.search(rf"^EXPOSE {values['config']['webPort']}$", stage, re.MULTILINE)
+    assert f"CMD {json.dumps(values['command'])}" in stage
+    build = (ROOT / dockerfile).read_text()
+    assert "pip install ." in build
+    if provider == "cuda":
+        assert "FROM ${CUDA_IMAGE}" in build
+        assert "ARG CUDA_IMAGE=nvidia/cuda:" in build
+        assert "pip uninstall -y onnxruntime" in build
+        assert "onnxruntime-gpu==" in build
+        gpu = yaml.safe_load(GPU_VALUES.read_text())
+        assert gpu["image"]["tagSuffix"] == "-cuda"
+        app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+        assert f"bidder:{app_version}{gpu['image']['tagSuffix']}" in build
+    else:
+        assert "ARG PYTHON_IMAGE=python:3.11-slim" in build
+        assert "onnxruntime-gpu" not in build

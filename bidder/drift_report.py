@@ -1,0 +1,271 @@
+"""The drift report: reference vs live distribution of every monitored column, as a picture.
+
+One subplot per model input (feature-spec order) and per model output: the reference histogram drawn
+from the profile's quantile bins (density, so uneven bins compare fairly), the live window's values
+over the union of both ranges, and the current PSI / JS distance / spread ratio / standardized mean
+shift / missing share in the title. Columns inside an alert episode get a red frame and title; the
+figure title names them. Rendering uses matplotlib's Agg canvas directly (no pyplot, no global
+backend switch), so it is safe inside a worker or a test.
+
+``bidder drift report`` is :func:`main`: either render a monitor snapshot
+(``DriftMonitor.snapshot()`` as JSON, ``--snapshot FILE``) or run the seeded offline demo
+(``--demo``: a stationary stream, then an injected drift, through :func:`run_demo`) and write the
+PNG (and with ``--html`` a page with the picture and a statistics table). ``docs/drift-report.png``
+is ``bidder drift report --demo --out docs/drift-report.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from bidder.drift import STATISTICS, DriftEvent, DriftMonitor, DriftSettings
+from bidder.drift_inject import DriftInjection, InjectionKind, offline_stream, proxy_predictions
+from bidder.features import FEATURE_SPEC
+from bidder.market import World, WorldConfig
+from bidder.profile import FeatureProfile, profile_matrix
+
+__all__ = ["DemoResult", "main", "run_demo", "write_report"]
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+_ALERT = "#c0392b"
+_REF = "#7f8c8d"
+_LIVE = "#2e86c1"
+
+
+def _fmt(v: float, spec: str) -> str:
+    return "-" if math.isnan(v) else format(v, spec)
+
+
+def _spread(edges: F64, frac: F64, grid: F64) -> F64:
+    """Reference mass per ``grid`` cell, each reference bin's mass spread evenly over its width
+    (a zero-width bin, a point mass, lands in the cell holding it)."""
+    lo, hi = edges[:-1, None], edges[1:, None]
+    width = hi - lo
+    overlap = np.clip(np.minimum(hi, grid[None, 1:]) - np.maximum(lo, grid[None, :-1]), 0.0, None)
+    share = np.where(width > 1e-12, overlap / np.maximum(width, 1e-12), 0.0)
+    point = np.clip(np.searchsorted(grid, edges[:-1], side="right") - 1, 0, len(grid) - 2)
+    share[np.arange(len(frac)), point] += np.where(width[:, 0] > 1e-12, 0.0, 1.0)
+    out: F64 = frac @ share
+    return out
+
+
+def _draw(ax: Axes, ref: FeatureProfile, live: F32, title: str, alerting: bool) -> None:
+    """Reference and live mass per cell of one common grid (fractions, so the two compare)."""
+    edges = np.asarray(ref.edges, np.float64)
+    frac = np.asarray(ref.fractions, np.float64)
+    lo, hi = float(edges[0]), float(edges[-1])
+    if len(live):
+        lo, hi = min(lo, float(live.min())), max(hi, float(live.max()))
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.5, hi + 0.5
+    # discrete columns keep their one-bin-per-value edges; continuous ones get 40 even cells
+    grid = np.unique(np.concatenate([edges, [lo, hi]])) if len(frac) <= 3 else np.linspace(lo, hi, 41)
+    ref_mass = _spread(edges, frac, grid)
+    ax.stairs(ref_mass, grid, fill=True, color=_REF, alpha=0.45, label="reference")
+    if len(live):
+        counts = np.histogram(live, bins=grid)[0]
+        ax.stairs(counts / len(live), grid, color=_LIVE, linewidth=1.4, label="live")
+    ax.set_title(title, fontsize=7, color=_ALERT if alerting else "black")
+    ax.tick_params(labelsize=6)
+    if alerting:
+        for spine in ax.spines.values():
+            spine.set_edgecolor(_ALERT)
+            spine.set_linewidth(2.0)
+
+
+def write_report(
+    monitor: DriftMonitor, path: Path | str, *, html_path: Path | str | None = None, title: str = ""
+) -> Path:
+    """Write the PNG grid for ``monitor``'s current window (and optionally an HTML page); returns the PNG."""
+    path = Path(path)
+    refs = (*monitor.references, *monitor.prediction_references)
+    stats = monitor.statistics
+    alerting = monitor.alerting
+    alert_cols = sorted({name for name, _ in alerting})
+    ncols = 5
+    nrows = max(1, math.ceil(len(refs) / ncols))
+    fig = Figure(figsize=(3.2 * ncols, 2.4 * nrows + 0.8), dpi=90)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for i, ref in enumerate(refs):
+        ax = axes[i // ncols][i % ncols]
+        d = stats.get(ref.name)
+        st = {s: (d.get(s) if d else math.nan) for s in STATISTICS}
+        hot = sorted(s for n, s in alerting if n == ref.name)
+        head = ref.name + (" [pred]" if i >= len(monitor.references) else "")
+        if hot:
+            head += "  ALERT: " + ",".join(hot)
+        sub = (
+            f"PSI {_fmt(st['psi'], '.3f')}  JS {_fmt(st['js'], '.3f')}  scale {_fmt(st['scale'], '.2f')}\n"
+            f"mean {_fmt(st['mean'], '+.2f')} sd  missing {_fmt(st['missing'], '.1%')}"
+        )
+        _draw(ax, ref, monitor.live_values(ref.name), f"{head}\n{sub}", bool(hot))
+    for j in range(len(refs), nrows * ncols):
+        axes[j // ncols][j % ncols].set_visible(False)
+    axes[0][0].legend(fontsize=6, loc="upper right")
+    head = title or f"drift report, model {monitor.model_version or '?'}"
+    alerts = ", ".join(alert_cols) if alert_cols else "none"
+    fig.suptitle(
+        f"{head}: {monitor.n_sampled:,} sampled of {monitor.n_seen:,} served rows; alerting: {alerts}",
+        fontsize=11,
+        color=_ALERT if alert_cols else "black",
+    )
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, 0.97))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    if html_path is not None:
+        _write_html(Path(html_path), path, monitor, head)
+    return path
+
+
+def _write_html(out: Path, png: Path, monitor: DriftMonitor, head: str) -> None:
+    img = base64.b64encode(png.read_bytes()).decode()
+    rows = []
+    for name, d in monitor.statistics.items():
+        hot = sorted(s for n, s in monitor.alerting if n == name)
+        cells = "".join(f"<td>{_fmt(d.get(s), '.4g')}</td>" for s in STATISTICS)
+        style = ' style="background:#f5b7b1"' if hot else ""
+        rows.append(f"<tr{style}><td>{html.escape(name)}</td>{cells}<td>{','.join(hot)}</td></tr>")
+    header = "".join(f"<th>{s}</th>" for s in STATISTICS)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        f"<!doctype html><meta charset=utf-8><title>{html.escape(head)}</title>"
+        f"<h1>{html.escape(head)}</h1>"
+        f"<table border=1 cellspacing=0><tr><th>column</th>{header}<th>alerting</th></tr>"
+        + "".join(rows)
+        + f"</table><p><img alt='drift report' src='data:image/png;base64,{img}'></p>\n"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DemoResult:
+    """What an offline injected-drift run produced."""
+
+    monitor: DriftMonitor
+    events: tuple[tuple[int, DriftEvent], ...]
+    """(queries since the injection started, event); negative before it"""
+    injection: DriftInjection | None
+
+
+def run_demo(
+    *,
+    injection_feature: str | None = "relevance",
+    kind: InjectionKind = "scale",
+    amount: float = 10.0,
+    seed: int = 7,
+    reference_queries: int = 2000,
+    stationary_queries: int = 2000,
+    queries_after: int = 600,
+    n_candidates: int = 100,
+    settings: DriftSettings | None = None,
+) -> DemoResult:
+    """A seeded world served offline: the first ``reference_queries`` fit the reference profiles, the
+    monitor then sees ``stationary_queries`` of the same traffic and ``queries_after`` queries with the
+    injection (none when ``injection_feature`` is None)."""
+    world = World.generate(WorldConfig(n_shops=60, n_listings=3000, n_users=3000), seed=seed)
+    start = 1_699_999_200.0
+    dt = 0.25
+    inject_at = reference_queries + stationary_queries
+    total = inject_at + queries_after
+
+    def stream(inj: DriftInjection | None, std: float | None, n: int) -> Any:
+        return offline_stream(
+            world, n_queries=n, rng=np.random.default_rng(seed + 1), injection=inj, std=std,
+            start_ts=start, dt_s=dt, n_candidates=n_candidates,
+        )  # fmt: skip
+
+    # the reference part is identical with or without the injection (same seed, before start_ts), so
+    # one pass serves both; only a shift needs the reference std before the stream starts
+    def fit(n: int) -> tuple[tuple[FeatureProfile, ...], tuple[FeatureProfile, ...]]:
+        x_ref = np.concatenate(ref_rows[:n])
+        preds = proxy_predictions(x_ref)
+        return (
+            profile_matrix(x_ref, FEATURE_SPEC.names),
+            tuple(FeatureProfile.from_values(k, v) for k, v in preds.items()),
+        )
+
+    injection = None
+    std = None
+    ref_rows: list[F32] = []
+    if injection_feature is not None:
+        injection = DriftInjection(injection_feature, kind, amount, start_ts=start + inject_at * dt)
+        if kind == "shift":
+            ref_rows = [s.x for s in stream(None, None, reference_queries)]
+            std = fit(reference_queries)[0][FEATURE_SPEC.index(injection_feature)].std
+    monitor: DriftMonitor | None = None
+    events: list[tuple[int, DriftEvent]] = []
+    for i, served in enumerate(stream(injection, std, total)):
+        if i < reference_queries:
+            if len(ref_rows) < reference_queries:
+                ref_rows.append(served.x)
+            continue
+        if monitor is None:
+            refs, pred_refs = fit(reference_queries)
+            monitor = DriftMonitor(
+                refs,
+                pred_refs,
+                settings=settings or DriftSettings(sample_rate=0.05),
+                rng=np.random.default_rng(seed + 2),
+                model_version=f"demo-seed{seed}",
+            )
+        for ev in monitor.update(served.x, served.preds, now=served.ts):
+            events.append((i - inject_at, ev))
+    if monitor is None:
+        raise ValueError("the demo needs at least one query after the reference part")
+    return DemoResult(monitor=monitor, events=tuple(events), injection=injection)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``bidder drift report``: render a snapshot, or run the offline injected-drift demo."""
+    p = argparse.ArgumentParser(prog="bidder drift report", description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--snapshot", type=Path, help="JSON of DriftMonitor.snapshot() to render")
+    src.add_argument("--demo", action="store_true", help="run the seeded injected-drift demo offline")
+    p.add_argument("--out", type=Path, default=Path("docs/drift-report.png"), help="PNG to write")
+    p.add_argument("--html", type=Path, default=None, help="also write an HTML page here")
+    p.add_argument("--feature", default="relevance", help="demo: feature to drift ('none': no drift)")
+    p.add_argument("--kind", default="scale", choices=["scale", "shift", "missing", "remap"])
+    p.add_argument("--amount", type=float, default=10.0)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--queries-after", type=int, default=600, help="demo: queries after the injection")
+    args = p.parse_args(argv)
+    if args.snapshot is not None:
+        monitor = DriftMonitor.from_snapshot(
+            orjson.loads(args.snapshot.read_bytes()), rng=np.random.default_rng(0)
+        )
+        title = ""
+    else:
+        feature = None if args.feature == "none" else str(args.feature)
+        res = run_demo(
+            injection_feature=feature,
+            kind=args.kind,
+            amount=args.amount,
+            seed=args.seed,
+            queries_after=args.queries_after,
+        )
+        for q, ev in res.events:
+            print(f"query {q:+d}: {ev.describe()}")
+        monitor = res.monitor
+        inj = res.injection
+        title = (
+            "demo, no drift"
+            if inj is None
+            else f"demo: {inj.feature} {inj.kind} {inj.amount:g}, {args.queries_after} queries after"
+        )
+    out = write_report(monitor, args.out, html_path=args.html, title=title)
+    print(f"wrote {out}" + (f" and {args.html}" if args.html else ""))
+    return 0

@@ -1,0 +1,178 @@
+"""``bidder demo``: broker, topics, a worker and the simulator, with a live table and a reconciled summary.
+
+The summary's checks, all read from the topics:
+
+* queries sent = distinct auction outcomes + queries dead-lettered
+* clicks sent (resends included) = ledger lines (charged + unbilled + duplicate) + clicks dead-lettered
+* no click id is charged twice; every shop's charges <= its daily budget
+* purchases sent = conversions attributed + purchases dead-lettered
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from bidder.market import WorldConfig
+from bidder.settings import Settings
+from streams.monitor import OutputTally, TopicMonitor
+from streams.process import WorkerProcess
+from streams.simulate import SimulationReport, run_simulation
+
+__all__ = ["DemoSummary", "run_demo"]
+
+
+@dataclass
+class DemoSummary:
+    """The reconciled result of a demo run."""
+
+    numbers: dict[str, Any] = field(default_factory=dict)
+    checks: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(self.checks.values())
+
+
+def summarize(report: SimulationReport, tally: OutputTally, budgets: dict[int, float]) -> DemoSummary:
+    sent = report.sent
+    invalid_queries = sum(v for k, v in sent.items() if k.startswith("invalid_queries"))
+    queries_sent = sent.get("queries", 0) + invalid_queries
+    clicks_sent = sent.get("clicks", 0) + sent.get("clicks_resent", 0)
+    overspend = {s: round(c - budgets.get(s, 0.0), 6) for s, c in tally.charged_by_shop.items()
+                 if c > budgets.get(s, 0.0) + 1e-6}
+    lat = sorted(report.latencies_ms)
+    impressions = max(tally.impressions, 1)
+    n = {
+        "queries_sent": queries_sent,
+        "queries_invalid_sent": invalid_queries,
+        "outcomes": len(tally.outcome_ids),
+        "outcomes_repeated": tally.outcomes_repeated,
+        "queries_dead_lettered": tally.dead_lettered("queries"),
+        "clicks_sent": clicks_sent,
+        "clicks_charged": tally.ledger["charged"],
+        "clicks_unbilled": tally.ledger["unbilled"],
+        "clicks_duplicate_ignored": tally.ledger["duplicate"],
+        "clicks_double_entries": tally.ledger["double_entry"],
+        "clicks_dead_lettered": tally.dead_lettered("clicks"),
+        "purchases_sent": sent.get("purchases", 0),
+        "conversions": len(tally.conversions),
+        "purchases_dead_lettered": tally.dead_lettered("purchases"),
+        "revenue": round(tally.revenue, 4),
+        "unbilled_value": round(tally.unbilled_value, 4),
+        "budget_total": round(sum(budgets.values()), 2),
+        "shops_over_budget": len(overspend),
+        "ctr": round(tally.clicks_decided / impressions, 5),
+        "cvr": round(len(tally.conversions) / max(tally.clicks_decided, 1), 5),
+        "mean_pctr": round(tally.pctr_sum / impressions, 5),
+        "latency_p50_ms": round(lat[len(lat) // 2], 2) if lat else None,
+        "latency_p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 2) if lat else None,
+        "rate_achieved_qps": round(len(lat) / max(report.elapsed_s, 1e-9), 1),
+        "dead_letters": {f"{t}:{r}": c for (t, r), c in sorted(tally.dead_letters.items())},
+        "model_versions": dict(tally.model_versions),
+        "send_errors": report.send_errors,
+    }
+    checks = {
+        "queries_reconcile": queries_sent == n["outcomes"] + n["queries_dead_lettered"],
+        "clicks_reconcile": clicks_sent == (n["clicks_charged"] + n["clicks_unbilled"]
+                                            + n["clicks_duplicate_ignored"] + n["clicks_dead_lettered"]),
+        "no_double_charge": n["clicks_double_entries"] == 0,
+        "within_budgets": not overspend,
+        "purchases_reconcile": n["purchases_sent"] == n["conversions"] + n["purchases_dead_lettered"],
+        "no_send_errors": report.send_errors == 0,
+    }
+    return DemoSummary(numbers=n, checks=checks)
+
+
+def live_table(report: SimulationReport, tally: OutputTally, started: float) -> Table:
+    t = Table(title="bidder demo (live)", show_header=True)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    elapsed = max(time.monotonic() - started, 1e-9)
+    lat = sorted(report.latencies_ms[-2000:])
+    impressions = max(tally.impressions, 1)
+    rows = [
+        ("queries/s (outcomes)", f"{len(tally.outcome_ids) / elapsed:.1f}"),
+        ("latency p50 / p99 ms", f"{lat[len(lat) // 2]:.1f} / {lat[int(len(lat) * 0.99)]:.1f}" if lat else "-"),
+        ("queries sent", str(report.sent.get("queries", 0))),
+        ("auction outcomes", str(len(tally.outcome_ids))),
+        ("CTR (clicks / impressions)", f"{tally.clicks_decided / impressions:.4f}"),
+        ("CVR (purchases / clicks)", f"{len(tally.conversions) / max(tally.clicks_decided, 1):.4f}"),
+        ("revenue", f"{tally.revenue:.2f}"),
+        ("unbilled (past budget)", f"{tally.unbilled_value:.2f}"),
+        ("dead letters", str(sum(tally.dead_letters.values()))),
+        ("model versions", ", ".join(tally.model_versions) or "-"),
+    ]
+    for k, v in rows:
+        t.add_row(k, v)
+    return t
+
+
+def summary_table(summary: DemoSummary) -> Table:
+    t = Table(title="demo summary (from the topics)")
+    t.add_column("number")
+    t.add_column("value", justify="right")
+    for k, v in summary.numbers.items():
+        t.add_row(k, str(v))
+    for k, ok in summary.checks.items():
+        t.add_row(f"check {k}", "[green]ok[/]" if ok else "[red]FAILED[/]")
+    return t
+
+
+async def _run(settings: Settings, *, bootstrap: str, seconds: float, rate: float, seed: int,
+               world: WorldConfig, workdir: Path, console: Console | None) -> DemoSummary:
+    monitor = TopicMonitor(settings, bootstrap=bootstrap)
+    await monitor.start()
+    workers: list[WorkerProcess] = []
+    started = time.monotonic()
+
+    async def start_worker() -> None:
+        w = WorkerProcess.start(bootstrap=bootstrap, log_path=workdir / "worker-1.log")
+        workers.append(w)
+        info = await asyncio.to_thread(w.wait_ready)
+        if console is not None:
+            console.log(f"worker ready: {info.get('model_versions')} on {info.get('providers')}")
+
+    report_box: dict[str, SimulationReport] = {}
+    live = Live(console=console, refresh_per_second=4) if console is not None else None
+
+    def tick(r: SimulationReport) -> None:
+        report_box["r"] = r
+        if live is not None:
+            live.update(live_table(r, monitor.tally, started))
+
+    try:
+        if live is not None:
+            live.start()
+        report = await run_simulation(settings, bootstrap=bootstrap, rate=rate, duration_s=seconds, seed=seed,
+                                      world=world, after_catalog=start_worker, invalid_every=97, on_tick=tick,
+                                      drain_s=15.0)
+        await monitor.settle()
+        if live is not None:
+            live.update(live_table(report, monitor.tally, started))
+    finally:
+        if live is not None:
+            live.stop()
+        for w in workers:
+            await asyncio.to_thread(w.stop)
+        await monitor.stop()
+    assert report.simulator is not None
+    wd = report.simulator.world
+    budgets = {int(s): float(b) for s, b in zip(wd.shop_ids, wd.shop_budget, strict=True)}
+    return summarize(report, monitor.tally, budgets)
+
+
+def run_demo(settings: Settings, *, bootstrap: str, seconds: float, rate: float, seed: int = 7,
+             world: WorldConfig | None = None, console: Console | None = None) -> DemoSummary:
+    """Run a worker and the simulator against ``bootstrap`` and reconcile the topics."""
+    workdir = Path(tempfile.mkdtemp(prefix="bidder-demo-"))
+    return asyncio.run(_run(settings, bootstrap=bootstrap, seconds=seconds, rate=rate, seed=seed,
+                            world=world or WorldConfig(), workdir=workdir, console=console))

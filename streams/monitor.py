@@ -1,0 +1,121 @@
+"""Reads the output topics from the start and adds them up: what the demo shows and reconciles.
+
+Everything printed by ``bidder demo`` comes from here (the topics), not from the worker's memory, so
+the numbers reconcile with what any other consumer of the topics would see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from bidder.settings import Settings
+from streams.simulate import tail_consumer
+
+__all__ = ["OutputTally", "TopicMonitor"]
+
+OUTPUT_TOPICS = ["auctions", "billing", "dead-letters", "labels"]
+
+
+@dataclass
+class OutputTally:
+    """Totals over the output topics."""
+
+    outcome_ids: set[str] = field(default_factory=set)
+    outcomes_repeated: int = 0
+    impressions: int = 0
+    ledger: Counter[str] = field(default_factory=Counter)
+    ledger_click_ids: dict[str, str] = field(default_factory=dict)
+    charged_by_shop: defaultdict[int, float] = field(default_factory=lambda: defaultdict(float))
+    revenue: float = 0.0
+    unbilled_value: float = 0.0
+    dead_letters: Counter[tuple[str, str]] = field(default_factory=Counter)
+    conversions: set[str] = field(default_factory=set)
+    label_records: int = 0
+    model_versions: Counter[str] = field(default_factory=Counter)
+    pctr_sum: float = 0.0
+    last_record_at: float = field(default_factory=time.monotonic)
+    records: int = 0
+
+    def add(self, topic: str, value: bytes) -> None:
+        self.records += 1
+        self.last_record_at = time.monotonic()
+        rec: dict[str, Any] = orjson.loads(value)
+        if topic == "auctions":
+            qid = str(rec["query_id"])
+            if qid in self.outcome_ids:
+                self.outcomes_repeated += 1
+                return
+            self.outcome_ids.add(qid)
+            self.impressions += len(rec["winners"])
+            self.pctr_sum += sum(float(w["pctr"]) for w in rec["winners"])
+            self.model_versions["/".join(f"{k}={v}" for k, v in sorted(rec["model_versions"].items()))] += 1
+        elif topic == "billing":
+            status = str(rec["status"])
+            cid = str(rec["click_id"])
+            if status != "duplicate" and cid in self.ledger_click_ids:
+                status = "double_entry"  # would be a double charge: must never happen
+            self.ledger[status] += 1
+            if status in ("charged", "unbilled"):
+                self.ledger_click_ids[cid] = status
+            if status == "charged":
+                self.charged_by_shop[int(rec["shop_id"])] += float(rec["amount"])
+                self.revenue += float(rec["amount"])
+            elif status == "unbilled":
+                self.unbilled_value += float(rec["price"])
+        elif topic == "dead-letters":
+            self.dead_letters[(str(rec["source_topic"]), str(rec["reason"]))] += 1
+        elif topic == "labels":
+            self.label_records += 1
+            if rec.get("type") == "label_update" and rec.get("converted"):
+                self.conversions.add(str(rec["order_id"]))
+
+    def dead_lettered(self, topic: str) -> int:
+        return sum(n for (t, _), n in self.dead_letters.items() if t == topic)
+
+    @property
+    def clicks_decided(self) -> int:
+        return self.ledger["charged"] + self.ledger["unbilled"]
+
+
+class TopicMonitor:
+    """Background reader of the output topics into an :class:`OutputTally`."""
+
+    def __init__(self, settings: Settings, *, bootstrap: str) -> None:
+        self.tally = OutputTally()
+        self._settings = settings
+        self._bootstrap = bootstrap
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        consumer = await tail_consumer(self._settings, self._bootstrap, OUTPUT_TOPICS, from_beginning=True)
+
+        async def run() -> None:
+            try:
+                while True:
+                    batches = await consumer.getmany(timeout_ms=100, max_records=5000)
+                    for tp, records in batches.items():
+                        for r in records:
+                            self.tally.add(tp.topic, r.value)
+            finally:
+                await consumer.stop()
+
+        self._task = asyncio.create_task(run())
+
+    async def settle(self, *, quiet_s: float = 2.0, timeout_s: float = 30.0) -> None:
+        """Wait until no new output record has arrived for ``quiet_s`` seconds."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and time.monotonic() - self.tally.last_record_at < quiet_s:
+            await asyncio.sleep(0.2)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -25,6 +25,7 @@ True
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -81,6 +82,8 @@ class Ledger:
         self._decided: OrderedDict[str, LedgerEntry] = OrderedDict()
         self.totals: dict[Status, float] = {"charged": 0.0, "unbilled": 0.0, "duplicate": 0.0}
         self.counts: dict[Status, int] = {"charged": 0, "unbilled": 0, "duplicate": 0}
+        self.version = 0
+        """increases whenever spend changes (readers cache on it)"""
 
     def spend(self, shop_id: int, day: int) -> float:
         return self._spend.get((shop_id, day), 0.0)
@@ -112,8 +115,9 @@ class Ledger:
             status: Status = "duplicate"
             amount = 0.0
         else:
-            amount = max(0.0, min(price, budget - spent))
-            amount = round(amount, 6)
+            # round the price to the currency unit (1e-6) but the budget left *down*: rounding
+            # min(price, left) half-up charged 1.730469 against a budget of 1.73046875 (T0 found it)
+            amount = max(0.0, min(round(price, 6), math.floor((budget - spent) * 1e6 + 1e-3) / 1e6))
             status = "charged" if amount > _CENT else "unbilled"
             if status == "unbilled":
                 amount = 0.0
@@ -131,6 +135,7 @@ class Ledger:
             self._decided.popitem(last=False)
         key = (entry.shop_id, entry.day)
         self._spend[key] = self._spend.get(key, 0.0) + entry.amount
+        self.version += 1
         # charged: money taken; unbilled: the price the shop would have paid (revenue given up)
         self.totals[entry.status] += entry.amount if entry.status == "charged" else entry.price
         self.counts[entry.status] += 1

@@ -134,6 +134,11 @@ class EmbeddedBroker:
     ) -> EmbeddedBroker:
         """Start a broker and return once it answers Kafka metadata requests."""
         port = port or free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError as exc:
+                raise BrokerError(f"port {port} on 127.0.0.1 is already in use: {exc}") from exc
         binary = _binary(kind)
         if kind == "tansu":
             url = f"tcp://127.0.0.1:{port}"

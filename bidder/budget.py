@@ -37,13 +37,21 @@ class LedgerBudget:
         self._catalog = catalog
         self._ledger = ledger
         self._clock = clock
+        self._key: tuple[int, int, int] = (-1, -1, -1)
+        self._spend: F64 = np.zeros(0)
+
+    def _spend_by_row(self, now: float) -> F64:
+        """Today's spend of every shop row, rebuilt only when the ledger, the day or the shops changed."""
+        key = (self._ledger.version, day_of(now), self._catalog.n_shops)
+        if key != self._key:
+            day = key[1]
+            ids = self._catalog.shop_ids[: self._catalog.n_shops].tolist()
+            self._spend = np.fromiter((self._ledger.spend(i, day) for i in ids), np.float64, len(ids))
+            self._key = key
+        return self._spend
 
     def spend(self, shop_rows: I64, now: float) -> F64:
-        day = day_of(now)
-        uniq, inv = np.unique(shop_rows, return_inverse=True)
-        ids = self._catalog.shop_ids[uniq].tolist()
-        spent = np.fromiter((self._ledger.spend(i, day) for i in ids), np.float64, len(ids))
-        out: F64 = spent[inv]
+        out: F64 = self._spend_by_row(now)[shop_rows]
         return out
 
     def remaining(self, shop_rows: I64) -> F64:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -63,8 +64,8 @@ def broker(settings: Settings, port: int | None, kind: str | None, data_dir: Pat
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
-        while not stop["now"] and b.process.poll() is None:
-            signal.sigtimedwait([signal.SIGTERM, signal.SIGINT], 0.5)
+        while not stop["now"]:
+            time.sleep(0.2)
             if b.process.poll() is not None:
                 raise click.ClickException(f"broker exited with {b.process.returncode}; log: {b.log_path}")
     finally:

@@ -25,7 +25,8 @@ Alerts are episodes with hysteresis: one ``alert`` event when a (column, statist
 threshold, one ``recovered`` event when it falls below ``threshold * recover_ratio`` (for scale:
 ``|ln ratio| < ln(scale_factor) * recover_ratio``). ``seasonal`` columns follow the clock (a
 minutes-long window of ``hour_sin`` is one point of the training day), so only missing values and an
-upward scale are judged for them; their other statistics are still computed for gauges.
+upward scale are judged for them, the scale as a magnitude ratio ``max(|q01|, |q99|)`` live over
+reference (their live spread is ~0); their other statistics are still computed for gauges.
 
 Rows of one query share per-query features (device, page, hour); the window must span many queries
 for those to be judged fairly: the defaults (1% of 600 candidates -> ~6 rows a query, 5,000 rows)
@@ -45,6 +46,7 @@ span ~800 queries.
 
 from __future__ import annotations
 
+import base64
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -191,10 +193,14 @@ def _quantile(sorted_finite: F32 | F64, q: float) -> float:
     return float(sorted_finite[lo]) * (1.0 - frac) + float(sorted_finite[hi]) * frac
 
 
-def column_drift(sorted_col: F32 | F64, profile: FeatureProfile, *, min_finite: int = 1) -> ColumnDrift:
+def column_drift(
+    sorted_col: F32 | F64, profile: FeatureProfile, *, min_finite: int = 1, seasonal: bool = False
+) -> ColumnDrift:
     """PSI, JS distance, spread ratio, standardized mean shift and missing share of one window column.
 
     ``sorted_col`` is the window's values sorted ascending with missing values as trailing NaNs.
+    ``seasonal`` columns (a short window sees one point of their cycle, spread ~0) get a magnitude
+    ratio instead of a spread ratio: ``max(|q01|, |q99|)`` live over reference.
 
     >>> ref = FeatureProfile.from_values("x", np.arange(1000.0))
     >>> d = column_drift(np.sort(np.arange(1000.0) * 10), ref)
@@ -220,11 +226,13 @@ def column_drift(sorted_col: F32 | F64, profile: FeatureProfile, *, min_finite: 
         kl_a = np.where(a > 0, a * np.log2(a / m), 0.0)
         kl_e = np.where(e > 0, e * np.log2(e / m), 0.0)
     js = math.sqrt(max(0.0, 0.5 * float(kl_a.sum() + kl_e.sum())))
-    ref_spread = profile.q99 - profile.q01
-    if ref_spread <= 1e-6 * max(1.0, abs(profile.q01), abs(profile.q99)):
-        scale = _NAN
+    lo, hi = _quantile(fin, 0.01), _quantile(fin, 0.99)
+    if seasonal:
+        ref_size, size = max(abs(profile.q01), abs(profile.q99)), max(abs(lo), abs(hi))
     else:
-        scale = (_quantile(fin, 0.99) - _quantile(fin, 0.01)) / ref_spread
+        ref_size, size = profile.q99 - profile.q01, hi - lo
+    degenerate = ref_size <= 1e-6 * max(1.0, abs(profile.q01), abs(profile.q99))
+    scale = _NAN if degenerate else size / ref_size
     if profile.std <= 1e-9 * max(1.0, abs(profile.mean)):
         mean = _NAN
     else:
@@ -362,7 +370,8 @@ class DriftMonitor:
         span = w.span_s(now)
         events: list[DriftEvent] = []
         for j, ref in enumerate(refs):
-            d = column_drift(srt[j], ref, min_finite=s.min_finite)
+            seasonal = source == "feature" and ref.name in s.seasonal
+            d = column_drift(srt[j], ref, min_finite=s.min_finite, seasonal=seasonal)
             self._stats[ref.name] = d
             for st in STATISTICS:
                 ev = self._episode(ref, st, d.get(st), source)
@@ -428,12 +437,14 @@ class DriftMonitor:
 
     # --- state --------------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        """Plain-data state (JSON-friendly); the generator is the caller's and is not included."""
+        """Plain-data state (JSON-friendly; windows as base64 bytes); the generator is the caller's
+        and is not included. The windows refill in minutes, so a worker may also start empty."""
 
         def win(w: _Window) -> dict[str, Any]:
             return {
-                "values": w.values.ravel().tolist(),
-                "ts": w.ts.tolist(),
+                # little-endian float32/float64 bytes, base64: a 5000-row window is ~0.5 MB, not 1.4
+                "values": base64.b64encode(w.values.astype("<f4").tobytes()).decode(),
+                "ts": base64.b64encode(w.ts.astype("<f8").tobytes()).decode(),
                 "pos": w.pos,
                 "count": w.count,
                 "since_eval": w.since_eval,
@@ -466,9 +477,11 @@ class DriftMonitor:
             model_version=str(snap["model_version"]),
         )
         for w, d in ((out._features, snap["features"]), (out._preds, snap["predictions"])):
-            w.values = np.asarray(d["values"], np.float32).reshape(len(w.names), w.size)
-            w.ts = np.asarray(d["ts"], np.float64)
+            values = np.frombuffer(base64.b64decode(d["values"]), "<f4")
+            w.values = values.astype(np.float32).reshape(len(w.names), w.size)
+            w.ts = np.frombuffer(base64.b64decode(d["ts"]), "<f8").astype(np.float64)
             w.pos, w.count, w.since_eval = int(d["pos"]), int(d["count"]), int(d["since_eval"])
+
         def num(v: Any) -> float:
             return _NAN if v is None else float(v)
 

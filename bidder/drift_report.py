@@ -242,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--amount", type=float, default=10.0)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--queries-after", type=int, default=600, help="demo: queries after the injection")
+    p.add_argument("--reference-queries", type=int, default=2000, help="demo: queries fitting the reference")
+    p.add_argument("--stationary-queries", type=int, default=2000, help="demo: watched before the drift")
     args = p.parse_args(argv)
     if args.snapshot is not None:
         monitor = DriftMonitor.from_snapshot(
@@ -256,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
             amount=args.amount,
             seed=args.seed,
             queries_after=args.queries_after,
+            reference_queries=args.reference_queries,
+            stationary_queries=args.stationary_queries,
         )
         for q, ev in res.events:
             print(f"query {q:+d}: {ev.describe()}")

@@ -170,11 +170,12 @@ def _to_json(obj: Any) -> Any:
                     "slot": w.slot,
                     "listing_id": w.listing_id,
                     "shop_id": w.shop_id,
-                    "pctr": w.pctr,
-                    "pcvr": w.pcvr,
+                    # model outputs and features are float32: written at float32's shortest repr
+                    "pctr": np.float32(w.pctr),
+                    "pcvr": np.float32(w.pcvr),
                     "bid": w.bid,
                     "price": w.price,
-                    "features": list(w.features),
+                    "features": np.asarray(w.features, np.float32),
                 }
                 for w in obj.winners
             ],

@@ -65,7 +65,7 @@ class WorldConfig:
     n_listings: int = 30_000
     n_users: int = 20_000
     n_categories: int = 24
-    budget_median: float = 40.0
+    budget_median: float = 150.0
     """median daily budget of a shop, in currency units"""
     price_median: float = 25.0
     purchase_delay_mean_s: float = 60.0
@@ -119,7 +119,7 @@ class World:
         c = config
         shop_ids = np.arange(1, c.n_shops + 1, dtype=np.int64) * 10 + 7
         budget = np.round(c.budget_median * rng.lognormal(0.0, 0.6, c.n_shops), 2)
-        share = np.round(rng.uniform(0.06, 0.25, c.n_shops), 3)
+        share = np.round(rng.uniform(0.02, 0.08, c.n_shops), 3)
         listing_ids = np.arange(1, c.n_listings + 1, dtype=np.int64) * 100 + 3
         listing_shop = rng.integers(0, c.n_shops, c.n_listings)
         price = np.round(c.price_median * rng.lognormal(0.0, 0.7, c.n_listings), 2).clip(1.0, 5000.0)

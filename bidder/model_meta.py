@@ -3,8 +3,8 @@
 ``mlp_ctr.onnx`` comes with ``mlp_ctr.json`` holding:
 
 * ``name``, ``version`` (``<family>-<target>-<first 12 hex of the .onnx sha256>``), ``family``
-  (``lr`` | ``gbdt`` | ``mlp``), ``target`` (``ctr`` = P(click | impression), ``cvr`` = P(purchase |
-  click)), ``onnx_sha256``;
+  (``lr`` | ``gbdt`` | ``mlp`` | ``mlp_int8``), ``target`` (``ctr`` = P(click | impression),
+  ``cvr`` = P(purchase | click)), ``onnx_sha256``;
 * ``feature_spec``: version, ordered names, dtype and fingerprint of :data:`bidder.features.FEATURE_SPEC`
   the model was trained on; ``input_name`` (a ``(n, d)`` float32 tensor) and ``output_name`` (a ``(n,)``
   float32 probability tensor);
@@ -40,9 +40,9 @@ from bidder.features import FEATURE_SPEC, FeatureSpec
 __all__ = ["ModelMeta", "ModelSpecError", "TensorInfo", "check_io"]
 
 F32 = npt.NDArray[np.float32]
-Family = Literal["lr", "gbdt", "mlp"]
+Family = Literal["lr", "gbdt", "mlp", "mlp_int8"]
 Target = Literal["ctr", "cvr"]
-FAMILIES: tuple[Family, ...] = ("lr", "gbdt", "mlp")
+FAMILIES: tuple[Family, ...] = ("lr", "gbdt", "mlp", "mlp_int8")
 TARGETS: tuple[Target, ...] = ("ctr", "cvr")
 
 
@@ -119,8 +119,8 @@ class ModelMeta:
             return cls(
                 name=str(d["name"]),
                 version=str(d["version"]),
-                family=family,  # type: ignore[arg-type]
-                target=target,  # type: ignore[arg-type]
+                family=family,
+                target=target,
                 feature_spec=spec,
                 input_name=str(d["input_name"]),
                 output_name=str(d["output_name"]),

@@ -125,10 +125,14 @@ class BidderState:
             self.stats.record(np.array([row]), kind="conversions", now=float(label["ts"]))
 
     def apply_own_ledger(self, entry: LedgerEntry, *, partition: int, offset: int) -> None:
-        """The billing agent's own acknowledged write (offset from the broker's ack)."""
-        if offset >= self.ledger_applied.get(partition, 0):
-            self._apply_ledger(entry)
-            self.ledger_applied[partition] = offset + 1
+        """The billing agent's own acknowledged write (offset from the broker's ack).
+
+        Always folded (``Ledger.apply`` ignores a click id already decided): a broker that lost its
+        tail reuses offsets (noida-db loses the last acknowledged records on restart, see
+        docs/reliability.md), and skipping an own write by offset left its spend out -> overspend.
+        """
+        self._apply_ledger(entry)
+        self.ledger_applied[partition] = max(self.ledger_applied.get(partition, 0), offset + 1)
 
     def order_attributed(self, order_id: str) -> bool:
         return order_id in self._orders

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -51,8 +51,8 @@ class SimConfig:
     """queries that only warm up the rolling stats"""
     n_log: int = 40_000
     """queries whose impressions are logged"""
-    rate_qps: float = 1.0
-    """mean query arrival rate (Poisson); 1/s spreads the log over most of a day"""
+    rate_qps: float = 0.5
+    """mean query arrival rate (Poisson); 46k queries at 0.5/s cover a whole day of hours"""
     start_ts: float = 1_767_225_600.0
     """2026-01-01T00:00:00Z"""
     n_candidates: int = 600
@@ -66,8 +66,8 @@ class SimConfig:
     max_bid: float = 3.0
     budget_scale: float = 10.0
     """shops' daily budgets are multiplied by this in the logging run: at 1 query/s the real budgets
-    run out after about four hours, and a log of full auctions around the clock trains better models"""
-    world: WorldConfig = WorldConfig()
+    run out within hours, and a log of full auctions around the clock trains better models"""
+    world: WorldConfig = field(default_factory=WorldConfig)
 
     @classmethod
     def small(cls) -> SimConfig:

@@ -85,16 +85,21 @@ def test_no_bidders_and_zero_slots() -> None:
     assert none.winners.tolist() == []
 
 
+def _winner(bids: np.ndarray, pctr: np.ndarray, seed: int) -> int:
+    r = run_auction(bids=bids, pctr=pctr, reserve_price=0.0, slots=1, rng=np.random.default_rng(seed))
+    return int(r.winners[0])
+
+
 def test_ties_are_broken_by_the_injected_rng() -> None:
     bids, pctr = np.ones(10), np.full(10, 0.1)
     first = [
-        run_auction(bids=bids, pctr=pctr, reserve_price=0.0, slots=1, rng=np.random.default_rng(s)).winners[0]
+        _winner(bids, pctr, s)
         for s in range(200)
     ]
     counts = np.bincount(first, minlength=10)
     assert counts.min() > 5  # every tied candidate wins sometimes
     again = [
-        run_auction(bids=bids, pctr=pctr, reserve_price=0.0, slots=1, rng=np.random.default_rng(s)).winners[0]
+        _winner(bids, pctr, s)
         for s in range(200)
     ]
     assert first == again  # same generator state, same outcome
@@ -105,4 +110,6 @@ def test_ties_are_broken_by_the_injected_rng() -> None:
 
 def test_rejects_misaligned_inputs() -> None:
     with pytest.raises(ValueError, match="equal"):
-        run_auction(bids=np.ones(3), pctr=np.ones(2), reserve_price=0.0, slots=1, rng=np.random.default_rng(0))
+        run_auction(
+            bids=np.ones(3), pctr=np.ones(2), reserve_price=0.0, slots=1, rng=np.random.default_rng(0)
+        )

@@ -43,7 +43,9 @@ def test_bad_limits_refused() -> None:
     arrays(np.float64, 20, elements=st.floats(0.5, 5000)),
     arrays(np.float64, 20, elements=st.floats(-5, 50)),
 )
-def test_bids_in_range_and_zero_without_budget(pcvr: np.ndarray, price: np.ndarray, budget: np.ndarray) -> None:
+def test_bids_in_range_and_zero_without_budget(
+    pcvr: np.ndarray, price: np.ndarray, budget: np.ndarray
+) -> None:
     b = bids(pcvr=pcvr, price=price, target_share=np.full(20, 0.1), pacing=np.full(20, 0.8),
              remaining_budget=budget, min_bid=0.02, max_bid=3.0)
     has = budget > 0

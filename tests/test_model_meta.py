@@ -35,7 +35,11 @@ def test_round_trip_through_json(tmp_path: Path) -> None:
 
 def test_good_io_passes() -> None:
     check_io(ModelMeta.example(), GOOD_IN, GOOD_OUT)
-    check_io(ModelMeta.example(), [T("features", "tensor(float)", [None, D])], [T("p", "tensor(float)", ["n", 1])])
+    check_io(
+        ModelMeta.example(),
+        [T("features", "tensor(float)", [None, D])],
+        [T("p", "tensor(float)", ["n", 1])],
+    )
 
 
 @pytest.mark.parametrize(
@@ -80,7 +84,9 @@ def test_malformed_sidecar_refused(tmp_path: Path) -> None:
         ModelMeta.load(p)
 
 
-@pytest.mark.parametrize("name", [f"{f}_{t}" for f in ("lr", "gbdt", "mlp") for t in ("ctr", "cvr")])
+@pytest.mark.parametrize(
+    "name", [f"{f}_{t}" for f in ("lr", "gbdt", "mlp", "mlp_int8") for t in ("ctr", "cvr")]
+)
 def test_committed_sidecar_contents(name: str) -> None:
     meta = ModelMeta.load(DEFAULT_MODEL_DIR / f"{name}.json")
     meta.check_spec()

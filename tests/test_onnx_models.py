@@ -18,10 +18,10 @@ from bidder.model_meta import ModelMeta
 from bidder.scoring import NumpyMlpScorer, OnnxScorer
 from bidder.settings import DEFAULT_MODEL_DIR
 from onnx_models.export import INPUT_NAME, OUTPUT_NAME
-from onnx_models.train import Fitted, TrainConfig, run, split_log
 from onnx_models.traffic import SimConfig, simulate
+from onnx_models.train import Fitted, TrainConfig, run, split_log
 
-NAMES = [f"{f}_{t}" for f in ("lr", "gbdt", "mlp") for t in ("ctr", "cvr")]
+NAMES = [f"{f}_{t}" for f in ("lr", "gbdt", "mlp", "mlp_int8") for t in ("ctr", "cvr")]
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,15 @@ def test_parity_gbdt(trained: tuple[Path, dict[str, tuple[ModelMeta, Fitted]]], 
     assert float(np.mean(diff <= 1e-6)) >= 0.999
 
 
+@pytest.mark.parametrize("target", ["ctr", "cvr"])
+def test_int8_mlp_stays_close_to_float(trained: tuple[Path, dict[str, tuple[ModelMeta, Fitted]]],
+                                       test_rows: np.ndarray, target: str) -> None:
+    out, models = trained
+    got = _ort(out / f"mlp_int8_{target}.onnx", test_rows)
+    assert float(np.max(np.abs(got - models[f"mlp_{target}"][1].predict(test_rows)))) <= 0.05
+    assert models[f"mlp_int8_{target}"][0].extra["max_abs_dp_vs_float_test"] <= 0.05
+
+
 def test_numpy_reference_matches_torch(trained: tuple[Path, dict[str, tuple[ModelMeta, Fitted]]],
                                        test_rows: np.ndarray) -> None:
     out, models = trained
@@ -67,7 +76,9 @@ def test_numpy_reference_matches_torch(trained: tuple[Path, dict[str, tuple[Mode
     assert float(np.max(np.abs(ref - models["mlp_ctr"][1].predict(test_rows)))) <= 1e-5
 
 
-def test_outputs_are_plain_probability_tensors(trained: tuple[Path, dict[str, tuple[ModelMeta, Fitted]]]) -> None:
+def test_outputs_are_plain_probability_tensors(
+    trained: tuple[Path, dict[str, tuple[ModelMeta, Fitted]]],
+) -> None:
     out, _ = trained
     for name in NAMES:
         sess = ort.InferenceSession(str(out / f"{name}.onnx"), providers=["CPUExecutionProvider"])
@@ -86,7 +97,7 @@ def test_training_is_deterministic(trained: tuple[Path, dict[str, tuple[ModelMet
 
 def test_split_is_by_time_and_cvr_uses_clicks() -> None:
     log = simulate(SimConfig.small(), seed=3)
-    x_tr, y_tr, x_te, _, oracle = split_log(log, "ctr")
+    x_tr, _, x_te, _, oracle = split_log(log, "ctr")
     assert len(x_tr) + len(x_te) == log.n
     _, y_cvr, x_cvr_te, _, _ = split_log(log, "cvr")
     assert len(y_cvr) + len(x_cvr_te) == int(log.clicked.sum())
@@ -102,3 +113,5 @@ def test_committed_models(name: str) -> None:
     meta = ModelMeta.load(path.with_suffix(".json"))
     assert meta.onnx_sha256 == hashlib.sha256(blob).hexdigest()
     OnnxScorer(path)
+    if meta.family == "mlp_int8":  # offered only while it keeps offline AUC within 0.001 of the float MLP
+        assert abs(meta.extra["auc_delta_vs_float_test"]) <= 0.001

@@ -110,7 +110,9 @@ def test_batch_equals_one_by_one(world: World, stats: RollingStats, models: Mode
     assert batched[0].extra == {"batch_queries": 4}
 
 
-def test_unknown_and_inactive_candidates_are_skipped(world: World, stats: RollingStats, models: Models) -> None:
+def test_unknown_and_inactive_candidates_are_skipped(
+    world: World, stats: RollingStats, models: Models
+) -> None:
     pipe = _pipeline(world, stats, models)
     q = _queries(world, 1, seed=4)[0]
     gone = int(q.listing_ids[0])
@@ -172,3 +174,29 @@ def test_budget_views() -> None:
     charged = b.charge(np.array([1, 1]), amount=np.array([0.4, 0.4]))
     assert charged.tolist() == pytest.approx([0.4, 0.1])  # clamped to what is left
     assert b.remaining(np.array([1])).tolist() == [0.0]
+
+
+def test_row_index_matches_catalog_rows() -> None:
+    """Same answers as Catalog.rows, also after listings are added or withdrawn behind its back."""
+    from bidder.catalog import Catalog  # noqa: PLC0415
+    from bidder.pipeline import RowIndex  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    cat = Catalog(capacity=8)
+    cat.upsert_shop(1, daily_budget=1.0, target_share=0.1)
+    ids = rng.choice(10**9, 3000, replace=False).astype(np.int64)
+    for i in ids[:1000].tolist():
+        cat.upsert_listing(i, shop_id=1, price=1.0, category=0)
+    index = RowIndex(cat, rebuild_after=300)
+    for step in range(1, 9):
+        for i in ids[1000 + (step - 1) * 200 : 1000 + step * 200].tolist():  # grows behind the index
+            cat.upsert_listing(i, shop_id=1, price=1.0, category=0)
+        for i in rng.choice(ids, 20).tolist():
+            cat.remove_listing(i)
+        ask = np.concatenate([rng.choice(ids, 500), rng.integers(0, 10**9, 100)]).astype(np.int64)
+        want_rows, want_known = cat.rows(ask)
+        got_rows, got_known = index.rows(ask)
+        np.testing.assert_array_equal(got_known, want_known)
+        np.testing.assert_array_equal(got_rows, want_rows)
+    empty = RowIndex(Catalog())
+    assert empty.rows(np.array([5], np.int64))[1].tolist() == [False]

@@ -65,7 +65,7 @@ class AuctionLog:
 
     def _evict(self, now: float) -> None:
         while self._by_query:
-            qid, (ts, _) = next(iter(self._by_query.items()))
+            ts, _ = next(iter(self._by_query.values()))
             if len(self._by_query) > self.capacity or ts < now - self.window_s:
                 self._by_query.popitem(last=False)
             else:

@@ -40,7 +40,7 @@ SIM_NOW = 1_767_272_400.0
 
 def _ensure_orjson() -> None:
     try:
-        import orjson  # noqa: F401, PLC0415
+        import orjson  # noqa: F401
     except ModuleNotFoundError:
         stub = types.ModuleType("orjson")
 
@@ -87,15 +87,15 @@ def run_bench(
 ) -> dict[str, Any]:
     """Run the interleaved benchmark and return the result object printed by ``--json``."""
     _ensure_orjson()
-    import onnxruntime as ort  # noqa: PLC0415
+    import onnxruntime as ort
 
-    from bidder.events import Query  # noqa: PLC0415
-    from bidder.features import FEATURE_SPEC, Priors, QueryContext, gather  # noqa: PLC0415
-    from bidder.market import World, WorldConfig  # noqa: PLC0415
-    from bidder.pipeline import BidPipeline, UnlimitedBudget  # noqa: PLC0415
-    from bidder.rolling import RollingStats  # noqa: PLC0415
-    from bidder.scoring import load_models  # noqa: PLC0415
-    from onnx_models.traffic import build_catalog  # noqa: PLC0415
+    from bidder.events import Query
+    from bidder.features import FEATURE_SPEC, Priors, QueryContext, gather
+    from bidder.market import World, WorldConfig
+    from bidder.pipeline import BidPipeline, UnlimitedBudget
+    from bidder.rolling import RollingStats
+    from bidder.scoring import load_models
+    from onnx_models.traffic import build_catalog
 
     models = load_models(model_dir, family, provider, intra_op_threads, inter_op_threads)
     rng = np.random.default_rng(seed)

@@ -350,4 +350,6 @@ def decoder_for(topic: str, limits: Limits) -> Callable[[bytes | None, float], D
     return _decode
 
 
-assert set(DEVICES) == {"mobile", "desktop", "app"} and set(PAGES) == {"search", "category", "market"}
+# the Literal choices in _Context must follow the world's vocabulary
+assert set(DEVICES) == {"mobile", "desktop", "app"}
+assert set(PAGES) == {"search", "category", "market"}

@@ -149,10 +149,7 @@ def inject_listing(listing: Listing, injection: DriftInjection, *, std: float | 
     """The listing with its price drifted (unchanged before ``start_ts`` or off-path)."""
     if not injection.active(listing.ts) or upstream_source(injection) != "listing":
         return listing
-    if injection.kind == "scale":
-        factor = injection.amount
-    else:
-        factor = math.exp(injection.amount * _need_std(injection, std))
+    factor = injection.amount if injection.kind == "scale" else math.exp(injection.amount * _need_std(injection, std))
     return replace(listing, price=round(listing.price * factor, 2))
 
 

@@ -118,7 +118,7 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     _check(settings)
     if settings.security_protocol not in _SSL_PROTOCOLS:
         return None
-    from aiokafka.helpers import create_ssl_context  # noqa: PLC0415 - optional at import time
+    from aiokafka.helpers import create_ssl_context
 
     context: ssl.SSLContext = create_ssl_context(
         cafile=settings.ssl_cafile,
@@ -187,7 +187,7 @@ def faust_credentials(settings: Settings) -> Any:
     protocol = settings.security_protocol
     if protocol == "PLAINTEXT":
         return None
-    import faust  # noqa: PLC0415 - optional at import time
+    import faust
 
     context = ssl_context(settings)
     if protocol == "SSL":

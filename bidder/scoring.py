@@ -193,8 +193,8 @@ class NumpyMlpScorer:
     @classmethod
     def from_onnx(cls, path: Path) -> NumpyMlpScorer:
         """Read the named initializers of an MLP exported by ``onnx_models.train``."""
-        import onnx  # noqa: PLC0415  (only the reference path needs the onnx package)
-        from onnx import numpy_helper  # noqa: PLC0415
+        import onnx
+        from onnx import numpy_helper
 
         model = onnx.load(str(path))
         w = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}

@@ -102,11 +102,11 @@ def split_log(log: TrafficLog, target: str, train_frac: float = 0.8) -> tuple[F3
 
 
 def _fit_lr(x: F32, y: F64, seed: int, cfg: TrainConfig) -> Fitted:
-    from skl2onnx import convert_sklearn  # noqa: PLC0415
-    from skl2onnx.common.data_types import FloatTensorType  # noqa: PLC0415
-    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
-    from sklearn.pipeline import make_pipeline  # noqa: PLC0415
-    from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     clf = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
     pipe = make_pipeline(StandardScaler(), clf).fit(x, y)
@@ -121,9 +121,9 @@ def _fit_lr(x: F32, y: F64, seed: int, cfg: TrainConfig) -> Fitted:
 
 
 def _fit_gbdt(x: F32, y: F64, seed: int, cfg: TrainConfig) -> Fitted:
-    import lightgbm as lgb  # noqa: PLC0415
-    from onnxmltools import convert_lightgbm  # noqa: PLC0415
-    from onnxmltools.convert.common.data_types import FloatTensorType  # noqa: PLC0415
+    import lightgbm as lgb
+    from onnxmltools import convert_lightgbm
+    from onnxmltools.convert.common.data_types import FloatTensorType
 
     clf = lgb.LGBMClassifier(
         n_estimators=cfg.gbdt_trees,
@@ -151,8 +151,8 @@ def _fit_gbdt(x: F32, y: F64, seed: int, cfg: TrainConfig) -> Fitted:
 
 
 def _fit_mlp(x: F32, y: F64, seed: int, cfg: TrainConfig, target: str) -> Fitted:
-    import torch  # noqa: PLC0415
-    from torch import nn  # noqa: PLC0415
+    import torch
+    from torch import nn
 
     torch.manual_seed(seed)
     torch.set_num_threads(2)
@@ -237,7 +237,7 @@ def _ort_predict(blob: bytes, x: F32) -> F32:
 
 
 def _metrics(y: F64, p: npt.ArrayLike) -> dict[str, float]:
-    from sklearn.metrics import log_loss, roc_auc_score  # noqa: PLC0415
+    from sklearn.metrics import log_loss, roc_auc_score
 
     q = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
     return {
@@ -253,7 +253,7 @@ def _iso(ts: float) -> str:
 
 def quantize(model: onnx.ModelProto) -> onnx.ModelProto:
     """int8 dynamic quantization of the MatMul/Gemm weights (activations quantized per call)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: PLC0415
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory() as d:
         src, dst = Path(d) / "f32.onnx", Path(d) / "int8.onnx"

@@ -61,17 +61,18 @@ def use_fetch_max_wait(ms: int) -> None:
     through a polling broker. Wrap it so the consumer uses our setting before it starts."""
     from faust.transport.drivers import aiokafka as driver
 
-    original = getattr(driver.AIOKafkaConsumerThread, "_bidder_original_create", None)
+    thread_class: Any = driver.AIOKafkaConsumerThread
+    original = getattr(thread_class, "_bidder_original_create", None)
     if original is None:
-        original = driver.AIOKafkaConsumerThread._create_worker_consumer
-        driver.AIOKafkaConsumerThread._bidder_original_create = original
+        original = thread_class._create_worker_consumer
+        thread_class._bidder_original_create = original
 
     def create(self: Any, transport: Any) -> Any:
         consumer = original(self, transport)
         consumer._fetch_max_wait_ms = ms
         return consumer
 
-    driver.AIOKafkaConsumerThread._create_worker_consumer = create
+    thread_class._create_worker_consumer = create
 
 
 @dataclass
@@ -313,7 +314,7 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
                  limits=limits, topics=topics, clock=clock)
 
     @app.service
-    class ReplicaService(mode.Service):  # type: ignore[misc]
+    class ReplicaService(mode.Service):
         """Starts the replica before the agents run and stops it after them."""
 
         async def on_start(self) -> None:
@@ -341,9 +342,10 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
 
         return view.bytes(generate_latest(rt.metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
-    @app.on_partitions_revoked.connect
     async def _revoked(app_: Any, revoked: Any, **_: Any) -> None:
         rt.billing_ready.difference_update(tp.partition for tp in revoked if tp.topic == "clicks")
+
+    app.on_partitions_revoked.connect(_revoked)  # type: ignore[arg-type]
 
     async def ready() -> None:
         await replica.ready.wait()

@@ -1108,8 +1108,8 @@ SCENARIOS: dict[str, Scenario] = {
         click_prob=0.2, purchase_rate=0.2, hostile_each=2), _t4),
     "t5": Scenario(ScenarioConfig(
         "t5", "tansu", "~12k clicks on 50 small budgets from 4 producers, 10% resent, a worker added",
-        n_shops=50, n_listings=1000, rate_qps=500.0, click_slots=24, budget_range=(5.0, 40.0),
-        purchase_rate=0.0), _t5),
+        n_shops=50, n_listings=1000, rate_qps=150.0, click_slots=24, budget_range=(5.0, 40.0),
+        purchase_rate=0.0, drain_timeout_s=120.0, max_recovery_s=60.0), _t5),
     "t6": Scenario(ScenarioConfig(
         "t6", "noida", "consumer group rewound to 0 and everything replayed", n_workers=1, rate_qps=15.0,
         duration_s=20.0), _t6),

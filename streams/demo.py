@@ -51,7 +51,7 @@ def summarize(report: SimulationReport, tally: OutputTally, budgets: dict[int, f
                  if c > budgets.get(s, 0.0) + 1e-6}
     lat = sorted(report.latencies_ms)
     impressions = max(tally.impressions, 1)
-    n = {
+    n: dict[str, Any] = {
         "queries_sent": queries_sent,
         "queries_invalid_sent": invalid_queries,
         "outcomes": len(tally.outcome_ids),

@@ -111,7 +111,7 @@ class TopicMonitor:
     async def settle(self, *, quiet_s: float = 2.0, timeout_s: float = 30.0) -> None:
         """Wait until no new output record has arrived for ``quiet_s`` seconds."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and time.monotonic() - self.tally.last_record_at < quiet_s:
+        while time.monotonic() < deadline and time.monotonic() - self.tally.last_record_at < quiet_s:  # noqa: ASYNC110
             await asyncio.sleep(0.2)
 
     async def stop(self) -> None:

@@ -44,7 +44,7 @@ class WorkerProcess:
         """GET a worker endpoint; returns (status, decoded JSON or text)."""
         url = f"http://127.0.0.1:{self.web_port}{path}"
         try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - loopback only
+            with urllib.request.urlopen(url, timeout=timeout_s) as resp:
                 body = resp.read()
                 status = int(resp.status)
         except urllib.error.HTTPError as err:

@@ -23,7 +23,7 @@ def test_embedded_broker_answers_and_stops(kind: str) -> None:
     assert b.process.poll() is not None
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)
-    with pytest.raises(OSError):  # noqa: PT012 - nothing may still listen there
+    with pytest.raises(OSError):
         probe_kafka(host, int(port), timeout_s=0.5)
 
 

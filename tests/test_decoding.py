@@ -158,8 +158,11 @@ def test_arbitrary_bytes_never_raise(raw: bytes) -> None:
         assert isinstance(out, Rejection) or out is not None
 
 
-@given(st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False, allow_infinity=False)
-                    | st.text(max_size=5),
+SCALARS = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
+           | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=5))
+
+
+@given(st.recursive(SCALARS,
                     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=5), c, max_size=4),
                     max_leaves=20))
 def test_arbitrary_json_is_rejected_not_raised(obj: object) -> None:

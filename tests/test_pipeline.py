@@ -178,8 +178,8 @@ def test_budget_views() -> None:
 
 def test_row_index_matches_catalog_rows() -> None:
     """Same answers as Catalog.rows, also after listings are added or withdrawn behind its back."""
-    from bidder.catalog import Catalog  # noqa: PLC0415
-    from bidder.pipeline import RowIndex  # noqa: PLC0415
+    from bidder.catalog import Catalog
+    from bidder.pipeline import RowIndex
 
     rng = np.random.default_rng(0)
     cat = Catalog(capacity=8)

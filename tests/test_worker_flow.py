@@ -1,0 +1,157 @@
+"""The worker over the real broker: queries priced, clicks charged once, bad input dead-lettered with its reason.
+
+Uses the session ``worker`` (small world catalog) on the session broker (noida unless configured).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from bidder.events import Click, Purchase, Query, encode
+from bidder.features import QueryContext
+from bidder.producer import EventProducer
+from bidder.settings import Settings
+from tests.kafka_helpers import read_until
+
+pytestmark = pytest.mark.broker
+
+
+def make_query(world: Any, qid: str, *, n: int = 60, seed: int = 0) -> Query:
+    rng = np.random.default_rng(seed)
+    ids = rng.choice(world.listing_ids, size=n, replace=False)
+    return Query(query_id=qid, ts=time.time(), user_id=42, context=QueryContext("mobile", "search", 12, 1),
+                 text="mug", listing_ids=ids, relevance=np.round(rng.uniform(0.5, 1.0, n), 3))
+
+
+async def send_raw(settings: Settings, bootstrap: str, records: list[tuple[str, bytes | None, bytes | None]]) -> None:
+    async with EventProducer(settings, bootstrap=bootstrap) as p:
+        for topic, key, value in records:
+            await p.send_raw(topic, key, value)
+
+
+def outcome_of(settings: Settings, bootstrap: str, qid: str) -> dict[str, Any]:
+    recs = asyncio.run(read_until(settings, bootstrap, ["auctions"],
+                                  lambda rs: any(v and v.get("query_id") == qid for _, v, _ in rs)))
+    return next(v for _, v, _ in recs if v and v.get("query_id") == qid)
+
+
+def test_query_priced_and_click_charged_once(worker: Any, bootstrap: str, settings: Settings,
+                                             small_world: Any) -> None:
+    tag = f"flow-{time.time_ns()}"
+    q = make_query(small_world, f"{tag}-q")
+    asyncio.run(send_raw(settings, bootstrap, [("queries", q.query_id.encode(), encode(q))]))
+    out = outcome_of(settings, bootstrap, q.query_id)
+    winners = out["winners"]
+    assert 0 < len(winners) <= 24
+    assert [w["slot"] for w in winners] == list(range(len(winners)))
+    assert all(settings.reserve_price - 1e-9 <= w["price"] <= w["bid"] + 1e-9 for w in winners)
+    assert all(len(w["features"]) == 18 for w in winners)
+    assert set(out["model_versions"]) == {"ctr", "cvr"}
+    assert {"gather", "score", "bid", "auction", "total", "queue"} <= set(out["timings_ms"])
+    top = winners[0]
+    click = Click(click_id=f"{tag}-c", query_id=q.query_id, listing_id=top["listing_id"],
+                  shop_id=top["shop_id"], user_id=42, ts=time.time())
+    raw = encode(click)
+    key = str(click.shop_id).encode()
+    # the same click three times: one charge, two duplicates
+    asyncio.run(send_raw(settings, bootstrap, [("clicks", key, raw)] * 3))
+    recs = asyncio.run(read_until(settings, bootstrap, ["billing"], lambda rs: sum(
+        1 for _, v, _ in rs if v and v.get("click_id") == click.click_id) >= 3))
+    lines = [v for _, v, _ in recs if v and v.get("click_id") == click.click_id]
+    assert sorted(v["status"] for v in lines) == ["charged", "duplicate", "duplicate"]
+    charged = next(v for v in lines if v["status"] == "charged")
+    assert charged["amount"] == pytest.approx(top["price"], abs=1e-6)
+    # a purchase by the same buyer on that listing is attributed to the click
+    order = Purchase(order_id=f"{tag}-o", user_id=42, listing_id=top["listing_id"], ts=time.time(), amount=9.5)
+    asyncio.run(send_raw(settings, bootstrap, [("purchases", b"42", encode(order))]))
+    labels = asyncio.run(read_until(settings, bootstrap, ["labels"], lambda rs: any(
+        v and v.get("order_id") == order.order_id for _, v, _ in rs)))
+    mine = [v for _, v, _ in labels if v and v.get("query_id") == q.query_id]
+    assert any(v["type"] == "impressions" and len(v["examples"]) == len(winners) for v in mine)
+    update = next(v for v in mine if v.get("order_id") == order.order_id)
+    assert update["clicked"] == 1 and update["converted"] == 1 and update["click_id"] == click.click_id
+
+
+def test_every_rejection_reaches_dead_letters_with_its_reason(worker: Any, bootstrap: str, settings: Settings,
+                                                              small_world: Any) -> None:
+    tag = f"dl-{time.time_ns()}"
+    q = make_query(small_world, f"{tag}-good")
+    asyncio.run(send_raw(settings, bootstrap, [("queries", q.query_id.encode(), encode(q))]))
+    out = outcome_of(settings, bootstrap, q.query_id)
+    winner = out["winners"][0]
+    loser = next(int(i) for i in q.listing_ids if int(i) not in {w["listing_id"] for w in out["winners"]})
+    now = time.time()
+
+    def click(cid: str, **over: Any) -> bytes:
+        d = {"v": 1, "type": "click", "click_id": f"{tag}-{cid}", "query_id": q.query_id,
+             "listing_id": winner["listing_id"], "shop_id": winner["shop_id"], "user_id": 42, "ts": now}
+        d.update(over)
+        return orjson.dumps(d)
+
+    shop_key = str(winner["shop_id"]).encode()
+    unknown = make_query(small_world, f"{tag}-unknown")
+    unknown_raw = encode(Query(**{**{s: getattr(unknown, s) for s in Query.__slots__},
+                                  "listing_ids": np.arange(1, 11) * 7 + 5_000_000_000,
+                                  "relevance": np.full(10, 0.5)}))
+    cases: list[tuple[str, bytes | None, bytes | None, str]] = [
+        ("queries", b"k1", encode(q)[:40] + tag.encode(), "invalid_json"),
+        ("queries", b"k2", b"[\"" + tag.encode() + b"\"]", "not_object"),
+        ("queries", b"k3", b"", "empty"),
+        ("queries", b"k4", b'{"tag":"' + tag.encode() + b'","v":1,"v":1}', "duplicate_key"),
+        ("queries", None, encode(make_query(small_world, f"{tag}-nokey")), "wrong_key"),
+        ("queries", f"{tag}-unknown".encode(), unknown_raw, "no_known_candidates"),
+        ("clicks", shop_key, click("neg", listing_id=-5), "out_of_range"),
+        ("clicks", shop_key, click("old", ts=now - 10 * 86_400), "stale_timestamp"),
+        ("clicks", b"999999", click("key"), "wrong_key"),
+        ("clicks", shop_key, click("unk", query_id=f"{tag}-never"), "unknown_auction"),
+        ("clicks", shop_key, click("lose", listing_id=loser), "not_a_winner"),
+        ("clicks", b"424242", click("shop", shop_id=424242), "shop_mismatch"),
+        ("purchases", b"77", orjson.dumps({"v": 1, "type": "purchase", "order_id": f"{tag}-o", "user_id": 77,
+                                           "listing_id": winner["listing_id"], "ts": now, "amount": 3.0}),
+         "unattributed_purchase"),
+        ("listings", b"5", orjson.dumps({"v": 1, "type": "listing", "listing_id": 5, "shop_id": 1, "price": 1.0,
+                                         "category": 1, "ts": now, "note": tag}), "unexpected_field"),
+        ("shops", b"6", orjson.dumps({"v": 1, "type": "shop", "shop_id": 6, "daily_budget": -5.0,
+                                      "target_share": 0.1, "ts": now + 1e-3 * len(tag)}), "out_of_range"),
+    ]
+    asyncio.run(send_raw(settings, bootstrap, [(t, k, v) for t, k, v, _ in cases]))
+    wanted = {(t, v): r for t, _, v, r in cases}
+
+    def found(rs: list[tuple[str, Any, bytes | None]]) -> dict[tuple[str, bytes | None], list[str]]:
+        got: dict[tuple[str, bytes | None], list[str]] = {}
+        for _, rec, _ in rs:
+            if not rec:
+                continue
+            raw = base64.b64decode(rec["value_b64"]) if rec.get("value_b64") is not None else b""
+            key = (rec["source_topic"], raw)
+            if key in wanted:
+                got.setdefault(key, []).append(rec["reason"])
+        return got
+
+    recs = asyncio.run(read_until(settings, bootstrap, ["dead-letters"], lambda rs: len(found(rs)) == len(wanted),
+                                  timeout_s=45))
+    got = found(recs)
+    missing = {k[0] + ":" + r for k, r in wanted.items() if k not in got}
+    assert not missing
+    for k, reason in wanted.items():
+        assert got[k] == [reason], (k[0], reason, got[k])
+    # the good query was not dead-lettered, and the worker stayed up
+    assert worker.process.poll() is None
+
+
+def test_event_from_librdkafka_client_is_accepted(worker: Any, bootstrap: str, settings: Settings,
+                                                  small_world: Any) -> None:
+    confluent_kafka = pytest.importorskip("confluent_kafka")
+    q = make_query(small_world, f"rdkafka-{time.time_ns()}", seed=5)
+    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    producer.produce("queries", key=q.query_id.encode(), value=encode(q))
+    assert producer.flush(15) == 0
+    out = outcome_of(settings, bootstrap, q.query_id)
+    assert out["winners"]

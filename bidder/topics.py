@@ -2,8 +2,8 @@
 
 Money is owned per shop: ``clicks`` and the ``billing`` ledger are keyed by ``shop_id`` and have the
 same partition count, so one partition (one agent with ``concurrency=1``) owns a shop's budget.
-``listings`` and ``shops`` are compacted: the latest record per key is the catalog. ``auctions`` and ``labels`` keep a week so clicks and purchases can be joined
-and models retrained; ``dead-letters`` keeps a month for people to read.
+``listings`` and ``shops`` are compacted: the latest record per key is the catalog. ``auctions`` keeps a
+week so clicks and purchases can be joined; ``labels`` and ``dead-letters`` keep a month.
 
 >>> TOPICS["clicks"].key
 'shop_id'

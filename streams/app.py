@@ -3,11 +3,10 @@
 =================  =============  ==========================================================  ===========
 agent              topic in       does                                                         out
 =================  =============  ==========================================================  ===========
-``bid``            queries        take(batch_max, within) -> decode -> BidPipeline.process    auctions
+``bid``            queries        take(batch_max, within) -> decode -> BidPipeline.process    auctions, labels
 ``bill``           clicks         charge once by click_id, clamp to budget (concurrency=1)     billing, labels
 ``attribute``      purchases      last click by buyer on listing within the window             labels
-``label``          auctions       impressions -> provisional negative examples                 labels
-``check_catalog``  listings/shops validate (the replica folds them into the catalog)           dead-letters
+(catalog check)     listings/shops validate, outside Faust (``streams/catalog_check.py``)        dead-letters
 =================  =============  ==========================================================  ===========
 
 Every rejected record goes to ``dead-letters`` and its delivery is awaited before the agent moves on,
@@ -43,6 +42,7 @@ from bidder.scoring import Models, load_models
 from bidder.settings import Settings
 from bidder.state import BidderState
 from bidder.topics import ALL_TOPICS
+from streams.catalog_check import CatalogChecker
 from streams.deadletter import dead_letter_record
 from streams.metrics import STAGES, WorkerMetrics
 from streams.replicator import Replicator
@@ -160,7 +160,11 @@ class Runtime:
             timed = replace(o, timings_ms={**o.timings_ms, "queue": max(0.0, (start - q.ts) * 1000.0)})
             for name in STAGES:
                 stage.labels(stage=name).observe(timed.timings_ms.get(name, 0.0) / 1000.0)
-            pending.append(await self.send("auctions", q.query_id.encode(), encode(timed)))
+            body = encode(timed)
+            pending.append(await self.send("auctions", q.query_id.encode(), body))
+            # impressions become provisional negative examples right away (labels keyed by query)
+            pending.append(await self.send("labels", q.query_id.encode(),
+                                           orjson.dumps(provisional_labels(orjson.loads(body)))))
         await asyncio.gather(*pending)
         self.counts["queries"] += len(queries)
         self.metrics.queries.inc(len(pending))
@@ -247,20 +251,6 @@ class Runtime:
         self.counts["purchases_attributed"] += 1
         self.metrics.conversions.inc()
 
-    # -- auctions -> provisional labels --------------------------------------------------------------
-    async def handle_outcomes(self, events: Sequence[Any]) -> None:
-        pending = []
-        for ev in events:
-            try:
-                outcome = orjson.loads(ev.message.value)
-                record = provisional_labels(outcome)
-            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-                self.counts["auctions_unreadable"] += 1
-                log.error("unreadable auction outcome at offset %d: %s", ev.message.offset, exc)
-                continue
-            pending.append(await self.send("labels", str(outcome["query_id"]).encode(), orjson.dumps(record)))
-        await asyncio.gather(*pending)
-
     async def handle_catalog(self, message: Any) -> None:
         ev = decode(message.topic, message.value, now=self.clock(),
                     limits=Limits(self.limits.max_bytes, self.limits.max_candidates, float("inf"),
@@ -313,14 +303,18 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
     rt = Runtime(settings=settings, state=state, replica=replica, models=models, pipeline=pipeline,
                  limits=limits, topics=topics, clock=clock)
 
+    checker = CatalogChecker(settings, bootstrap=bootstrap, check=rt.handle_catalog)
+
     @app.service
     class ReplicaService(mode.Service):
-        """Starts the replica before the agents run and stops it after them."""
+        """Starts the replica (and the catalog checker) before the agents run; stops them after."""
 
         async def on_start(self) -> None:
             await replica.start()
+            await checker.start()
 
         async def on_stop(self) -> None:
+            await checker.stop()
             await replica.stop()
 
     rt.metrics.model.info({**{f"{k}_version": v for k, v in models.versions.items()},
@@ -353,8 +347,8 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
     def batch_agent(topic: str, size: int, within: float,
                     handler: Callable[[Sequence[Any]], Awaitable[None]]) -> None:
         async def agent(stream: Any) -> None:
-            await ready()
             async for events in stream.take_events(size, within=within):
+                await ready()
                 await handler(events)
 
         agent.__name__ = f"{topic.replace('-', '_')}_agent"
@@ -362,8 +356,8 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
 
     def event_agent(topic: str, handler: Callable[[Any], Awaitable[None]]) -> None:
         async def agent(stream: Any) -> None:
-            await ready()
             async for ev in stream.events():
+                await ready()
                 await handler(ev.message)
 
         agent.__name__ = f"{topic.replace('-', '_')}_agent"
@@ -372,8 +366,6 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
     batch_agent("queries", settings.batch_max, settings.batch_within_s, rt.handle_queries)
     event_agent("clicks", rt.handle_click)
     event_agent("purchases", rt.handle_purchase)
-    batch_agent("auctions", 64, 0.05, rt.handle_outcomes)
-    event_agent("listings", rt.handle_catalog)
-    event_agent("shops", rt.handle_catalog)
+
     return app, rt
 

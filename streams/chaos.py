@@ -210,6 +210,7 @@ class Traffic:
         self._tail: AIOKafkaConsumer | None = None
         self._tail_task: asyncio.Task[None] | None = None
         self._auctions: dict[str, dict[str, Any]] = {}
+        self.catalog_events: list[Shop | Listing] = []
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -304,6 +305,7 @@ class Traffic:
                      for i, s in enumerate(shops)]
         self.truth.budgets = {s.shop_id: s.daily_budget for s in shops}
         events: list[Shop | Listing] = [*shops, *listings]
+        self.catalog_events = events
         await asyncio.gather(*(self.send_valid(topic_of(ev), key_of(ev), encode(ev),
                                                f"catalog:{topic_of(ev)}") for ev in events))
 
@@ -492,6 +494,9 @@ class Figures:
             self.problems.append("the drain never finished (a stuck consumer)")
         return self
 
+    def text(self) -> str:
+        return "\n".join(f"{k:>32}  {v}" for k, v in self.rows())
+
     def rows(self) -> list[tuple[str, str]]:
         d = asdict(self)
         extra = d.pop("extra")
@@ -545,8 +550,9 @@ async def read_outputs(cluster: Cluster, *, quiet_s: float = 1.5, timeout_s: flo
     return out
 
 
-async def audit_inputs(cluster: Cluster, truth: Truth, *, quiet_s: float = 1.5) -> list[tuple[str, int, int]]:
-    """Acknowledged input records the broker no longer holds at their offset (it lost them)."""
+async def audit_inputs(cluster: Cluster, truth: Truth, *, quiet_s: float = 1.5) -> tuple[list[str], int]:
+    """Acknowledged input records the broker no longer holds (it lost them), and how many it holds at
+    another offset than the acknowledgement said."""
     settings = cluster.settings()
     kwargs = aiokafka_consumer_kwargs(settings, bootstrap=cluster.bootstrap)
     kwargs.pop("session_timeout_ms", None)
@@ -554,10 +560,11 @@ async def audit_inputs(cluster: Cluster, truth: Truth, *, quiet_s: float = 1.5) 
     consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
                                 max_partition_fetch_bytes=8 * 1024 * 1024, **kwargs)
     await consumer.start()
-    held: dict[tuple[str, int, int], bytes | None] = {}
+    id_field = {"queries": "query_id", "clicks": "click_id", "purchases": "order_id"}
+    held: defaultdict[str, set[tuple[str, int, int]]] = defaultdict(set)
+    raw: set[tuple[str, bytes | None]] = set()
     try:
-        topics = ("queries", "clicks", "purchases")
-        parts = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        parts = [TopicPartition(t, p) for t in id_field for p in sorted(consumer.partitions_for_topic(t) or ())]
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         last = time.monotonic()
@@ -567,17 +574,24 @@ async def audit_inputs(cluster: Cluster, truth: Truth, *, quiet_s: float = 1.5) 
                 if records:
                     last = time.monotonic()
                 for r in records:
-                    held[(tp.topic, tp.partition, r.offset)] = r.value
+                    raw.add((tp.topic, r.value))
+                    try:
+                        ident = str(orjson.loads(r.value or b"null")[id_field[tp.topic]])
+                    except (orjson.JSONDecodeError, TypeError, KeyError):
+                        continue
+                    held[ident].add((tp.topic, tp.partition, r.offset))
     finally:
         await consumer.stop()
-    missing = []
+    lost: list[str] = []
+    moved = 0
     for where, ident in truth.acked:
-        if where[0] in ("queries", "clicks", "purchases"):
-            value = held.get(where)
-            if value is None or ident.encode() not in value:
-                missing.append(where)
-    missing += [w for w, rec in truth.invalid.items() if held.get(w, b"\0") != rec.value]
-    return missing
+        if where[0] in id_field:
+            if ident not in held:
+                lost.append(ident)
+            elif where not in held[ident]:
+                moved += 1
+    lost += [rec.kind for w, rec in truth.invalid.items() if w[0] in id_field and (w[0], rec.value) not in raw]
+    return lost, moved
 
 
 def _fold_output(out: Outputs, tp: TopicPartition, value: bytes) -> None:
@@ -785,7 +799,7 @@ class Run:
 
     async def figures(self, latencies: Sequence[tuple[float, float]] | None = None) -> Figures:
         out = await read_outputs(self.cluster)
-        broker_lost = await audit_inputs(self.cluster, self.traffic.truth)
+        broker_lost, moved = await audit_inputs(self.cluster, self.traffic.truth)
         lat = latencies if latencies is not None else self.traffic.query_latencies()
         f = verify(self.cfg, self.traffic.truth, out, latencies=lat, faults_at=self.faults_at,
                    fault_end=self.fault_end)
@@ -793,6 +807,7 @@ class Run:
         f.worker_exits_unexpected = len(self.cluster.unexpected_exits())
         f.extra["producer_renewals"] = self.traffic.producer_renewals
         f.extra["acked_inputs_lost_by_broker"] = len(broker_lost)
+        f.extra["acked_at_another_offset"] = moved
         f.extra.update(self.extra)
         f.check()
         if f.recovery_s is not None and f.recovery_s > self.cfg.max_recovery_s:
@@ -867,6 +882,14 @@ async def _t2(run: Run) -> Figures:
     await _at(t0, 0.35 * d)
     run.fault(f"broker {signal.Signals(sig).name} + restart")
     await run.cluster.restart_broker(down_s=3.0, sig=sig)
+    if run.cfg.broker == "tansu":
+        # memory only: it comes back with no topics, offsets or groups. What a deployment would do:
+        # create the topics again and re-publish the compacted catalog.
+        await create_topics(run.cluster.settings(), bootstrap=run.cluster.bootstrap)
+        tr = run.traffic
+        await asyncio.gather(*(tr.send_valid(topic_of(ev), key_of(ev), encode(ev), f"catalog:{topic_of(ev)}")
+                               for ev in tr.catalog_events))
+        run.cluster.log("topics created again, catalog re-sent")
     run.fault_end = time.monotonic() + 10.0
     await traffic
     await run.drain()
@@ -920,14 +943,18 @@ async def _t4(run: Run) -> Figures:
     factory = HostileFactory(rng=np.random.default_rng(run.cfg.seed + 3), now=time.time(), listings=listings)
     hostile = factory.mix(run.cfg.hostile_each)
     await _burst(run, 300)  # warm-up
-    clean = await _burst(run, 1000)
-    dirty = await _burst(run, 1000, hostile=hostile)
-    clean2 = await _burst(run, 1000)
+    # clean and hostile bursts alternate, so a busy moment on a shared machine hits both alike
+    rounds = 3
+    clean: list[float] = []
+    dirty: list[float] = []
+    for r in range(rounds):
+        clean.append(await _burst(run, 600))
+        dirty.append(await _burst(run, 600, hostile=hostile[r::rounds]))
     await run.drain()
     f = await run.figures()
-    ratio = dirty / max(clean, clean2, 1e-9)
-    f.extra.update({"hostile_kinds": len(KINDS), "throughput_clean_qps": f"{clean} / {clean2}",
-                    "throughput_hostile_qps": dirty, "throughput_ratio": round(ratio, 3)})
+    ratio = float(np.median(np.asarray(dirty) / np.maximum(np.asarray(clean), 1e-9)))
+    f.extra.update({"hostile_kinds": len(KINDS), "throughput_clean_qps": " / ".join(map(str, clean)),
+                    "throughput_hostile_qps": " / ".join(map(str, dirty)), "throughput_ratio": round(ratio, 3)})
     if ratio < 0.9:
         f.problems.append(f"valid throughput with hostile input {ratio:.2f} of a clean run (< 0.90)")
     got = Counter(rec.reason for rec in tr.truth.invalid.values())
@@ -1102,6 +1129,9 @@ SCENARIOS: dict[str, Scenario] = {
         n_workers=1, rate_qps=15.0, duration_s=40.0, strict=False), _t2),
     "t2kill": Scenario(ScenarioConfig(
         "t2kill", "noida", "the broker is SIGKILLed mid-stream and restarted on its data dir (what it loses)",
+        n_workers=1, rate_qps=15.0, duration_s=40.0, strict=False), _t2),
+    "t2tansu": Scenario(ScenarioConfig(
+        "t2tansu", "tansu", "the memory-only broker restarts (comes back empty): does the bidder serve again?",
         n_workers=1, rate_qps=15.0, duration_s=40.0, strict=False), _t2),
     "t4": Scenario(ScenarioConfig(
         "t4", "noida", "about 40 kinds of hostile records mixed into live traffic", n_workers=1,

@@ -1,0 +1,29 @@
+"""T4: about 40 kinds of hostile records mixed into live traffic, on **noida-db** (started here).
+
+No fault in the group or the broker is exercised, so the broker with correct end offsets and
+sub-millisecond fetches is used. Every hostile record (bidder.hostile) must land in ``dead-letters``
+exactly once with its reason, nothing valid may, no worker may restart, and the valid query
+throughput of a burst with the hostile records mixed in must be >= 90% of a clean burst's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bidder.hostile import KINDS
+from streams.chaos import run_scenario
+
+pytestmark = pytest.mark.slow
+
+
+def test_hostile_records_are_dead_lettered_exactly_once_and_cost_no_throughput() -> None:
+    f = asyncio.run(run_scenario("t4"))
+    print(f.text())
+    assert f.ok, f.text()
+    assert f.sent_invalid == 2 * len(KINDS) and f.dead_lettered == f.sent_invalid, f.text()
+    assert f.wrong_reason == 0 and f.redelivered == 0 and f.lost == 0, f.text()
+    assert f.false_rejects == 0 and f.false_accepts == 0 and f.worker_exits_unexpected == 0
+    assert f.duplicate_charges == 0 and f.overspent_shops == 0 and f.oracle_mismatches == 0
+    assert float(f.extra["throughput_ratio"]) >= 0.9, f.text()

@@ -191,3 +191,72 @@ def demo(settings: Settings, seconds: float, rate: float, seed: int, as_json: bo
         console.print(summary_table(summary))
     if not summary.ok:
         raise SystemExit(1)
+
+
+@main.group()
+def drift() -> None:
+    """Feature drift: reports and live alerts."""
+
+
+@drift.command("report", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def drift_report(ctx: click.Context) -> None:
+    """Reference vs live distributions as a picture (options: `bidder drift report -- --help`)."""
+    from bidder.drift_report import main as report_main
+
+    ctx.exit(report_main(list(ctx.args)))
+
+
+@drift.command("watch")
+@click.option("--bootstrap", default=None, help="default: BIDDER_KAFKA_BOOTSTRAP")
+@click.option("--from-beginning", is_flag=True, help="replay past alerts first")
+@click.option("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
+@click.pass_obj
+def drift_watch(settings: Settings, bootstrap: str | None, from_beginning: bool, seconds: float | None) -> None:
+    """Follow the drift-alerts topic live."""
+    from streams.watch import watch_drift_alerts
+
+    target = bootstrap or settings.kafka_bootstrap
+    if not target:
+        raise click.UsageError("set BIDDER_KAFKA_BOOTSTRAP (or --bootstrap)")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(watch_drift_alerts(settings, bootstrap=target, from_beginning=from_beginning,
+                                       seconds=seconds, echo=click.echo))
+
+
+@bench.command("e2e")
+@click.option("--rate", type=float, default=200.0, show_default=True, help="queries/s offered (open loop)")
+@click.option("--seconds", type=float, default=20.0, show_default=True, help="seconds per rate")
+@click.option("--sweep", is_flag=True, help="also try rising rates; report the highest with p99 <= 50 ms")
+@click.option("--rates", default="100,200,300,450,650,800", show_default=True, help="rates for --sweep")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def bench_e2e(settings: Settings, rate: float, seconds: float, sweep: bool, rates: str, as_json: bool) -> None:
+    """Query produced -> outcome consumed, open loop, beside an echo agent with the same client settings."""
+    import orjson
+    from rich.console import Console
+    from rich.table import Table
+
+    from streams.bench_e2e import run_bench
+
+    console = Console(stderr=True)
+    plan = [rate] + ([float(r) for r in rates.split(",") if float(r) != rate] if sweep else [])
+    with kafka_bootstrap(settings) as bootstrap:
+        result = run_bench(settings, bootstrap=bootstrap, rates=plan, seconds=seconds,
+                           progress=console.log)
+    if as_json:
+        click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table(title="bench e2e (ms)")
+    for col in ("run", "offered q/s", "achieved q/s", "p50", "p99", "p999", "model p99", "received/sent"):
+        table.add_column(col, justify="right")
+    echo = result["echo"]
+    table.add_row("echo", f"{rate:g}", "-", str(echo["p50_ms"]), str(echo["p99_ms"]), str(echo["p999_ms"]), "-",
+                  f"{echo['received']}/{echo['sent']}")
+    for r in result["runs"]:
+        table.add_row("bidder", f"{r['rate_offered']:g}", f"{r['rate_achieved']:g}", str(r["e2e"]["p50_ms"]),
+                      str(r["e2e"]["p99_ms"]), str(r["e2e"]["p999_ms"]), str(r["model"]["p99_ms"]),
+                      f"{r['received']}/{r['sent']}")
+    Console().print(table)
+    click.echo(f"highest rate with p99 <= 50 ms: {result['max_rate_p99_le_50ms']}; "
+               f"(e2e p99 - model p99) / echo p99 = {result['overhead_vs_echo']}")

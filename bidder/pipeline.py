@@ -209,6 +209,9 @@ class BidPipeline:
         self._rng = rng
         self._perf = perf_counter
         self._x: F32 = np.empty((capacity, FEATURE_SPEC.n_features), np.float32)
+        self.last_scored: tuple[F32, F32, F32] | None = None
+        """(features, pctr, pcvr) of every candidate scored by the last call, for monitors
+        (views into internal buffers: valid until the next call)"""
         self._index = RowIndex(catalog)
 
     def _ensure_capacity(self, n: int) -> None:
@@ -244,6 +247,7 @@ class BidPipeline:
         pctr_all = self.ctr.score(x)
         pcvr_all = self.cvr.score(x)
         score_ms = (perf() - t0) * 1e3
+        self.last_scored = (x, pctr_all, pcvr_all)
         extra = {"batch_queries": len(queries)} if len(queries) > 1 else {}
         out: list[AuctionOutcome] = []
         for q, (off, n, rows, n_unknown, gather_s) in zip(queries, spans, strict=True):

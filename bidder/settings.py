@@ -78,6 +78,17 @@ class Settings(BaseSettings):
     attribution_window_s: float = Field(default=600.0, gt=0, description="purchase after click, at most")
     click_window_s: float = Field(default=900.0, gt=0, description="click after auction, at most")
 
+    # --- feature drift (see bidder/drift.py for what each statistic means) ----------------------
+    drift_enabled: bool = True
+    drift_sample_rate: float = Field(default=0.01, gt=0, le=1, description="share of served rows sampled")
+    drift_window: int = Field(default=5000, ge=100, description="sampled rows per sliding window")
+    drift_min_count: int = Field(default=2000, ge=1, description="sampled rows before anything is judged")
+    drift_psi_threshold: float = Field(default=0.25, gt=0)
+    drift_js_threshold: float = Field(default=0.2, gt=0, le=1)
+    drift_scale_factor: float = Field(default=5.0, gt=1)
+    drift_mean_threshold: float = Field(default=0.5, gt=0, description="standardized mean shift")
+    drift_missing_threshold: float = Field(default=0.05, gt=0, le=1)
+
     # --- worker ------------------------------------------------------------------------------------
     app_id: str = "bidder"
     batch_max: int = Field(default=16, ge=1)

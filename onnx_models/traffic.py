@@ -35,7 +35,10 @@ from bidder.features import FEATURE_SPEC, Priors, QueryContext, gather
 from bidder.market import World, WorldConfig, position_bias
 from bidder.rolling import RollingStats
 
-__all__ = ["SimConfig", "TrafficLog", "build_catalog", "simulate"]
+__all__ = ["SERVED_STRIDE", "SimConfig", "TrafficLog", "build_catalog", "simulate"]
+
+SERVED_STRIDE = 100
+"""one candidate row in this many is kept as a sample of what was served"""
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -96,6 +99,9 @@ class TrafficLog:
     """true purchase probability given a click"""
     slot: I64
     ts: F64
+    served: F32 = field(default_factory=lambda: np.empty((0, FEATURE_SPEC.n_features), np.float32))
+    """every ``SERVED_STRIDE``-th candidate row of every logged query, as served (winners or not): the
+    distribution the drift monitor sees live, stored as the models' reference profile"""
 
     @property
     def n(self) -> int:
@@ -141,6 +147,7 @@ def simulate(cfg: SimConfig, *, seed: int) -> TrafficLog:
     day = -1
     pending: list[tuple[float, int]] = []  # (purchase time, listing row)
     xs: list[F32] = []
+    served: list[F32] = []
     cols: dict[str, list[npt.NDArray[np.generic]]] = {k: [] for k in ("c", "b", "pc", "pb", "s", "t")}
     now = cfg.start_ts
     for i in range(cfg.n_warmup + cfg.n_log):
@@ -185,6 +192,7 @@ def simulate(cfg: SimConfig, *, seed: int) -> TrafficLog:
             for r in rows[w[bought]].tolist():
                 heapq.heappush(pending, (now + float(rng.exponential(cfg.world.purchase_delay_mean_s)), r))
         if i >= cfg.n_warmup:
+            served.append(x[i % SERVED_STRIDE :: SERVED_STRIDE].copy())
             xs.append(x[w].copy())
             cols["c"].append(clicked.astype(np.int8))
             cols["b"].append(bought.astype(np.int8))
@@ -200,4 +208,5 @@ def simulate(cfg: SimConfig, *, seed: int) -> TrafficLog:
         p_buy=np.concatenate(cols["pb"]).astype(np.float64),
         slot=np.concatenate(cols["s"]).astype(np.int64),
         ts=np.concatenate(cols["t"]).astype(np.float64),
+        served=np.concatenate(served).astype(np.float32),
     )

@@ -228,6 +228,11 @@ def fit(family: str, target: str, x: F32, y: F64, *, seed: int, cfg: TrainConfig
     raise ValueError(f"unknown family {family!r}")
 
 
+def _served(log: TrafficLog, fallback: F32) -> F32:
+    """The sample of served candidate rows (all candidates, not only impressions)."""
+    return log.served if len(log.served) else fallback
+
+
 def _ort_predict(blob: bytes, x: F32) -> F32:
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
@@ -337,8 +342,10 @@ def train_one(
             "train": _metrics(y_tr, p_tr),
             "label_rate_test": round(float(y_te.mean()), 5),
         },
-        reference=tuple(p.to_dict() for p in profile_matrix(x_tr, FEATURE_SPEC.names)),
-        prediction_reference=FeatureProfile.from_values(f"p{target}", p_tr).to_dict(),
+        # the drift monitor compares what is served live (every candidate, winner or not) with this
+        reference=tuple(p.to_dict() for p in profile_matrix(_served(log, x_tr), FEATURE_SPEC.names)),
+        prediction_reference=FeatureProfile.from_values(
+            f"p{target}", _ort_predict(blob, _served(log, x_tr))).to_dict(),
         golden_inputs=tuple(tuple(float(v) for v in r) for r in x_te[golden_idx]),
         # scored as their own batch, as the load-time check does (int8 activation scales are per batch)
         golden_outputs=tuple(float(v) for v in _ort_predict(blob, x_te[golden_idx])),

@@ -34,10 +34,12 @@ import orjson
 from bidder.attribution import label_update, provisional_labels
 from bidder.budget import LedgerBudget
 from bidder.decoding import Limits, Rejection, decode
+from bidder.drift import DriftMonitor, DriftSettings
 from bidder.events import Click, Purchase, Query, encode
 from bidder.features import Priors
 from bidder.kafka_config import faust_app_kwargs
 from bidder.pipeline import BidPipeline
+from bidder.profile import FeatureProfile
 from bidder.scoring import Models, load_models
 from bidder.settings import Settings
 from bidder.state import BidderState
@@ -47,7 +49,7 @@ from streams.deadletter import dead_letter_record
 from streams.metrics import STAGES, WorkerMetrics
 from streams.replicator import Replicator
 
-__all__ = ["Runtime", "build_app", "use_fetch_max_wait"]
+__all__ = ["Runtime", "build_app", "drift_monitor", "use_fetch_max_wait"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,7 @@ class Runtime:
     limits: Limits
     topics: dict[str, faust.TopicT]
     clock: Callable[[], float] = time.time
+    drift: DriftMonitor | None = None
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     counts: Counter[str] = field(default_factory=Counter)
     billing_ready: set[int] = field(default_factory=set)
@@ -166,10 +169,29 @@ class Runtime:
             pending.append(await self.send("labels", q.query_id.encode(),
                                            orjson.dumps(provisional_labels(orjson.loads(body)))))
         await asyncio.gather(*pending)
+        await self.watch_drift(start)
         self.counts["queries"] += len(queries)
         self.metrics.queries.inc(len(pending))
         self.metrics.batch_size.observe(len(events))
         self.metrics.replica_lag.set(self.replica.lag())
+
+    async def watch_drift(self, now: float) -> None:
+        """Feed what was just served to the drift monitor (after the outcomes are out)."""
+        scored = self.pipeline.last_scored
+        if self.drift is None or scored is None:
+            return
+        x, pctr, pcvr = scored
+        for event in self.drift.update(x, {"pctr": pctr, "pcvr": pcvr}, now):
+            log.warning("%s", event.describe())
+            await (await self.send("drift-alerts", event.feature.encode(), orjson.dumps(event.to_dict())))
+            self.metrics.drift_alerts.labels(feature=event.feature, statistic=event.statistic).set(
+                1.0 if event.kind == "alert" else 0.0)
+            self.counts[f"drift_{event.kind}"] += 1
+        self.counts["drift_batches"] += 1
+        if self.counts["drift_batches"] % 50 == 1:
+            for feature, stats in self.drift.gauges().items():
+                for statistic, value in stats.items():
+                    self.metrics.drift.labels(feature=feature, statistic=statistic).set(value)
 
     # -- clicks -> billing ---------------------------------------------------------------------------
     async def handle_click(self, message: Any) -> None:
@@ -263,6 +285,27 @@ class Runtime:
             await self.dead_letter(message, Rejection("wrong_key", f"record key {message.key!r}, expected {want!r}"))
 
 
+def drift_monitor(settings: Settings, models: Models, *, rng: np.random.Generator) -> DriftMonitor | None:
+    """The monitor over served features (the CTR model's reference) and both models' outputs."""
+    if not settings.drift_enabled:
+        return None
+    ctr, cvr = models.metas["ctr"], models.metas["cvr"]
+    if not ctr.reference:
+        log.warning("model %s has no reference profile: feature drift is not monitored", ctr.version)
+        return None
+    preds = tuple(replace(FeatureProfile.from_dict(m.prediction_reference), name=name)
+                  for name, m in (("pctr", ctr), ("pcvr", cvr)) if m.prediction_reference)
+    return DriftMonitor(
+        tuple(FeatureProfile.from_dict(r) for r in ctr.reference), preds,
+        settings=DriftSettings(
+            sample_rate=settings.drift_sample_rate, window=settings.drift_window,
+            min_count=min(settings.drift_min_count, settings.drift_window),
+            psi_threshold=settings.drift_psi_threshold, js_threshold=settings.drift_js_threshold,
+            scale_factor=settings.drift_scale_factor, mean_threshold=settings.drift_mean_threshold,
+            missing_threshold=settings.drift_missing_threshold),
+        rng=rng, model_version=f"{ctr.version}/{cvr.version}")
+
+
 def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], float] = time.time,
               rng_seed: int | None = None) -> tuple[faust.App, Runtime]:
     """The Faust app and its runtime for one worker process."""
@@ -301,7 +344,8 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
     )
     replica = Replicator(state, settings, bootstrap=bootstrap, clock=clock)
     rt = Runtime(settings=settings, state=state, replica=replica, models=models, pipeline=pipeline,
-                 limits=limits, topics=topics, clock=clock)
+                 limits=limits, topics=topics, clock=clock,
+                 drift=drift_monitor(settings, models, rng=np.random.default_rng(rng_seed)))
 
     checker = CatalogChecker(settings, bootstrap=bootstrap, check=rt.handle_catalog)
 

@@ -35,6 +35,8 @@ class SimulationReport:
     sent: dict[str, int] = field(default_factory=dict)
     outcomes: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    pipeline_ms: list[float] = field(default_factory=list)
+    """in-worker pipeline time of each outcome (``timings_ms.total``)"""
     send_errors: int = 0
     elapsed_s: float = 0.0
     simulator: Simulator | None = None
@@ -119,6 +121,7 @@ async def run_simulation(
                     if t_sent is None:
                         continue
                     report.latencies_ms.append((time.perf_counter() - t_sent) * 1000.0)
+                    report.pipeline_ms.append(float(outcome.get("timings_ms", {}).get("total", 0.0)))
                     report.outcomes += 1
                     for click in sim.answer(outcome, now=now):
                         await send(click)

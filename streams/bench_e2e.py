@@ -1,0 +1,171 @@
+"""``bidder bench e2e``: open-loop latency of the whole loop, beside an echo agent with the same settings.
+
+For each offered rate: queries are produced at fixed times (open loop), a worker prices them, and the
+time from produce to the outcome being consumed is measured (``e2e``). In the same run, an echo agent
+with the bidder's exact client settings moves same-sized messages through Kafka and back (``echo``):
+the floor the Kafka path sets. ``model`` is the in-worker pipeline time from each outcome.
+``--sweep`` repeats at rising rates and reports the highest whose e2e p99 stays <= 50 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bidder.events import encode
+from bidder.market import World, WorldConfig
+from bidder.producer import EventProducer
+from bidder.settings import Settings
+from bidder.simulator import Simulator
+from streams.echo import ECHO_IN, ECHO_OUT
+from streams.process import WorkerProcess
+from streams.simulate import run_simulation, tail_consumer
+
+__all__ = ["percentiles", "run_bench"]
+
+P99_LIMIT_MS = 50.0
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50_ms": None, "p99_ms": None, "p999_ms": None}
+    a = np.asarray(values)
+    return {f"p{k}_ms": round(float(np.percentile(a, q)), 3) for k, q in (("50", 50), ("99", 99), ("999", 99.9))}
+
+
+async def _ensure_echo_topics(settings: Settings, bootstrap: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from bidder.kafka_config import aiokafka_admin_kwargs
+
+    admin = AIOKafkaAdminClient(**aiokafka_admin_kwargs(settings, bootstrap=bootstrap))
+    await admin.start()
+    try:
+        have = set(await admin.list_topics())
+        new = [NewTopic(t, settings.topic_partitions, settings.topic_replication) for t in (ECHO_IN, ECHO_OUT)
+               if t not in have]
+        if new:
+            await admin.create_topics(new)
+    finally:
+        await admin.close()
+
+
+async def _echo(settings: Settings, bootstrap: str, *, rate: float, seconds: float, payload: bytes) -> dict[str, Any]:
+    consumer = await tail_consumer(settings, bootstrap, [ECHO_OUT])
+    sent_at: dict[bytes, float] = {}
+    lat: list[float] = []
+
+    async def receive() -> None:
+        while True:
+            for records in (await consumer.getmany(timeout_ms=20)).values():
+                for r in records:
+                    t = sent_at.pop(r.key, None)
+                    if t is not None:
+                        lat.append((time.perf_counter() - t) * 1000.0)
+
+    task = asyncio.create_task(receive())
+    try:
+        async with EventProducer(settings, bootstrap=bootstrap) as producer:
+            deadline = time.monotonic() + 90  # warm-up: the echo worker has joined once a probe returns
+            i = 0
+            while not lat and time.monotonic() < deadline:
+                key = f"warm-{i}".encode()
+                sent_at[key] = time.perf_counter()
+                await producer.send_raw(ECHO_IN, key, payload)
+                i += 1
+                await asyncio.sleep(0.2)
+            if not lat:
+                raise RuntimeError("echo agent never answered")
+            lat.clear()
+            sent_at.clear()
+            t0 = time.perf_counter()
+            n = int(rate * seconds)
+            for j in range(n):
+                delay = t0 + j / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                key = f"e-{j}".encode()
+                sent_at[key] = time.perf_counter()
+                await producer.send_nowait(ECHO_IN, key, payload)
+            await producer.flush()
+            end = time.perf_counter() + 5
+            while sent_at and time.perf_counter() < end:  # noqa: ASYNC110 - polling a dict
+                await asyncio.sleep(0.05)
+        return {**percentiles(lat), "sent": n, "received": len(lat)}
+    finally:
+        task.cancel()
+        await consumer.stop()
+
+
+async def _bidder(settings: Settings, bootstrap: str, *, rate: float, seconds: float, first: bool,
+                  after_catalog: Any) -> dict[str, Any]:
+    r = await run_simulation(settings, bootstrap=bootstrap, rate=rate, duration_s=seconds, seed=7,
+                             send_catalog=first, after_catalog=after_catalog if first else None, drain_s=10.0)
+    sent = r.sent.get("queries", 0)
+    return {
+        "e2e": percentiles(r.latencies_ms),
+        "model": percentiles(r.pipeline_ms),
+        "rate_offered": rate,
+        "rate_achieved": round(len(r.latencies_ms) / max(r.elapsed_s, 1e-9), 1),
+        "sent": sent,
+        "received": len(r.latencies_ms),
+    }
+
+
+def run_bench(settings: Settings, *, bootstrap: str, rates: list[float], seconds: float,
+              echo_rate: float | None = None, workdir: Path | None = None,
+              progress: Any = None) -> dict[str, Any]:
+    """Echo floor, then the bidder at each rate; one dict per rate plus the summary."""
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="bidder-bench-"))
+    env = {**os.environ, "BIDDER_KAFKA_BOOTSTRAP": bootstrap}
+    asyncio.run(_ensure_echo_topics(settings, bootstrap))
+    world = World.generate(WorldConfig(), seed=7)
+    payload = encode(Simulator(world, rng=np.random.default_rng(0)).next_query(now=time.time()))
+    with (workdir / "echo.log").open("ab") as log:
+        echo_proc = subprocess.Popen([sys.executable, "-m", "streams.echo"], stdout=log, stderr=subprocess.STDOUT,
+                                     env=env, start_new_session=True)
+    try:
+        if progress:
+            progress("echo agent")
+        echo = asyncio.run(_echo(settings, bootstrap, rate=echo_rate or rates[0], seconds=seconds, payload=payload))
+    finally:
+        echo_proc.terminate()
+        echo_proc.wait(timeout=30)
+    workers: list[WorkerProcess] = []
+
+    async def start_worker() -> None:
+        w = WorkerProcess.start(bootstrap=bootstrap, log_path=workdir / "worker.log")
+        workers.append(w)
+        await asyncio.to_thread(w.wait_ready)
+
+    runs = []
+    try:
+        for i, rate in enumerate(rates):
+            if progress:
+                progress(f"bidder at {rate:g} q/s")
+            runs.append(asyncio.run(_bidder(settings, bootstrap, rate=rate, seconds=seconds, first=i == 0,
+                                            after_catalog=start_worker)))
+    finally:
+        for w in workers:
+            w.stop()
+    ok = [r["rate_offered"] for r in runs if r["e2e"]["p99_ms"] is not None
+          and r["e2e"]["p99_ms"] <= P99_LIMIT_MS and r["received"] >= 0.99 * r["sent"]]
+    head = runs[0]
+    e2e_p99, model_p99, echo_p99 = head["e2e"]["p99_ms"], head["model"]["p99_ms"], echo["p99_ms"]
+    return {
+        **head,
+        "echo": echo,
+        "runs": runs,
+        "max_rate_p99_le_50ms": max(ok) if ok else None,
+        "overhead_vs_echo": (None if None in (e2e_p99, model_p99, echo_p99)
+                             else round((e2e_p99 - model_p99) / echo_p99, 3)),
+        "load_average": list(os.getloadavg()),
+    }

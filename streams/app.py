@@ -48,6 +48,7 @@ from bidder.topics import ALL_TOPICS
 from streams.catalog_check import CatalogChecker
 from streams.deadletter import dead_letter_record
 from streams.metrics import STAGES, WorkerMetrics
+from streams.model_watch import ModelWatcher, champion_dir
 from streams.replicator import Replicator
 
 __all__ = ["Runtime", "build_app", "drift_monitor", "use_fetch_max_wait"]
@@ -94,6 +95,16 @@ class Runtime:
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     counts: Counter[str] = field(default_factory=Counter)
     billing_ready: set[int] = field(default_factory=set)
+
+    def swap_models(self, models: Models) -> None:
+        """Serve ``models`` from the next batch on (called on the event loop, between batches)."""
+        self.models = models
+        self.pipeline.ctr, self.pipeline.cvr = models.ctr, models.cvr
+        self.pipeline.model_versions = dict(models.versions)
+        self.metrics.model.info({**{f"{k}_version": v for k, v in models.versions.items()},
+                                 "provider": self.settings.provider, "family": models.ctr.meta.family})
+        if self.drift is not None:
+            self.drift = drift_monitor(self.settings, models, rng=np.random.default_rng())
 
     # -- health --------------------------------------------------------------------------------------
     def health(self) -> tuple[bool, dict[str, Any]]:
@@ -331,7 +342,8 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
                     max_age_s=settings.max_event_age_s, max_future_s=settings.max_event_future_s)
     state = BidderState(half_life_s=settings.feature_half_life_s, click_window_s=settings.click_window_s,
                         attribution_window_s=settings.attribution_window_s, limits=limits)
-    models = load_models(settings.model_dir, settings.model_family, settings.provider,
+    model_dir, family, _ = champion_dir(settings.model_dir)
+    models = load_models(model_dir, family or settings.model_family, settings.provider,
                          settings.intra_op_threads, settings.inter_op_threads)
     pipeline = BidPipeline(
         catalog=state.catalog, stats=state.stats,
@@ -349,6 +361,7 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
                  drift=drift_monitor(settings, models, rng=np.random.default_rng(rng_seed)))
 
     checker = CatalogChecker(settings, bootstrap=bootstrap, check=rt.handle_catalog)
+    watcher = ModelWatcher(rt, settings)
 
     @app.service
     class ReplicaService(mode.Service):
@@ -357,10 +370,12 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
         async def on_start(self) -> None:
             await replica.start()
             await checker.start()
+            await watcher.start()
             # the recovered state is long-lived: keep the cyclic GC from walking it on the hot path
             gc.freeze()
 
         async def on_stop(self) -> None:
+            await watcher.stop()
             await checker.stop()
             await replica.stop()
 

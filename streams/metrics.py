@@ -45,6 +45,8 @@ class WorkerMetrics:
                                   "Records in this worker's assigned partitions not yet processed", ["topic"],
                                   registry=r)
         self.model = Info("bidder_model", "Serving model versions and provider", registry=r)
+        self.model_swaps = Counter("bidder_model_swaps_total", "Hot swaps of the serving models, by result",
+                                   ["result"], registry=r)
         self.calibration = Gauge("bidder_calibration_ratio", "Mean prediction / observed rate, sliding window",
                                  ["target"], registry=r)
         self.drift = Gauge("bidder_feature_drift", "Drift statistic per feature", ["feature", "statistic"],

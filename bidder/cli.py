@@ -260,3 +260,13 @@ def bench_e2e(settings: Settings, rate: float, seconds: float, sweep: bool, rate
     Console().print(table)
     click.echo(f"highest rate with p99 <= 50 ms: {result['max_rate_p99_le_50ms']}; "
                f"(e2e p99 - model p99) / echo p99 = {result['overhead_vs_echo']}")
+
+
+@main.command("chaos", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def chaos(ctx: click.Context) -> None:
+    """Run one fault scenario (t1 worker kill, t2 broker restart, t4 hostile, t5 clicks, t6 redelivery)
+    and print its figure table (options: `bidder chaos -- --help`)."""
+    from streams.chaos import main as chaos_main
+
+    ctx.exit(chaos_main(list(ctx.args)))

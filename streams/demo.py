@@ -78,6 +78,8 @@ def summarize(report: SimulationReport, tally: OutputTally, budgets: dict[int, f
         "rate_achieved_qps": round(len(lat) / max(report.elapsed_s, 1e-9), 1),
         "dead_letters": {f"{t}:{r}": c for (t, r), c in sorted(tally.dead_letters.items())},
         "model_versions": dict(tally.model_versions),
+        "drift_alerts_open": sorted(k for k, v in tally.drift_alerts.items() if v > 0),
+        "drift_events": tally.drift_events,
         "send_errors": report.send_errors,
     }
     checks = {
@@ -92,7 +94,8 @@ def summarize(report: SimulationReport, tally: OutputTally, budgets: dict[int, f
     return DemoSummary(numbers=n, checks=checks)
 
 
-def live_table(report: SimulationReport, tally: OutputTally, started: float) -> Table:
+def live_table(report: SimulationReport, tally: OutputTally, started: float,
+               budgets: dict[int, float] | None = None) -> Table:
     t = Table(title="bidder demo (live)", show_header=True)
     t.add_column("metric")
     t.add_column("value", justify="right")
@@ -107,8 +110,12 @@ def live_table(report: SimulationReport, tally: OutputTally, started: float) -> 
         ("CTR (clicks / impressions)", f"{tally.clicks_decided / impressions:.4f}"),
         ("CVR (purchases / clicks)", f"{len(tally.conversions) / max(tally.clicks_decided, 1):.4f}"),
         ("revenue", f"{tally.revenue:.2f}"),
+        ("spend / total daily budget", f"{tally.revenue:.2f} / {sum((budgets or {}).values()):.0f}"),
+        ("shops at budget", str(sum(1 for s, c in tally.charged_by_shop.items()
+                                    if budgets and c >= budgets.get(s, 0.0) - 0.01))),
         ("unbilled (past budget)", f"{tally.unbilled_value:.2f}"),
         ("dead letters", str(sum(tally.dead_letters.values()))),
+        ("drift alerts open", ", ".join(k for k, v in tally.drift_alerts.items() if v > 0) or "none"),
         ("model versions", ", ".join(tally.model_versions) or "-"),
     ]
     for k, v in rows:
@@ -144,10 +151,15 @@ async def _run(settings: Settings, *, bootstrap: str, seconds: float, rate: floa
     report_box: dict[str, SimulationReport] = {}
     live = Live(console=console, refresh_per_second=4) if console is not None else None
 
+    budgets: dict[int, float] = {}
+
     def tick(r: SimulationReport) -> None:
         report_box["r"] = r
+        if r.simulator is not None and not budgets:
+            w = r.simulator.world
+            budgets.update({int(s): float(b) for s, b in zip(w.shop_ids, w.shop_budget, strict=True)})
         if live is not None:
-            live.update(live_table(r, monitor.tally, started))
+            live.update(live_table(r, monitor.tally, started, budgets))
 
     try:
         if live is not None:
@@ -157,7 +169,7 @@ async def _run(settings: Settings, *, bootstrap: str, seconds: float, rate: floa
                                       drain_s=15.0)
         await monitor.settle()
         if live is not None:
-            live.update(live_table(report, monitor.tally, started))
+            live.update(live_table(report, monitor.tally, started, budgets))
     finally:
         if live is not None:
             live.stop()

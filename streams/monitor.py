@@ -20,7 +20,7 @@ from streams.simulate import tail_consumer
 
 __all__ = ["OutputTally", "TopicMonitor"]
 
-OUTPUT_TOPICS = ["auctions", "billing", "dead-letters", "labels"]
+OUTPUT_TOPICS = ["auctions", "billing", "dead-letters", "labels", "drift-alerts"]
 
 
 @dataclass
@@ -40,6 +40,9 @@ class OutputTally:
     label_records: int = 0
     model_versions: Counter[str] = field(default_factory=Counter)
     pctr_sum: float = 0.0
+    drift_alerts: Counter[str] = field(default_factory=Counter)
+    """open alert episodes by feature:statistic (alert +1, recovered -1)"""
+    drift_events: int = 0
     last_record_at: float = field(default_factory=time.monotonic)
     records: int = 0
 
@@ -71,6 +74,10 @@ class OutputTally:
                 self.unbilled_value += float(rec["price"])
         elif topic == "dead-letters":
             self.dead_letters[(str(rec["source_topic"]), str(rec["reason"]))] += 1
+        elif topic == "drift-alerts":
+            self.drift_events += 1
+            key = f"{rec.get('feature')}:{rec.get('statistic')}"
+            self.drift_alerts[key] += 1 if rec.get("kind") == "alert" else -1
         elif topic == "labels":
             self.label_records += 1
             if rec.get("type") == "label_update" and rec.get("converted"):

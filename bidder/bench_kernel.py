@@ -1,6 +1,7 @@
 """Kernel benchmark: the in-process bidding pipeline beside bare ``InferenceSession.run``, same run.
 
     python -m bidder.bench_kernel [--provider cpu|cuda] [--candidates 600] [--family mlp|gbdt|lr] [--json]
+    python -m bidder.bench_kernel --provider cuda --queries-per-batch 1,8,16,32 [--calls 300] [--json]
 
 Setup (untimed): a seeded :class:`bidder.market.World` loaded into a catalog, rolling stats warmed
 with synthetic history, a set of prepared queries, and for each query its gathered feature matrix.
@@ -9,6 +10,22 @@ interleaved in the same loop (alternating which goes first), the same CTR and CV
 that query's prepared matrix. Per query we report p50/p99/p999 latency, queries/s and candidates/s for
 both, and ``ratio = pipeline / bare``: what catalog lookup, gathering, bidding, the auction and building
 the outcome add on top of the model calls.
+
+With ``--queries-per-batch`` (batch mode) each call scores ``k`` queries' candidates at once, for each
+``k``, and the CPU provider always runs first as the baseline of the same run; ``--provider cuda`` adds
+the CUDA variants. Variants, interleaved call by call (rotating which goes first):
+
+* ``bare``: ``InferenceSession.run`` for CTR and CVR on a prepared ``(k * candidates, d)`` matrix;
+* ``scorer``: :meth:`OnnxScorer.score` on the same matrix (CPU: plain run; CUDA: IO binding with
+  reused bucket buffers, ``iobinding``; and with captured CUDA graphs, ``cuda_graphs``);
+* ``batcher``: the ``k`` per-query blocks through :class:`bidder.microbatch.MicroBatcher` (submit, flush:
+  one call, concatenation and scatter included);
+* ``pipeline``: :meth:`BidPipeline.process` on the ``k`` queries (gather, score, bid, auction: e2e kernel).
+
+Per variant and ``k``: per-call p50/p99 ms, queries/s, candidates/s and host CPU per query
+(``time.process_time`` deltas over the timed calls, all threads of this process, divided by queries).
+A variant that fails to load or run (e.g. CUDA graphs on a model with CPU-only nodes) is reported under
+``errors`` and the rest still runs.
 
 Only numpy, onnxruntime and this package need to be importable (the GPU machine has nothing else):
 no faust, aiokafka, pydantic or orjson. ``bidder.events`` imports orjson for ``encode``, which the
@@ -20,17 +37,20 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import platform
 import sys
 import time
 import types
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["main", "run_bench", "summarize"]
+__all__ = ["main", "run_batch_bench", "run_bench", "summarize", "summarize_calls"]
 
 F32 = npt.NDArray[np.float32]
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "onnx_models"
@@ -50,6 +70,23 @@ def _ensure_orjson() -> None:
         stub.dumps = dumps  # type: ignore[attr-defined]
         stub.OPT_SERIALIZE_NUMPY = 0  # type: ignore[attr-defined]
         sys.modules["orjson"] = stub
+
+
+def _preload_cuda(provider: str) -> str:
+    """Load the CUDA/cuDNN libraries onnxruntime-gpu needs from torch or the ``nvidia`` pip packages
+    (``onnxruntime.preload_dlls``, onnxruntime-gpu >= 1.21) before the first CUDA session; returns what happened."""
+    if provider != "cuda":
+        return "not needed"
+    import onnxruntime as ort
+
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return "onnxruntime has no preload_dlls"
+    try:
+        preload()
+    except Exception as e:  # the session's own provider check reports what then fails
+        return f"preload_dlls failed: {type(e).__name__}: {e}"
+    return "preload_dlls ok"
 
 
 def summarize(ns: list[int] | npt.NDArray[np.int64], candidates: int) -> dict[str, float]:
@@ -72,32 +109,24 @@ def summarize(ns: list[int] | npt.NDArray[np.int64], candidates: int) -> dict[st
     }
 
 
-def run_bench(
-    *,
-    provider: str = "cpu",
-    candidates: int = 600,
-    family: str = "mlp",
-    iterations: int = 3000,
-    warmup: int = 200,
-    n_queries: int = 256,
-    intra_op_threads: int = 1,
-    inter_op_threads: int = 1,
-    model_dir: Path = DEFAULT_MODEL_DIR,
-    seed: int = 7,
-) -> dict[str, Any]:
-    """Run the interleaved benchmark and return the result object printed by ``--json``."""
-    _ensure_orjson()
-    import onnxruntime as ort
+@dataclass
+class _World:
+    """Untimed setup shared by both modes: catalog, warmed rolling stats, queries and their features."""
 
+    queries: list[Any]
+    prepared: list[F32]
+    catalog: Any
+    stats: Any
+    priors: Any
+
+
+def _build_world(*, candidates: int, n_queries: int, seed: int) -> _World:
     from bidder.events import Query
-    from bidder.features import FEATURE_SPEC, Priors, QueryContext, gather
+    from bidder.features import Priors, QueryContext, gather
     from bidder.market import World, WorldConfig
-    from bidder.pipeline import BidPipeline, UnlimitedBudget
     from bidder.rolling import RollingStats
-    from bidder.scoring import load_models
     from onnx_models.traffic import build_catalog
 
-    models = load_models(model_dir, family, provider, intra_op_threads, inter_op_threads)
     rng = np.random.default_rng(seed)
     world = World.generate(WorldConfig(), seed=seed)
     catalog = build_catalog(world)
@@ -131,11 +160,258 @@ def run_bench(
             gather(rows=rows, relevance=q.relevance, context=q.context, catalog=catalog, stats=stats,
                    priors=priors, now=SIM_NOW)
         )
-    pipe = BidPipeline(
-        catalog=catalog, stats=stats, priors=priors, ctr=models.ctr, cvr=models.cvr,
+    return _World(queries=queries, prepared=prepared, catalog=catalog, stats=stats, priors=priors)
+
+
+def _pipeline(w: _World, ctr: Any, cvr: Any, versions: dict[str, str], seed: int) -> Any:
+    from bidder.pipeline import BidPipeline, UnlimitedBudget
+
+    return BidPipeline(
+        catalog=w.catalog, stats=w.stats, priors=w.priors, ctr=ctr, cvr=cvr,
         budget=UnlimitedBudget(), slots=24, reserve_price=0.05, min_bid=0.02, max_bid=3.0,
-        clock=lambda: SIM_NOW, rng=np.random.default_rng(seed + 1), model_versions=models.versions,
+        clock=lambda: SIM_NOW, rng=np.random.default_rng(seed + 1), model_versions=versions,
     )
+
+
+def summarize_calls(ns: npt.NDArray[np.int64], cpu_s: float, *, queries: int, rows: int) -> dict[str, float]:
+    """Per-call latency (ms), throughput and host CPU per query for calls of ``queries`` queries, ``rows`` rows.
+
+    >>> s = summarize_calls(np.full(10, 2_000_000), 0.01, queries=8, rows=4800)
+    >>> s["p50_ms"], s["queries_per_s"], s["candidates_per_s"], s["host_cpu_us_per_query"]
+    (2.0, 4000.0, 2400000.0, 125.0)
+    """
+    a = np.asarray(ns, np.float64) / 1e6
+    mean = float(a.mean())
+    return {
+        "p50_ms": round(float(np.percentile(a, 50)), 4),
+        "p99_ms": round(float(np.percentile(a, 99)), 4),
+        "mean_ms": round(mean, 4),
+        "max_ms": round(float(a.max()), 4),
+        "queries_per_s": round(queries * 1e3 / mean, 1),
+        "candidates_per_s": round(rows * 1e3 / mean, 1),
+        "host_cpu_us_per_query": round(cpu_s * 1e6 / (len(a) * queries), 2),
+        "host_cpu_per_wall": round(cpu_s / (float(a.sum()) / 1e3), 3),
+    }
+
+
+Variant = Callable[[int], None]
+"""runs one call on prepared batch number ``i``"""
+
+
+def _variants_for(
+    provider: str, *, w: _World, k: int, batches: list[list[int]], xs: list[F32], family: str, model_dir: Path,
+    threads: int, buckets: tuple[int, ...], cuda_graphs: bool, gpu_mem_limit_bytes: int | None, seed: int,
+    loaded: dict[str, Any], errors: dict[str, str],
+) -> tuple[dict[str, Variant], dict[str, Any]]:
+    """The variants of one provider at ``k`` queries per call, and what each session runs on."""
+    from bidder.microbatch import MicroBatcher
+    from bidder.scoring import load_models
+
+    def load(name: str, **kw: Any) -> Any:
+        if name not in loaded:
+            try:
+                loaded[name] = load_models(model_dir, family, provider, threads, 1, **kw)
+            except Exception as e:  # reported, the other variants still run
+                loaded[name] = None
+                errors[f"{provider}/{name}"] = f"{type(e).__name__}: {e}"
+        return loaded[name]
+
+    gpu_kw: dict[str, Any] = {"buckets": buckets, "gpu_mem_limit_bytes": gpu_mem_limit_bytes}
+    main = load("plain") if provider == "cpu" else load("iobinding", io_binding=True, **gpu_kw)
+    out: dict[str, Variant] = {}
+    info: dict[str, Any] = {}
+    if main is None:
+        return out, info
+    info["session_providers"] = main.ctr.providers
+    ctr_s, cvr_s = main.ctr.session, main.cvr.session
+    c_io = ([main.ctr.output_name], main.ctr.input_name)
+    v_io = ([main.cvr.output_name], main.cvr.input_name)
+
+    def bare(i: int) -> None:
+        ctr_s.run(c_io[0], {c_io[1]: xs[i]})
+        cvr_s.run(v_io[0], {v_io[1]: xs[i]})
+
+    def scored(m: Any) -> Variant:
+        def run(i: int) -> None:
+            m.ctr.score(xs[i])
+            m.cvr.score(xs[i])
+
+        return run
+
+    out["bare"] = bare
+    out["scorer" if provider == "cpu" else "iobinding"] = scored(main)
+    if provider == "cuda" and cuda_graphs:
+        g = load("cuda_graphs", io_binding=True, cuda_graphs=True, **gpu_kw)
+        if g is not None:
+            out["cuda_graphs"] = scored(g)
+    rows = k * len(w.prepared[0])
+    mb = MicroBatcher(primary=[main.ctr, main.cvr], max_rows=max(rows, 1), max_wait_ms=1e3,
+                      default_budget_ms=1e6, clock=time.perf_counter)
+
+    def batcher(i: int) -> None:
+        for j in batches[i]:
+            mb.submit(w.queries[j].query_id, w.prepared[j])
+        if len(mb.flush()) != len(batches[i]):
+            raise RuntimeError("the micro-batcher lost a query")
+
+    out["batcher"] = batcher
+    pipe = _pipeline(w, main.ctr, main.cvr, main.versions, seed)
+    qs = [[w.queries[j] for j in b] for b in batches]
+
+    def pipeline(i: int) -> None:
+        pipe.process(qs[i])
+
+    out["pipeline"] = pipeline
+    return out, info
+
+
+def run_batch_bench(
+    *,
+    provider: str = "cpu",
+    queries_per_batch: Sequence[int] = (1, 8, 16, 32),
+    candidates: int = 600,
+    family: str = "mlp",
+    calls: int = 300,
+    warmup: int = 20,
+    n_queries: int = 256,
+    intra_op_threads: int = 1,
+    model_dir: Path = DEFAULT_MODEL_DIR,
+    seed: int = 7,
+    cuda_graphs: bool = True,
+    gpu_mem_limit_bytes: int | None = None,
+) -> dict[str, Any]:
+    """Batch mode (see the module docstring): CPU baseline, then CUDA when ``provider == "cuda"``."""
+    _ensure_orjson()
+    import onnxruntime as ort
+
+    from bidder.features import FEATURE_SPEC
+
+    preload = _preload_cuda(provider)
+    w = _build_world(candidates=candidates, n_queries=n_queries, seed=seed)
+    ks = sorted({int(k) for k in queries_per_batch if int(k) >= 1})
+    buckets = tuple(sorted({k * candidates for k in ks}))
+    providers = ["cpu"] if provider == "cpu" else ["cpu", provider]
+    errors: dict[str, str] = {}
+    results: dict[str, Any] = {}
+    perf, cpu = time.perf_counter_ns, time.process_time
+    for prov in providers:
+        loaded: dict[str, Any] = {}
+        per_k: dict[str, Any] = {}
+        for k in ks:
+            n_b = max(1, len(w.queries) // k)
+            batches = [[(b * k + j) % len(w.queries) for j in range(k)] for b in range(n_b)]
+            xs = [np.ascontiguousarray(np.concatenate([w.prepared[j] for j in b])) for b in batches]
+            variants, info = _variants_for(
+                prov, w=w, k=k, batches=batches, xs=xs, family=family, model_dir=model_dir,
+                threads=intra_op_threads, buckets=buckets, cuda_graphs=cuda_graphs,
+                gpu_mem_limit_bytes=gpu_mem_limit_bytes, seed=seed, loaded=loaded, errors=errors,
+            )
+            names = list(variants)
+            lat = {n: np.zeros(calls, np.int64) for n in names}
+            cpu_s = dict.fromkeys(names, 0.0)
+            failed: set[str] = set()
+            gc.collect()
+            gc.freeze()
+            for it in range(-warmup, calls):
+                b = it % n_b
+                for r in range(len(names)):
+                    name = names[(it + r) % len(names)]
+                    if name in failed:
+                        continue
+                    fn = variants[name]
+                    c0, t0 = cpu(), perf()
+                    try:
+                        fn(b)
+                    except Exception as e:  # reported, the other variants still run
+                        failed.add(name)
+                        errors[f"{prov}/{name}/k={k}"] = f"{type(e).__name__}: {e}"
+                        continue
+                    t1, c1 = perf(), cpu()
+                    if it >= 0:
+                        lat[name][it] = t1 - t0
+                        cpu_s[name] += c1 - c0
+            gc.unfreeze()
+            rows = int(xs[0].shape[0])
+            per_k[str(k)] = {
+                "rows_per_call": rows,
+                **info,
+                **{n: summarize_calls(lat[n], cpu_s[n], queries=k, rows=rows) for n in names if n not in failed},
+            }
+        results[prov] = per_k
+    comparison: dict[str, Any] = {}
+    if len(providers) > 1:
+        for k, r in results[providers[1]].items():
+            base = results["cpu"].get(k, {}).get("scorer")
+            if base is None:
+                continue
+            comparison[k] = {
+                f"host_cpu_ratio_{v}_vs_cpu": round(r[v]["host_cpu_us_per_query"] / base["host_cpu_us_per_query"], 4)
+                for v in ("iobinding", "cuda_graphs", "batcher", "pipeline") if v in r
+            }
+    return {
+        "mode": "queries_per_batch",
+        "family": family,
+        "provider": provider,
+        "providers_run": providers,
+        "queries_per_batch": ks,
+        "candidates": candidates,
+        "features": FEATURE_SPEC.n_features,
+        "calls": calls,
+        "warmup": warmup,
+        "intra_op_threads": intra_op_threads,
+        "buckets": list(buckets),
+        "results": results,
+        "comparison": comparison,
+        "errors": errors,
+        "cuda_preload": preload,
+        "onnxruntime": ort.__version__,
+        "ort_available_providers": ort.get_available_providers(),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+
+
+def _print_batch_text(r: dict[str, Any]) -> None:
+    print(f"family={r['family']} candidates={r['candidates']} calls={r['calls']} providers={r['providers_run']}")
+    print(f"{'prov':5s} {'k':>3s} {'variant':12s} {'p50 ms':>9s} {'p99 ms':>9s} {'q/s':>10s} {'cand/s':>12s} "
+          f"{'cpu us/q':>9s}")
+    for prov, per_k in r["results"].items():
+        for k, row in per_k.items():
+            for name, s in row.items():
+                if not isinstance(s, dict):
+                    continue
+                print(f"{prov:5s} {k:>3s} {name:12s} {s['p50_ms']:9.4f} {s['p99_ms']:9.4f} {s['queries_per_s']:10.1f} "
+                      f"{s['candidates_per_s']:12.0f} {s['host_cpu_us_per_query']:9.1f}")
+    for key, err in r["errors"].items():
+        print(f"error {key}: {err}")
+
+
+def run_bench(
+    *,
+    provider: str = "cpu",
+    candidates: int = 600,
+    family: str = "mlp",
+    iterations: int = 3000,
+    warmup: int = 200,
+    n_queries: int = 256,
+    intra_op_threads: int = 1,
+    inter_op_threads: int = 1,
+    model_dir: Path = DEFAULT_MODEL_DIR,
+    seed: int = 7,
+) -> dict[str, Any]:
+    """Run the interleaved benchmark and return the result object printed by ``--json``."""
+    _ensure_orjson()
+    import onnxruntime as ort
+
+    from bidder.features import FEATURE_SPEC
+    from bidder.scoring import load_models
+
+    _preload_cuda(provider)
+    models = load_models(model_dir, family, provider, intra_op_threads, inter_op_threads)
+    w = _build_world(candidates=candidates, n_queries=n_queries, seed=seed)
+    queries, prepared = w.queries, w.prepared
+    pipe = _pipeline(w, models.ctr, models.cvr, models.versions, seed)
     ctr_run, cvr_run = models.ctr.session.run, models.cvr.session.run
     ctr_io = ([models.ctr.output_name], models.ctr.input_name)
     cvr_io = ([models.cvr.output_name], models.cvr.input_name)
@@ -216,6 +492,16 @@ def _print_text(r: dict[str, Any]) -> None:
     print("pipeline stages p50 ms: " + ", ".join(f"{k}={v:.4f}" for k, v in r["stages_p50_ms"].items()))
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        ks = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
+    if not ks or min(ks) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return ks
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bidder bench kernel", description=__doc__.split("\n")[0])
     ap.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
@@ -227,7 +513,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--queries-per-batch", type=_int_list, default=None, metavar="K,K,...",
+                    help="batch mode: queries per scoring call, e.g. 1,8,16,32 (CPU baseline always runs too)")
+    ap.add_argument("--calls", type=int, default=300, help="batch mode: timed calls per variant and K")
+    ap.add_argument("--no-cuda-graphs", action="store_true", help="batch mode: skip the CUDA-graph variant")
+    ap.add_argument("--gpu-mem-limit-bytes", type=int, default=None)
     args = ap.parse_args(argv)
+    if args.queries_per_batch is not None:
+        batch = run_batch_bench(
+            provider=args.provider, queries_per_batch=args.queries_per_batch, candidates=args.candidates,
+            family=args.family, calls=args.calls, warmup=min(args.warmup, 50), intra_op_threads=args.threads,
+            model_dir=args.model_dir, seed=args.seed, cuda_graphs=not args.no_cuda_graphs,
+            gpu_mem_limit_bytes=args.gpu_mem_limit_bytes,
+        )
+        if args.json:
+            print(json.dumps(batch))
+        else:
+            _print_batch_text(batch)
+        missing = [p for p in batch["providers_run"] if not batch["results"].get(p)]
+        return 2 if missing or batch["errors"] else 0
     result = run_bench(
         provider=args.provider,
         candidates=args.candidates,

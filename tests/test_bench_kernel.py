@@ -52,3 +52,52 @@ def test_runs_with_only_numpy_and_onnxruntime() -> None:
                           check=False)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["ratio_p50"] > 0
+
+
+# --- batch mode: --queries-per-batch ------------------------------------------------------------------
+
+BATCH = ["--queries-per-batch", "1,3", "--calls", "6", "--warmup", "1", "--candidates", "50"]
+
+
+def test_batch_mode_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*BATCH, "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["mode"] == "queries_per_batch"
+    assert r["providers_run"] == ["cpu"] and r["errors"] == {}
+    assert r["buckets"] == [50, 150]
+    for k, rows in (("1", 50), ("3", 150)):
+        row = r["results"]["cpu"][k]
+        assert row["rows_per_call"] == rows
+        assert row["session_providers"] == ["CPUExecutionProvider"]
+        for variant in ("bare", "scorer", "batcher", "pipeline"):
+            s = row[variant]
+            assert 0 < s["p50_ms"] <= s["p99_ms"]
+            assert s["queries_per_s"] == pytest.approx(int(k) * 1e3 / s["mean_ms"], rel=1e-3)
+            assert s["candidates_per_s"] == pytest.approx(rows * 1e3 / s["mean_ms"], rel=1e-3)
+            assert s["host_cpu_us_per_query"] > 0
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers(),
+                    reason="CUDA is available here")
+def test_batch_mode_cuda_without_cuda_keeps_the_cpu_baseline_and_says_why(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*BATCH, "--provider", "cuda", "--json"]) == 2
+    r = json.loads(capsys.readouterr().out)
+    assert r["providers_run"] == ["cpu", "cuda"]
+    assert r["results"]["cpu"]["3"]["scorer"]["p50_ms"] > 0
+    assert "install onnxruntime-gpu" in r["errors"]["cuda/iobinding"]
+    assert "iobinding" not in r["results"]["cuda"]["3"]
+
+
+def test_batch_mode_runs_with_only_numpy_and_onnxruntime() -> None:
+    blocked = ["faust", "aiokafka", "orjson", "pydantic", "pydantic_settings", "click", "rich", "mode",
+               "torch", "sklearn", "lightgbm", "onnxmltools", "skl2onnx", "hypothesis"]
+    code = (
+        "import sys\n"
+        f"for m in {blocked!r}: sys.modules[m] = None\n"
+        "from bidder.bench_kernel import main\n"
+        f"raise SystemExit(main({[*BATCH, '--json']!r}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["results"]["cpu"]["1"]["batcher"]["p50_ms"] > 0

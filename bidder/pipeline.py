@@ -35,11 +35,15 @@ from bidder.features import FEATURE_SPEC, Priors, gather
 from bidder.rolling import RollingStats
 from bidder.scoring import Scorer
 
-__all__ = ["BidPipeline", "BudgetView", "RowIndex", "StaticBudget", "UnlimitedBudget"]
+__all__ = ["BidPipeline", "BudgetView", "RowIndex", "ScoreFn", "StaticBudget", "UnlimitedBudget"]
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
+
+
+ScoreFn = Callable[[F32, Sequence[tuple[Query, int, int]]], tuple[F32, F32, dict[str, str]]]
+"""features, per-query (query, offset, rows) spans -> (pctr, pcvr, {query_id: shed reason})"""
 
 
 @runtime_checkable
@@ -218,8 +222,14 @@ class BidPipeline:
         if n > len(self._x):
             self._x = np.empty((max(n, 2 * len(self._x)), FEATURE_SPEC.n_features), np.float32)
 
-    def process(self, queries: Sequence[Query]) -> list[AuctionOutcome]:
-        """One outcome per query, in order; see the module docstring for the stages."""
+    def process(self, queries: Sequence[Query], *, score: ScoreFn | None = None) -> list[AuctionOutcome]:
+        """One outcome per query, in order; see the module docstring for the stages.
+
+        ``score`` replaces the two direct model calls (the worker passes the micro-batcher there): it
+        gets the feature matrix and each query's ``(query, offset, rows)`` span and returns pCTR and
+        pCVR for every row plus ``{query_id: reason}`` for queries it shed; a shed query gets an
+        outcome with no winners and ``extra["shed"]`` = the reason.
+        """
         perf = self._perf
         t_start = perf()
         now = self._clock()
@@ -244,8 +254,12 @@ class BidPipeline:
             offset += n
         t0 = perf()
         x = x_all[:offset]
-        pctr_all = self.ctr.score(x)
-        pcvr_all = self.cvr.score(x)
+        shed: dict[str, str] = {}
+        if score is None:
+            pctr_all = self.ctr.score(x)
+            pcvr_all = self.cvr.score(x)
+        else:
+            pctr_all, pcvr_all, shed = score(x, [(q, off, n) for q, (off, n, *_) in zip(queries, spans, strict=True)])
         score_ms = (perf() - t0) * 1e3
         self.last_scored = (x, pctr_all, pcvr_all)
         extra = {"batch_queries": len(queries)} if len(queries) > 1 else {}
@@ -268,7 +282,7 @@ class BidPipeline:
             res = run_auction(
                 bids=b, pctr=pctr, reserve_price=self.reserve_price, slots=self.slots, rng=self._rng
             )
-            w = res.winners
+            w = res.winners if q.query_id not in shed else res.winners[:0]
             winners = tuple(
                 map(
                     Winner,
@@ -299,7 +313,7 @@ class BidPipeline:
                     },
                     n_candidates=len(q.listing_ids),
                     n_unknown=n_unknown,
-                    extra=dict(extra),
+                    extra={**extra, "shed": shed[q.query_id]} if q.query_id in shed else dict(extra),
                 )
             )
         return out

@@ -59,10 +59,20 @@ class Settings(BaseSettings):
 
     # --- models and scoring ------------------------------------------------------------------------
     model_dir: Path = DEFAULT_MODEL_DIR
-    model_family: Literal["mlp", "gbdt", "lr"] = "mlp"
+    model_family: Literal["mlp", "gbdt", "lr", "mlp_int8"] = "mlp"
     provider: Literal["cpu", "cuda"] = "cpu"
     intra_op_threads: int = Field(default=1, ge=1)
     inter_op_threads: int = Field(default=1, ge=1)
+
+    # --- micro-batching across queries (bidder/microbatch.py; pays off on a GPU, not on a CPU) ----
+    latency_budget_ms: float = Field(default=50.0, gt=0, description="for queries that carry none")
+    microbatch_enabled: bool = False
+    microbatch_max_rows: int = Field(default=9600, ge=1, description="rows per scoring call")
+    microbatch_max_wait_ms: float = Field(default=1.0, ge=0)
+    overload_policy: Literal["reject", "fallback"] = Field(
+        default="reject", description="what a query that cannot meet its deadline gets")
+    fallback_family: Literal["mlp", "gbdt", "lr", "mlp_int8"] = Field(
+        default="lr", description="cheaper models used when overload_policy is fallback")
 
     # --- bidding and auction -----------------------------------------------------------------------
     slots: int = Field(default=24, ge=1)

@@ -39,6 +39,7 @@ from bidder.drift import DriftMonitor, DriftSettings
 from bidder.events import Click, Purchase, Query, encode
 from bidder.features import Priors
 from bidder.kafka_config import faust_app_kwargs
+from bidder.microbatch import MicroBatcher
 from bidder.pipeline import BidPipeline
 from bidder.profile import FeatureProfile
 from bidder.scoring import Models, load_models
@@ -92,6 +93,7 @@ class Runtime:
     topics: dict[str, faust.TopicT]
     clock: Callable[[], float] = time.time
     drift: DriftMonitor | None = None
+    batcher: MicroBatcher | None = None
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     counts: Counter[str] = field(default_factory=Counter)
     billing_ready: set[int] = field(default_factory=set)
@@ -164,7 +166,7 @@ class Runtime:
                 sources[q.query_id] = ev.message
         if not queries:
             return
-        outcomes = self.pipeline.process(queries)
+        outcomes = self.pipeline.process(queries, score=self.batch_score if self.batcher is not None else None)
         pending = []
         stage = self.metrics.stage_seconds
         for q, o in zip(queries, outcomes, strict=True):
@@ -186,6 +188,29 @@ class Runtime:
         self.metrics.queries.inc(len(pending))
         self.metrics.batch_size.observe(len(events))
         self.metrics.replica_lag.set(self.replica.lag())
+
+    def batch_score(self, x: Any, spans: Sequence[tuple[Query, int, int]]) -> tuple[Any, Any, dict[str, str]]:
+        """Score through the micro-batcher: deadline order, split, shed (see bidder/microbatch.py)."""
+        assert self.batcher is not None
+        now = self.clock()
+        for q, off, n in spans:
+            self.batcher.submit(q.query_id, x[off : off + n],
+                                budget_ms=q.latency_budget_ms or self.settings.latency_budget_ms,
+                                elapsed_ms=max(0.0, (now - q.ts) * 1000.0))
+        results = {r.key: r for r in self.batcher.flush()}
+        pctr = np.zeros(len(x), np.float32)
+        pcvr = np.zeros(len(x), np.float32)
+        shed: dict[str, str] = {}
+        for q, off, n in spans:
+            r = results[q.query_id]
+            if r.route == "rejected":
+                shed[q.query_id] = r.reason
+                self.counts["queries_shed"] += 1
+                continue
+            pctr[off : off + n], pcvr[off : off + n] = r.scores[0], r.scores[1]
+            if r.route == "fallback":
+                self.counts["queries_fallback"] += 1
+        return pctr, pcvr, shed
 
     async def watch_drift(self, now: float) -> None:
         """Feed what was just served to the drift monitor (after the outcomes are out)."""
@@ -345,6 +370,17 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
     model_dir, family, _ = champion_dir(settings.model_dir)
     models = load_models(model_dir, family or settings.model_family, settings.provider,
                          settings.intra_op_threads, settings.inter_op_threads)
+    batcher = None
+    if settings.microbatch_enabled:
+        fallback = None
+        if settings.overload_policy == "fallback":
+            fb = load_models(settings.model_dir, settings.fallback_family, "cpu", settings.intra_op_threads,
+                             settings.inter_op_threads)
+            fallback = [fb.ctr, fb.cvr]
+        batcher = MicroBatcher(primary=[models.ctr, models.cvr], fallback=fallback,
+                               max_rows=settings.microbatch_max_rows,
+                               max_wait_ms=settings.microbatch_max_wait_ms,
+                               default_budget_ms=settings.latency_budget_ms, clock=time.perf_counter)
     pipeline = BidPipeline(
         catalog=state.catalog, stats=state.stats,
         priors=Priors(prior_ctr=settings.prior_ctr, prior_cvr=settings.prior_cvr,
@@ -358,7 +394,7 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
     replica = Replicator(state, settings, bootstrap=bootstrap, clock=clock)
     rt = Runtime(settings=settings, state=state, replica=replica, models=models, pipeline=pipeline,
                  limits=limits, topics=topics, clock=clock,
-                 drift=drift_monitor(settings, models, rng=np.random.default_rng(rng_seed)))
+                 drift=drift_monitor(settings, models, rng=np.random.default_rng(rng_seed)), batcher=batcher)
 
     checker = CatalogChecker(settings, bootstrap=bootstrap, check=rt.handle_catalog)
     watcher = ModelWatcher(rt, settings)

@@ -270,3 +270,25 @@ def chaos(ctx: click.Context) -> None:
     from streams.chaos import main as chaos_main
 
     ctx.exit(chaos_main(list(ctx.args)))
+
+
+def _passthrough(name: str, module: str, doc: str) -> None:
+    """A command whose options belong to an argparse ``main(argv)`` in ``module``."""
+
+    @main.command(name, help=doc, context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                                    "help_option_names": []})
+    @click.pass_context
+    def command(ctx: click.Context) -> None:
+        import importlib
+
+        ctx.exit(importlib.import_module(module).main(list(ctx.args)))
+
+
+_passthrough("dataset", "bidder.dataset",
+             "Frozen, content-hashed datasets from matured labels: freeze | list | verify ID (--help for more).")
+_passthrough("train", "onnx_models.lifecycle",
+             "Train CTR+CVR of a family on a frozen dataset, record the run, optional --trials N (Optuna TPE).")
+_passthrough("scoreboard", "bidder.scoreboard",
+             "Every recorded run on a frozen test set, side by side, with the oracle; table and plot.")
+_passthrough("promote", "bidder.promotion",
+             "Gate a challenger against the serving champion; promote atomically or refuse with a report.")

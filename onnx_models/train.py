@@ -47,7 +47,7 @@ from bidder.profile import FeatureProfile, profile_matrix
 from onnx_models.export import INPUT_NAME, OUTPUT_NAME, mlp_graph, narrow_to_positive_class
 from onnx_models.traffic import SimConfig, TrafficLog, simulate
 
-__all__ = ["Fitted", "TrainConfig", "fit", "main", "run", "split_log"]
+__all__ = ["Fitted", "TrainConfig", "fit", "main", "run", "split_log", "train_one", "train_split"]
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -71,6 +71,11 @@ class TrainConfig:
     """Adam steps of 1024 rows per target (a fixed step count, not epochs: the CVR set is small)"""
     gbdt_trees: int = 100
     gbdt_depth: int = 6
+    gbdt_learning_rate: float = 0.08
+    lr_c: float = 1.0
+    """inverse L2 strength of the logistic regression"""
+    mlp_max_lr: float = 3e-3
+    """peak learning rate of the MLP's one-cycle schedule"""
 
     def steps(self, target: str) -> int:
         return (self.mlp_steps or {"ctr": 3000, "cvr": 1500})[target]
@@ -108,7 +113,7 @@ def _fit_lr(x: F32, y: F64, seed: int, cfg: TrainConfig) -> Fitted:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    clf = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
+    clf = LogisticRegression(C=cfg.lr_c, max_iter=2000, random_state=seed)
     pipe = make_pipeline(StandardScaler(), clf).fit(x, y)
     model = convert_sklearn(
         pipe,
@@ -129,7 +134,7 @@ def _fit_gbdt(x: F32, y: F64, seed: int, cfg: TrainConfig) -> Fitted:
         n_estimators=cfg.gbdt_trees,
         max_depth=cfg.gbdt_depth,
         num_leaves=2 ** (cfg.gbdt_depth - 1),
-        learning_rate=0.08,
+        learning_rate=cfg.gbdt_learning_rate,
         min_child_samples=50,
         subsample=0.8,
         subsample_freq=1,
@@ -183,7 +188,7 @@ def _fit_mlp(x: F32, y: F64, seed: int, cfg: TrainConfig, target: str) -> Fitted
     gen = torch.Generator().manual_seed(seed)
     batch = min(1024, len(yt))
     steps = cfg.steps(target)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.mlp_max_lr, total_steps=steps)
     net.train()
     perm, pos = torch.randperm(len(yt), generator=gen), 0
     for _ in range(steps):
@@ -226,11 +231,6 @@ def fit(family: str, target: str, x: F32, y: F64, *, seed: int, cfg: TrainConfig
     if family == "mlp":
         return _fit_mlp(x, y, seed, cfg, target)
     raise ValueError(f"unknown family {family!r}")
-
-
-def _served(log: TrafficLog, fallback: F32) -> F32:
-    """The sample of served candidate rows (all candidates, not only impressions)."""
-    return log.served if len(log.served) else fallback
 
 
 def _ort_predict(blob: bytes, x: F32) -> F32:
@@ -282,7 +282,42 @@ def train_one(
     ``family="mlp_int8"`` quantizes ``base`` (the float MLP) instead of training; its ``predict`` stays
     the float framework's, so parity against it measures the quantization error.
     """
-    x_tr, y_tr, x_te, y_te, oracle_te = split_log(log, target)
+    ts = log.ts if target == "ctr" else log.ts[log.clicked.astype(bool)]
+    training = {
+        "simulator": {
+            "world_seed": cfg.sim.world_seed,
+            "n_warmup_queries": cfg.sim.n_warmup,
+            "n_logged_queries": cfg.sim.n_log,
+            "rate_qps": cfg.sim.rate_qps,
+            "n_candidates": cfg.sim.n_candidates,
+            "policy": "pCTR = ctr_smoothed, pCVR = cvr_smoothed, autobid + GSP auction",
+        },
+    }
+    return train_split(
+        family, target, split_log(log, target), ts, seed=seed, cfg=cfg, out_dir=out_dir, base=base,
+        training=training, served=log.served,
+    )
+
+
+def train_split(
+    family: str,
+    target: str,
+    split: tuple[F32, F64, F32, F64, F64],
+    ts: F64,
+    *,
+    seed: int,
+    cfg: TrainConfig,
+    out_dir: Path,
+    base: Fitted | None = None,
+    training: dict[str, Any] | None = None,
+    served: F32 | None = None,
+) -> tuple[ModelMeta, Fitted]:
+    """:func:`train_one` on a given split ``(x_train, y_train, x_test, y_test, oracle_test)`` whose rows
+    have the times ``ts`` (train rows then test rows); ``training`` adds keys to the sidecar's
+    ``training`` (an oracle of NaNs means unknown: no oracle metrics); ``served`` is the sample of served
+    candidate rows the reference profiles are fitted on (default: the training rows)."""
+    x_tr, y_tr, x_te, y_te, oracle_te = split
+    ref_rows = served if served is not None and len(served) else x_tr
     if family == INT8:
         if base is None:
             raise ValueError("mlp_int8 needs the float MLP as base")
@@ -303,7 +338,6 @@ def train_one(
             "auc_delta_vs_float_test": round(_metrics(y_te, p_te)["auc"] - _metrics(y_te, p_float)["auc"], 5),
         }
     golden_idx = np.linspace(0, len(y_te) - 1, GOLDEN_ROWS).astype(np.int64)
-    ts = log.ts if target == "ctr" else log.ts[log.clicked.astype(bool)]
     cut = len(y_tr)
     data_hash = hashlib.sha256(np.ascontiguousarray(x_tr).tobytes() + y_tr.tobytes()).hexdigest()
     name = f"{family}_{target}"
@@ -327,25 +361,18 @@ def train_one(
             "positives_train": int(y_tr.sum()),
             "data_sha256": data_hash,
             "seed": seed,
-            "simulator": {
-                "world_seed": cfg.sim.world_seed,
-                "n_warmup_queries": cfg.sim.n_warmup,
-                "n_logged_queries": cfg.sim.n_log,
-                "rate_qps": cfg.sim.rate_qps,
-                "n_candidates": cfg.sim.n_candidates,
-                "policy": "pCTR = ctr_smoothed, pCVR = cvr_smoothed, autobid + GSP auction",
-            },
+            **(training or {}),
         },
         metrics={
             "test": _metrics(y_te, p_te),
-            "oracle_test": _metrics(y_te, oracle_te),
+            **({"oracle_test": _metrics(y_te, oracle_te)} if np.isfinite(oracle_te).all() else {}),
             "train": _metrics(y_tr, p_tr),
             "label_rate_test": round(float(y_te.mean()), 5),
         },
         # the drift monitor compares what is served live (every candidate, winner or not) with this
-        reference=tuple(p.to_dict() for p in profile_matrix(_served(log, x_tr), FEATURE_SPEC.names)),
+        reference=tuple(p.to_dict() for p in profile_matrix(ref_rows, FEATURE_SPEC.names)),
         prediction_reference=FeatureProfile.from_values(
-            f"p{target}", _ort_predict(blob, _served(log, x_tr))).to_dict(),
+            f"p{target}", _ort_predict(blob, ref_rows)).to_dict(),
         golden_inputs=tuple(tuple(float(v) for v in r) for r in x_te[golden_idx]),
         # scored as their own batch, as the load-time check does (int8 activation scales are per batch)
         golden_outputs=tuple(float(v) for v in _ort_predict(blob, x_te[golden_idx])),

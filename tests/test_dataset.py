@@ -1,0 +1,150 @@
+"""Frozen datasets: folding labels, maturity, the time split, content hashes, tamper detection."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bidder import dataset as ds
+from bidder.dataset import DatasetCorruptError, Window, fold_labels, freeze, load, records_from_traffic
+from bidder.settings import Settings
+from onnx_models.traffic import SimConfig, simulate
+
+D = 18
+
+
+def _imp(qid: str, ts: float, slots: int = 2) -> dict:
+    return {"type": "impressions", "query_id": qid, "ts": ts, "label_version": 0,
+            "model_versions": {"ctr": "c1", "cvr": "v1"},
+            "examples": [{"impression_id": f"{qid}:{s}", "slot": s, "listing_id": 100 + s, "shop_id": 7,
+                          "pctr": 0.1, "pcvr": 0.05, "bid": 0.3, "price": 0.2, "features": [float(s)] * D,
+                          "clicked": 0, "converted": 0} for s in range(slots)]}
+
+
+def _upd(iid: str, version: int, ts: float) -> dict:
+    return {"type": "label_update", "impression_id": iid, "ts": ts, "clicked": 1,
+            "converted": int(version == 2), "label_version": version}
+
+
+@pytest.fixture(scope="module")
+def sim_records() -> list[dict]:
+    log = simulate(dataclasses.replace(SimConfig.small(), n_warmup=100, n_log=400), seed=5)
+    return list(records_from_traffic(log))
+
+
+def test_highest_label_version_wins_and_update_may_come_first() -> None:
+    recs = [_upd("q:0", 2, 5.0), _imp("q", 0.0), _upd("q:0", 1, 3.0), _upd("q:1", 1, 4.0), _upd("q:1", 1, 4.0)]
+    f = fold_labels(recs, as_of=10_000.0, mature_after_s=100.0)
+    assert f.rows["impression_id"].tolist() == ["q:0", "q:1"]
+    assert f.rows["clicked"].tolist() == [1, 1]
+    assert f.rows["converted"].tolist() == [1, 0]
+    assert f.rows["label_version"].tolist() == [2, 1]
+    assert f.rows["ctr_version"].tolist() == ["c1", "c1"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.permutations(list(range(6))), st.integers(0, 5))
+def test_fold_is_order_free_and_redelivery_is_idempotent(order: list[int], dup: int) -> None:
+    recs = [_imp("a", 0.0), _imp("b", 1.0), _upd("a:0", 1, 2.0), _upd("a:0", 2, 3.0), _upd("b:1", 1, 4.0),
+            _upd("zz:0", 1, 5.0)]
+    want = fold_labels(recs, as_of=1e6, mature_after_s=1.0)
+    shuffled = [recs[i] for i in order] + [recs[dup]]
+    got = fold_labels(shuffled, as_of=1e6, mature_after_s=1.0)
+    for c in ("impression_id", "clicked", "converted", "label_version"):
+        assert got.rows[c].tolist() == want.rows[c].tolist()
+    assert got.orphan_updates == 1
+
+
+def test_only_matured_labels_are_kept() -> None:
+    recs = [_imp("old", 0.0), _imp("young", 1000.0), _upd("young:0", 1, 1100.0)]
+    f = fold_labels(recs, mature_after_s=600.0)  # as_of = latest ts seen = 1100
+    assert f.rows["query_id"].tolist() == ["old", "old"]
+    assert f.immature == 2
+    assert f.as_of == 1100.0
+
+
+def test_time_split_tests_on_the_period_right_after_training(tmp_path: Path, sim_records: list[dict]) -> None:
+    d = freeze(sim_records, root=tmp_path, mature_after_s=0.0, clock=lambda: 0.0, train_frac=0.75)
+    w = d.window
+    assert d.train.cols["ts"].max() < w.train_end <= d.test.cols["ts"].min()
+    assert d.train.cols["ts"].min() == w.train_start and d.test.cols["ts"].max() == w.test_end
+    assert np.all(np.diff(d.train.cols["ts"]) >= 0)
+    assert d.entry["rows"]["train"] == d.train.n and d.train.n + d.test.n == sum(
+        len(r["examples"]) for r in sim_records if r["type"] == "impressions")
+    x, y, oracle, _ = d.test.target("cvr")
+    assert len(x) == int(d.test.cols["clicked"].sum()) and np.isfinite(oracle).all()
+    assert set(np.unique(y).tolist()) <= {0.0, 1.0}
+    by = Window.by_duration(np.array([0.0, 50.0, 100.0]), train_s=60.0, test_s=20.0)
+    assert (by.train_start, by.train_end, by.test_end) == (20.0, 80.0, 100.0)
+
+
+def test_refreezing_the_same_data_gives_the_same_id_and_writes_nothing(tmp_path: Path,
+                                                                       sim_records: list[dict]) -> None:
+    a = freeze(sim_records, root=tmp_path, mature_after_s=0.0, clock=lambda: 1.0)
+    files = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (tmp_path / a.id).iterdir()}
+    manifest = (tmp_path / "manifest.json").read_text()
+    b = freeze(reversed(sim_records), root=tmp_path, mature_after_s=0.0, clock=lambda: 2.0)
+    assert b.id == a.id
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (tmp_path / a.id).iterdir()} == files
+    assert (tmp_path / "manifest.json").read_text() == manifest
+    c = freeze(sim_records[:-10], root=tmp_path, mature_after_s=0.0, clock=lambda: 3.0)
+    assert c.id != a.id
+    assert set(json.loads((tmp_path / "manifest.json").read_text())["datasets"]) == {a.id, c.id}
+    np.testing.assert_array_equal(load(a.id, root=tmp_path).test.x, a.test.x)
+
+
+def test_a_changed_file_is_detected(tmp_path: Path, sim_records: list[dict]) -> None:
+    d = freeze(sim_records, root=tmp_path, mature_after_s=0.0, clock=lambda: 0.0)
+    path = tmp_path / d.id / "test.parquet"
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    with pytest.raises(DatasetCorruptError, match="changed since it was frozen"):
+        load(d.id, root=tmp_path)
+    with pytest.raises(DatasetCorruptError, match="not in"):
+        load("0" * 16, root=tmp_path)
+    with pytest.raises(DatasetCorruptError):  # re-freezing never silently repairs a frozen dataset
+        freeze(sim_records, root=tmp_path, mature_after_s=0.0, clock=lambda: 0.0)
+    assert ds.main(["verify", d.id, "--root", str(tmp_path)]) == 1
+
+
+def test_cli_freeze_from_a_jsonl_dump_matches_the_library(tmp_path: Path, sim_records: list[dict],
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    dump = tmp_path / "labels.jsonl"
+    dump.write_text("".join(json.dumps(r) + "\n" for r in sim_records))
+    assert ds.main(["freeze", "--labels", str(dump), "--root", str(tmp_path / "a"), "--mature-after-s", "0"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    lib = freeze(sim_records, root=tmp_path / "b", mature_after_s=0.0, clock=lambda: 0.0)
+    assert out["id"] == lib.id
+    assert ds.main(["verify", lib.id, "--root", str(tmp_path / "b")]) == 0
+
+
+@pytest.mark.broker
+def test_reads_the_labels_topic_to_its_end(bootstrap: str, settings: Settings) -> None:
+    import asyncio
+
+    import orjson
+
+    from bidder.producer import EventProducer
+
+    recs = [_imp("topic-q1", 10.0), _upd("topic-q1:1", 2, 20.0), _imp("topic-q2", 30.0)]
+
+    async def send() -> None:
+        async with EventProducer(settings, bootstrap=bootstrap) as p:
+            for r in recs:
+                await p.send_raw("labels", str(r.get("query_id", "topic-q1")).encode(), orjson.dumps(r))
+            await p.send_raw("labels", b"junk", b"not json")
+            await p.flush()
+
+    asyncio.run(send())
+    got = ds.read_labels_topic(bootstrap, settings=settings)
+    mine = [r for r in got if str(r.get("query_id", r.get("impression_id", ""))).startswith("topic-q")]
+    assert mine == recs
+    f = fold_labels(mine, as_of=1e6, mature_after_s=0.0)
+    assert f.rows["converted"].tolist() == [0, 1, 0, 0]

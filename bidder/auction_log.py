@@ -42,7 +42,12 @@ class AuctionLog:
         self.window_s = window_s
         self.capacity = capacity
         self._by_query: OrderedDict[str, tuple[float, dict[int, ShownAd]]] = OrderedDict()
+        self._versions: dict[str, str] = {}
+        self._clicked: set[tuple[str, int]] = set()
         self.duplicates = 0
+        self.matured: list[tuple[str, float, list[float], list[int]]] = []
+        """(ctr model version, ts, pCTRs, clicked flags) of outcomes past the click window, for the
+        calibration monitor to take (``take_matured``)"""
 
     def __len__(self) -> int:
         return len(self._by_query)
@@ -60,14 +65,28 @@ class AuctionLog:
             for w in outcome["winners"]
         }
         self._by_query[qid] = (ts, ads)
+        self._versions[qid] = str(outcome.get("model_versions", {}).get("ctr", ""))
         self._evict(ts)
         return True
+
+    def mark_clicked(self, query_id: str, listing_id: int) -> None:
+        if query_id in self._by_query:
+            self._clicked.add((query_id, listing_id))
+
+    def take_matured(self) -> list[tuple[str, float, list[float], list[int]]]:
+        out, self.matured = self.matured, []
+        return out
 
     def _evict(self, now: float) -> None:
         while self._by_query:
             ts, _ = next(iter(self._by_query.values()))
             if len(self._by_query) > self.capacity or ts < now - self.window_s:
-                self._by_query.popitem(last=False)
+                qid, (ts, ads) = self._by_query.popitem(last=False)
+                version = self._versions.pop(qid, "")
+                clicked = [int((qid, lid) in self._clicked) for lid in ads]
+                self._clicked.difference_update((qid, lid) for lid in ads)
+                if len(self.matured) < 100_000:
+                    self.matured.append((version, ts, [a.pctr for a in ads.values()], clicked))
             else:
                 break
 

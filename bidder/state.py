@@ -108,6 +108,7 @@ class BidderState:
                 self.stats.record(np.array([row]), kind="spend", now=entry.ts, amount=entry.amount)
         self.clicks.add(user_id=entry.user_id, listing_id=entry.listing_id, ts=entry.ts,
                         click_id=entry.click_id, query_id=entry.query_id, slot=entry.slot)
+        self.auctions.mark_clicked(entry.query_id, entry.listing_id)
 
     def _apply_label(self, label: dict[str, Any]) -> None:
         if label.get("type") != "label_update" or not label.get("converted"):

@@ -34,6 +34,7 @@ import orjson
 
 from bidder.attribution import label_update, provisional_labels
 from bidder.budget import LedgerBudget
+from bidder.calibration import CalibrationMonitor
 from bidder.decoding import Limits, Rejection, decode
 from bidder.drift import DriftMonitor, DriftSettings
 from bidder.events import Click, Purchase, Query, encode
@@ -94,6 +95,7 @@ class Runtime:
     clock: Callable[[], float] = time.time
     drift: DriftMonitor | None = None
     batcher: MicroBatcher | None = None
+    calibration: CalibrationMonitor = field(default_factory=lambda: CalibrationMonitor(window_s=3600.0))
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     counts: Counter[str] = field(default_factory=Counter)
     billing_ready: set[int] = field(default_factory=set)
@@ -184,6 +186,7 @@ class Runtime:
                                            orjson.dumps(provisional_labels(orjson.loads(body)))))
         await asyncio.gather(*pending)
         await self.watch_drift(start)
+        self.watch_calibration()
         self.counts["queries"] += len(queries)
         self.metrics.queries.inc(len(pending))
         self.metrics.batch_size.observe(len(events))
@@ -211,6 +214,17 @@ class Runtime:
             if r.route == "fallback":
                 self.counts["queries_fallback"] += 1
         return pctr, pcvr, shed
+
+    def watch_calibration(self) -> None:
+        """Impressions past the click window have final click labels: CTR calibration per model version."""
+        for version, ts, pctr, clicked in self.state.auctions.take_matured():
+            for alert in self.calibration.update("ctr", version, p=pctr, y=clicked, now=ts):
+                log.warning("calibration %s: %s %s ratio %.3f", alert.state, alert.target, alert.version,
+                            alert.ratio)
+                self.counts[f"calibration_{alert.state}"] += 1
+            for (target, v), gauge in self.calibration.gauges(now=ts).items():
+                if v == version and gauge.ratio == gauge.ratio:  # not NaN
+                    self.metrics.calibration.labels(target=target).set(gauge.ratio)
 
     async def watch_drift(self, now: float) -> None:
         """Feed what was just served to the drift monitor (after the outcomes are out)."""

@@ -1,0 +1,123 @@
+"""The replicated fold: idempotent under redelivery, catalog tombstones, maturity, attribution, pacing."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bidder.attribution import ClickIndex, label_update, provisional_labels
+from bidder.auction_log import AuctionLog
+from bidder.billing import Ledger
+from bidder.budget import LedgerBudget
+from bidder.decoding import Limits
+from bidder.events import Listing, Shop, encode
+from bidder.pacing import pacing_multiplier
+from bidder.state import BidderState
+
+T = 1_800_000_000.0
+
+
+def state() -> BidderState:
+    s = BidderState(half_life_s=3600.0, click_window_s=600.0, attribution_window_s=300.0, limits=Limits())
+    s.apply("shops", 0, 0, encode(Shop(7, 10.0, 0.05, T)), now=T)
+    s.apply("listings", 0, 0, encode(Listing(103, 7, 20.0, 1, T)), now=T)
+    return s
+
+
+def outcome(qid: str = "q1") -> bytes:
+    return orjson.dumps({"query_id": qid, "ts": T, "user_id": 5, "model_versions": {"ctr": "v", "cvr": "w"},
+                         "winners": [{"slot": 0, "listing_id": 103, "shop_id": 7, "price": 0.4, "pctr": 0.1,
+                                      "pcvr": 0.05, "bid": 0.5}]})
+
+
+def ledger_line(cid: str = "c1", status: str = "charged") -> bytes:
+    led = Ledger()
+    e = led.decide(click_id=cid, shop_id=7, listing_id=103, query_id="q1", user_id=5, slot=0, ts=T + 1,
+                   price=0.4, budget=10.0)
+    d = e.to_dict()
+    d["status"] = status
+    return orjson.dumps(d)
+
+
+def test_redelivered_records_change_nothing() -> None:
+    s = state()
+    s.apply("auctions", 0, 0, outcome(), now=T)
+    s.apply("auctions", 0, 1, outcome(), now=T)  # a redelivered query's second outcome
+    s.apply("billing", 0, 0, ledger_line(), now=T)
+    s.apply("billing", 0, 1, ledger_line(), now=T)  # a second charged line for the same click: ignored
+    conv = orjson.dumps(label_update(query_id="q1", slot=0, listing_id=103, ts=T + 5, click_id="c1",
+                                     order_id="o1"))
+    s.apply("labels", 0, 0, conv, now=T)
+    s.apply("labels", 0, 1, conv, now=T)
+    view = s.stats.view(np.array([s.catalog.listing_row(103)]), now=T + 5)
+    assert s.counts["auctions"] == 1 and s.counts["auctions_repeated"] == 1
+    assert s.ledger.spend(7, int(T // 86_400)) == 0.4
+    assert s.ledger.counts["charged"] == 1 and s.ledger.counts["duplicate"] == 1
+    assert s.counts["conversions"] == 1 and s.counts["conversions_repeated"] == 1
+    assert 0.99 < float(view.clicks[0]) <= 1.0  # one click, decayed for 4 s of a 1 h half-life
+    assert 0.99 < float(view.conversions[0]) <= 1.0
+    # a replica reading a line the billing agent already applied locally skips it by offset
+    s.apply_own_ledger(s.ledger.decide(click_id="c2", shop_id=7, listing_id=103, query_id="q1", user_id=5,
+                                       slot=0, ts=T + 2, price=0.4, budget=10.0), partition=0, offset=2)
+    s.apply("billing", 0, 2, ledger_line("c2"), now=T)
+    assert s.ledger.counts["charged"] == 2
+
+
+def test_unreadable_and_invalid_records_are_counted_not_raised() -> None:
+    s = state()
+    s.apply("auctions", 0, 0, b"{not json", now=T)
+    s.apply("listings", 0, 1, b'{"v":1,"type":"listing","listing_id":1}', now=T)
+    assert s.counts["auctions_unreadable"] == 1 and s.counts["listings_rejected"] == 1
+
+
+def test_listing_tombstone_withdraws_from_bidding() -> None:
+    s = state()
+    s.apply("listings", 0, 1, encode(Listing(103, 7, 20.0, 1, T, active=False)), now=T)
+    _, known = s.catalog.rows(np.array([103]))
+    assert not known[0]
+
+
+def test_auction_log_matures_with_click_flags() -> None:
+    log = AuctionLog(window_s=60.0)
+    assert log.add(orjson.loads(outcome("a")))
+    log.mark_clicked("a", 103)
+    later = orjson.loads(outcome("b"))
+    later["ts"] = T + 120
+    log.add(later)
+    assert log.take_matured() == [("v", T, [0.1], [1])]
+    assert not log.knows("a") and log.knows("b")
+
+
+def test_click_index_attributes_last_click_in_window() -> None:
+    idx = ClickIndex(window_s=100.0)
+    idx.add(user_id=1, listing_id=9, ts=10.0, click_id="old", query_id="q0", slot=1)
+    idx.add(user_id=1, listing_id=9, ts=50.0, click_id="new", query_id="q1", slot=2)
+    assert idx.attribute(user_id=1, listing_id=9, ts=60.0).click_id == "new"
+    assert idx.attribute(user_id=1, listing_id=9, ts=30.0).click_id == "old"
+    assert idx.attribute(user_id=1, listing_id=9, ts=5.0) is None  # before any click
+    assert idx.attribute(user_id=2, listing_id=9, ts=60.0) is None
+    labels = provisional_labels(orjson.loads(outcome()))
+    assert labels["examples"][0]["clicked"] == 0 and labels["label_version"] == 0
+
+
+@given(st.floats(0, 200), st.floats(1, 200), st.floats(0, 1))
+def test_pacing_shades_ahead_of_schedule_and_stops_when_spent(spend: float, budget: float, frac: float) -> None:
+    m = pacing_multiplier(spend=np.array([spend]), budget=np.array([budget]), day_fraction=frac)[0]
+    if spend >= budget:
+        assert m == 0.0
+    else:
+        assert 0.25 <= m <= 1.5
+        more = pacing_multiplier(spend=np.array([min(spend + 1, budget - 1e-9)]), budget=np.array([budget]),
+                                 day_fraction=frac)[0]
+        assert more <= m  # spending more never raises the multiplier
+
+
+def test_ledger_budget_reads_spend_live() -> None:
+    s = state()
+    budget = LedgerBudget(catalog=s.catalog, ledger=s.ledger, clock=lambda: T)
+    row = np.array([s.catalog.shop_row_of(7)])
+    assert budget.remaining(row).tolist() == [10.0]
+    s.apply("billing", 0, 0, ledger_line(), now=T)
+    assert budget.remaining(row).tolist() == [9.6]

@@ -135,6 +135,9 @@ class EmbeddedBroker:
         """Start a broker and return once it answers Kafka metadata requests."""
         port = port or free_port()
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            # SO_REUSEADDR: a listener still fails the bind, but the TIME_WAIT sockets a stopped broker
+            # leaves behind do not (restarting on the same port is what the broker-restart test does)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
             except OSError as exc:

@@ -125,6 +125,8 @@ class BillingVerdict:
     unexpected: list[str] = field(default_factory=list)
     """click ids decided that were never sent valid: false accepts"""
     charged_total: float = 0.0
+    charged_less: int = 0
+    """mismatched lines where the ledger charged less than the oracle (the safe direction)"""
 
     @property
     def ok(self) -> bool:
@@ -157,6 +159,7 @@ def verify_ledger(
             exp = oracle.decide(ClickFact(cid, fact.shop_id, fact.price, float(line["ts"])))
             amount = float(line["amount"])
             if exp.status != status or abs(exp.amount - amount) > _TOL:
+                v.charged_less += amount < exp.amount - _TOL
                 v.line_mismatches.append(f"{cid}: ledger {status} {amount:.6f}, oracle {exp.status} "
                                          f"{exp.amount:.6f}")
             if status == "duplicate":

@@ -170,6 +170,7 @@ class Runtime:
             return
         outcomes = self.pipeline.process(queries, score=self.batch_score if self.batcher is not None else None)
         pending = []
+        answered = 0
         stage = self.metrics.stage_seconds
         for q, o in zip(queries, outcomes, strict=True):
             if o.n_unknown >= o.n_candidates:
@@ -181,6 +182,7 @@ class Runtime:
                 stage.labels(stage=name).observe(timed.timings_ms.get(name, 0.0) / 1000.0)
             body = encode(timed)
             pending.append(await self.send("auctions", q.query_id.encode(), body))
+            answered += 1
             # impressions become provisional negative examples right away (labels keyed by query)
             pending.append(await self.send("labels", q.query_id.encode(),
                                            orjson.dumps(provisional_labels(orjson.loads(body)))))
@@ -188,7 +190,7 @@ class Runtime:
         await self.watch_drift(start)
         self.watch_calibration()
         self.counts["queries"] += len(queries)
-        self.metrics.queries.inc(len(pending))
+        self.metrics.queries.inc(answered)
         self.metrics.batch_size.observe(len(events))
         self.metrics.replica_lag.set(self.replica.lag())
 

@@ -169,7 +169,8 @@ def bench_kernel(ctx: click.Context) -> None:
 
 @main.command()
 @click.option("--seconds", type=float, default=60.0, show_default=True, help="seconds of traffic")
-@click.option("--rate", type=float, default=200.0, show_default=True, help="queries per second (open loop)")
+@click.option("--rate", type=float, default=50.0, show_default=True,
+              help="queries per second (open loop); what 2 cores sustain with broker, worker and simulator")
 @click.option("--seed", type=int, default=7, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the reconciled summary as JSON")
 @click.pass_obj

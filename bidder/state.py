@@ -32,6 +32,8 @@ from bidder.rolling import RollingStats
 __all__ = ["REPLICATED_TOPICS", "BidderState"]
 
 REPLICATED_TOPICS: tuple[str, ...] = ("listings", "shops", "auctions", "billing", "labels")
+_IMPRESSIONS_PREFIX = b'{"v":1,"type":"impressions"'
+"""how ``orjson.dumps(provisional_labels(...))`` starts (key order is insertion order)"""
 
 
 class BidderState:
@@ -67,8 +69,9 @@ class BidderState:
                 if offset >= self.ledger_applied.get(partition, 0):
                     self._apply_ledger(LedgerEntry.from_dict(orjson.loads(value or b"null")))
                     self.ledger_applied[partition] = offset + 1
-            elif topic == "labels":
-                self._apply_label(orjson.loads(value or b"null"))
+            elif topic == "labels" and value is not None and not value.startswith(_IMPRESSIONS_PREFIX):
+                # only conversions matter here; the large impression records are skipped unparsed
+                self._apply_label(orjson.loads(value))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             self.counts[f"{topic}_unreadable"] += 1
 
@@ -125,7 +128,7 @@ class BidderState:
         if row is not None:
             self.stats.record(np.array([row]), kind="conversions", now=float(label["ts"]))
 
-    def apply_own_ledger(self, entry: LedgerEntry, *, partition: int, offset: int) -> None:
+    def apply_own_ledger(self, entry: LedgerEntry, *, partition: int, offset: int | None) -> None:
         """The billing agent's own acknowledged write (offset from the broker's ack).
 
         Always folded (``Ledger.apply`` ignores a click id already decided): a broker that lost its
@@ -133,6 +136,11 @@ class BidderState:
         docs/reliability.md), and skipping an own write by offset left its spend out -> overspend.
         """
         self._apply_ledger(entry)
+        if offset is not None:
+            self.ledger_acked(partition, offset)
+
+    def ledger_acked(self, partition: int, offset: int) -> None:
+        """The broker acknowledged an own ledger line at ``offset`` (the replica may skip up to it)."""
         self.ledger_applied[partition] = max(self.ledger_applied.get(partition, 0), offset + 1)
 
     def order_attributed(self, order_id: str) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -247,11 +248,60 @@ class Runtime:
                     self.metrics.drift.labels(feature=feature, statistic=statistic).set(value)
 
     # -- clicks -> billing ---------------------------------------------------------------------------
-    async def handle_click(self, message: Any) -> None:
+    async def handle_clicks(self, events: Sequence[Any]) -> None:
+        """Decide a batch of clicks in order, each seeing the spend of those before it; write the ledger
+        lines and label updates together and wait for every acknowledgement before the batch's offsets
+        can be committed. If a write fails the process exits: its in-memory spend would no longer match
+        the ledger, and a restart rebuilds it from the ledger."""
+        writes: list[tuple[int, Any]] = []
+        labels: list[Any] = []
+        # a click may arrive before this worker's replica has folded its auction (the buyer saw the
+        # outcome first): catch up once for the whole batch rather than once per such click
+        if any(self._auction_unknown(ev.message) for ev in events):
+            await self.replica.wait_caught_up(["auctions"])
+        for ev in events:
+            decided = await self.decide_click(ev.message)
+            if decided is None:
+                continue
+            click, ad, entry = decided
+            part = ev.message.partition
+            self.state.apply_own_ledger(entry, partition=part, offset=None)
+            writes.append((part, await self.send("billing", str(click.shop_id).encode(),
+                                                 orjson.dumps(entry.to_dict()), partition=part)))
+            self.counts[f"clicks_{entry.status}"] += 1
+            self.metrics.clicks.labels(status=entry.status).inc()
+            if entry.status == "charged":
+                self.metrics.charged.inc(entry.amount)
+                if entry.amount < entry.price:
+                    self.metrics.budget_exhausted.inc()
+            elif entry.status == "unbilled":
+                self.metrics.unbilled.inc(entry.price)
+            if entry.status != "duplicate":
+                labels.append(await self.send("labels", click.query_id.encode(), orjson.dumps(label_update(
+                    query_id=click.query_id, slot=ad.slot, listing_id=click.listing_id, ts=click.ts,
+                    click_id=click.click_id))))
+        try:
+            metas = await asyncio.gather(*(f for _, f in writes), *labels)
+        except Exception:
+            log.critical("ledger write failed; exiting so the money state is rebuilt from the ledger",
+                         exc_info=True)
+            os._exit(70)
+        for (part, _), meta in zip(writes, metas, strict=False):
+            self.state.ledger_acked(part, int(meta.offset))
+
+    def _auction_unknown(self, message: Any) -> bool:
+        try:
+            qid = orjson.loads(message.value).get("query_id")
+        except (orjson.JSONDecodeError, AttributeError, TypeError):
+            return False
+        return isinstance(qid, str) and not self.state.auctions.knows(qid)
+
+    async def decide_click(self, message: Any) -> tuple[Click, Any, Any] | None:
+        """Validate one click against its auction and decide its ledger line (dead-letter otherwise)."""
         click = self.decode(message, self.clock())
         if isinstance(click, Rejection):
             await self.dead_letter(message, click)
-            return
+            return None
         assert isinstance(click, Click)
         part = message.partition
         if part not in self.billing_ready:
@@ -271,32 +321,17 @@ class Runtime:
                 f"listing {click.listing_id} in query {click.query_id!r}" if known
                 else f"no auction outcome for query {click.query_id!r} in the last "
                      f"{self.settings.click_window_s:.0f}s"))
-            return
+            return None
         if ad.shop_id != click.shop_id:
             await self.dead_letter(message, Rejection(
                 "shop_mismatch", f"click names shop {click.shop_id}, the auction had shop {ad.shop_id}"))
-            return
+            return None
         shop_row = state.catalog.shop_row_of(click.shop_id)
         entry = state.ledger.decide(
             click_id=click.click_id, shop_id=click.shop_id, listing_id=click.listing_id,
             query_id=click.query_id, user_id=click.user_id, slot=ad.slot, ts=click.ts, price=ad.price,
             budget=float(state.catalog.daily_budget[shop_row]))
-        fut = await self.send("billing", str(click.shop_id).encode(), orjson.dumps(entry.to_dict()),
-                              partition=part)
-        meta = await fut
-        state.apply_own_ledger(entry, partition=part, offset=int(meta.offset))
-        self.counts[f"clicks_{entry.status}"] += 1
-        self.metrics.clicks.labels(status=entry.status).inc()
-        if entry.status == "charged":
-            self.metrics.charged.inc(entry.amount)
-            if entry.amount < entry.price:
-                self.metrics.budget_exhausted.inc()
-        elif entry.status == "unbilled":
-            self.metrics.unbilled.inc(entry.price)
-        if entry.status != "duplicate":
-            await (await self.send("labels", click.query_id.encode(), orjson.dumps(label_update(
-                query_id=click.query_id, slot=ad.slot, listing_id=click.listing_id, ts=click.ts,
-                click_id=click.click_id))))
+        return click, ad, entry
 
     # -- purchases -> labels -------------------------------------------------------------------------
     async def handle_purchase(self, message: Any) -> None:
@@ -353,6 +388,8 @@ def drift_monitor(settings: Settings, models: Models, *, rng: np.random.Generato
         settings=DriftSettings(
             sample_rate=settings.drift_sample_rate, window=settings.drift_window,
             min_count=min(settings.drift_min_count, settings.drift_window),
+            # judge a fifth of a window of new rows at a time: each evaluation sorts the whole window
+            eval_every=max(50, settings.drift_window // 5),
             psi_threshold=settings.drift_psi_threshold, js_threshold=settings.drift_js_threshold,
             scale_factor=settings.drift_scale_factor, mean_threshold=settings.drift_mean_threshold,
             missing_threshold=settings.drift_missing_threshold),
@@ -478,7 +515,7 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
         app.agent(topics[topic], name=f"bidder.{topic}", concurrency=1)(agent)
 
     batch_agent("queries", settings.batch_max, settings.batch_within_s, rt.handle_queries)
-    event_agent("clicks", rt.handle_click)
+    batch_agent("clicks", 200, 0.005, rt.handle_clicks)
     event_agent("purchases", rt.handle_purchase)
 
     return app, rt

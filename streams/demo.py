@@ -166,7 +166,7 @@ async def _run(settings: Settings, *, bootstrap: str, seconds: float, rate: floa
             live.start()
         report = await run_simulation(settings, bootstrap=bootstrap, rate=rate, duration_s=seconds, seed=seed,
                                       world=world, after_catalog=start_worker, invalid_every=97, on_tick=tick,
-                                      drain_s=15.0)
+                                      drain_s=45.0)
         await monitor.settle()
         if live is not None:
             live.update(live_table(report, monitor.tally, started, budgets))

@@ -87,14 +87,17 @@ class Replicator:
         assert self._consumer is not None
         consumer = self._consumer
         while True:
+            # small rounds, yielding between them: folding is synchronous, and a 5000-record round
+            # (a catalog at start, a backlog) held the event loop, and every query, for over a second
             batches = await consumer.getmany(timeout_ms=max(self._settings.fetch_max_wait_ms, 5),
-                                             max_records=5000)
+                                             max_records=256)
             now = self._clock()
             for tp, records in batches.items():
                 for r in records:
                     self.state.apply(tp.topic, tp.partition, r.offset, r.value, now=now)
                     self._applied[tp] = r.offset + 1
                 self.records += len(records)
+                await asyncio.sleep(0)
             self._rounds += 1
             self._last_round = time.monotonic()
             self._round_event.set()

@@ -487,6 +487,20 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
 
         return view.bytes(generate_latest(rt.metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
+    async def consumer_lag() -> None:
+        """Records in this worker's assigned partitions past what its agents have read."""
+        consumer: Any = app.consumer
+        lag: dict[str, int] = {}
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            read = consumer._read_offset.get(tp)  # faust keeps the last offset handed to a stream
+            if high is not None:
+                lag[tp.topic] = lag.get(tp.topic, 0) + max(0, int(high) - (int(read) + 1 if read is not None else 0))
+        for topic, n in lag.items():
+            rt.metrics.consumer_lag.labels(topic=topic).set(n)
+
+    app.timer(interval=5.0)(consumer_lag)
+
     async def _revoked(app_: Any, revoked: Any, **_: Any) -> None:
         rt.billing_ready.difference_update(tp.partition for tp in revoked if tp.topic == "clicks")
 

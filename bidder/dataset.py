@@ -80,6 +80,7 @@ __all__ = [
     "read_jsonl",
     "read_labels_topic",
     "records_from_traffic",
+    "write_atomically",
 ]
 
 F32 = npt.NDArray[np.float32]
@@ -315,7 +316,8 @@ def _read_parquet(path: Path) -> dict[str, npt.NDArray[Any]]:
                 else np.asarray(t.column(c).to_numpy(), _dtype(c))) for c in COLUMNS}
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all (temp file, fsync, ``os.replace``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -400,7 +402,7 @@ def freeze(
     }
     manifest = read_manifest(root)  # re-read: another freeze may have landed meanwhile
     manifest["datasets"][ds_id] = entry
-    _atomic_write(root / MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
+    write_atomically(root / MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
     return FrozenDataset(ds_id, entry, Frame(train), Frame(test))
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -89,6 +89,10 @@ class Limits:
     max_candidates: int = 2000
     max_age_s: float = 86_400.0
     max_future_s: float = 300.0
+
+    def for_catalog(self) -> Limits:
+        """The same limits without the age check: compacted catalog records keep their old times."""
+        return replace(self, max_age_s=float("inf"))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ __all__ = [
     "Shop",
     "Winner",
     "encode",
+    "to_json",
 ]
 
 SCHEMA_VERSION = 1
@@ -137,7 +138,8 @@ class AuctionOutcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _to_json(obj: Any) -> Any:
+def to_json(obj: Any) -> Any:
+    """The event as JSON-ready data (numpy values inside; dump with ``OPT_SERIALIZE_NUMPY``)."""
     if isinstance(obj, Query):
         return {
             "v": SCHEMA_VERSION,
@@ -197,4 +199,4 @@ def encode(event: Query | Click | Purchase | Listing | Shop | AuctionOutcome) ->
     >>> encode(Shop(shop_id=7, daily_budget=50.0, target_share=0.1, ts=1.0))
     b'{"v":1,"type":"shop","shop_id":7,"daily_budget":50.0,"target_share":0.1,"ts":1.0}'
     """
-    return orjson.dumps(_to_json(event), option=orjson.OPT_SERIALIZE_NUMPY)
+    return orjson.dumps(to_json(event), option=orjson.OPT_SERIALIZE_NUMPY)

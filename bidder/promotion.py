@@ -84,6 +84,7 @@ import numpy.typing as npt
 
 from bidder.auction import run_auction
 from bidder.autobid import bids as auto_bids
+from bidder.dataset import write_atomically
 from bidder.features import FEATURE_SPEC
 from bidder.scoring import Models, load_models
 
@@ -371,16 +372,7 @@ def _replace_file(src: Path, dst: Path) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, text.encode())
 
 
 def promote(

@@ -77,8 +77,7 @@ class BidderState:
 
     def _apply_catalog(self, topic: str, value: bytes | None, now: float) -> None:
         # catalog records may be old (compacted topics keep them forever): no age limit here
-        ev = decode(topic, value, now=now, limits=Limits(self.limits.max_bytes, self.limits.max_candidates,
-                                                         float("inf"), self.limits.max_future_s))
+        ev = decode(topic, value, now=now, limits=self.limits.for_catalog())
         if isinstance(ev, Rejection):
             self.counts[f"{topic}_rejected"] += 1
         elif isinstance(ev, Listing):

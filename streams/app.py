@@ -38,7 +38,7 @@ from bidder.budget import LedgerBudget
 from bidder.calibration import CalibrationMonitor
 from bidder.decoding import Limits, Rejection, decode
 from bidder.drift import DriftMonitor, DriftSettings
-from bidder.events import Click, Purchase, Query, encode
+from bidder.events import Click, Purchase, Query, to_json
 from bidder.features import Priors
 from bidder.kafka_config import faust_app_kwargs
 from bidder.microbatch import MicroBatcher
@@ -58,6 +58,7 @@ __all__ = ["Runtime", "build_app", "drift_monitor", "use_fetch_max_wait"]
 
 log = logging.getLogger(__name__)
 
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
 _KEY_FIELD = {"queries": "query_id", "clicks": "shop_id", "purchases": "user_id", "listings": "listing_id",
               "shops": "shop_id"}
 
@@ -145,8 +146,8 @@ class Runtime:
         log.warning("dead-lettered %s[%d]@%d: %s (%s)", message.topic, message.partition, message.offset,
                     rejection.reason, rejection.detail)
 
-    def decode(self, message: Any, now: float) -> Any:
-        ev = decode(message.topic, message.value, now=now, limits=self.limits)
+    def decode(self, message: Any, now: float, limits: Limits | None = None) -> Any:
+        ev = decode(message.topic, message.value, now=now, limits=limits or self.limits)
         if isinstance(ev, Rejection):
             return ev
         want = str(getattr(ev, _KEY_FIELD[message.topic]))
@@ -181,12 +182,12 @@ class Runtime:
             timed = replace(o, timings_ms={**o.timings_ms, "queue": max(0.0, (start - q.ts) * 1000.0)})
             for name in STAGES:
                 stage.labels(stage=name).observe(timed.timings_ms.get(name, 0.0) / 1000.0)
-            body = encode(timed)
-            pending.append(await self.send("auctions", q.query_id.encode(), body))
+            data = to_json(timed)
+            pending.append(await self.send("auctions", q.query_id.encode(), orjson.dumps(data, option=_NUMPY)))
             answered += 1
             # impressions become provisional negative examples right away (labels keyed by query)
             pending.append(await self.send("labels", q.query_id.encode(),
-                                           orjson.dumps(provisional_labels(orjson.loads(body)))))
+                                           orjson.dumps(provisional_labels(data), option=_NUMPY)))
         await asyncio.gather(*pending)
         await self.watch_drift(start)
         self.watch_calibration()
@@ -362,15 +363,9 @@ class Runtime:
         self.metrics.conversions.inc()
 
     async def handle_catalog(self, message: Any) -> None:
-        ev = decode(message.topic, message.value, now=self.clock(),
-                    limits=Limits(self.limits.max_bytes, self.limits.max_candidates, float("inf"),
-                                  self.limits.max_future_s))
+        ev = self.decode(message, self.clock(), self.limits.for_catalog())
         if isinstance(ev, Rejection):
             await self.dead_letter(message, ev)
-            return
-        want = str(getattr(ev, _KEY_FIELD[message.topic])).encode()
-        if message.key != want:
-            await self.dead_letter(message, Rejection("wrong_key", f"record key {message.key!r}, expected {want!r}"))
 
 
 def drift_monitor(settings: Settings, models: Models, *, rng: np.random.Generator) -> DriftMonitor | None:

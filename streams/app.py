@@ -34,6 +34,7 @@ import numpy as np
 import orjson
 
 from bidder.attribution import label_update, provisional_labels
+from bidder.billing import LedgerEntry, day_of
 from bidder.budget import LedgerBudget
 from bidder.calibration import CalibrationMonitor
 from bidder.decoding import Limits, Rejection, decode
@@ -250,25 +251,36 @@ class Runtime:
 
     # -- clicks -> billing ---------------------------------------------------------------------------
     async def handle_clicks(self, events: Sequence[Any]) -> None:
-        """Decide a batch of clicks in order, each seeing the spend of those before it; write the ledger
-        lines and label updates together and wait for every acknowledgement before the batch's offsets
-        can be committed. If a write fails the process exits: its in-memory spend would no longer match
-        the ledger, and a restart rebuilds it from the ledger."""
-        writes: list[tuple[int, Any]] = []
+        """Decide a batch of clicks in order, each seeing the spend of those before it (a batch overlay,
+        not the ledger fold); write the ledger lines and label updates together, wait for every
+        acknowledgement, and only then fold the lines in. A batch cut short (a failed write, a
+        rebalance) leaves the fold untouched: the redelivered clicks are decided again against the
+        ledger as the broker has it. If a write fails the process exits and rebuilds from the ledger."""
+        writes: list[tuple[int, Any, LedgerEntry]] = []
         labels: list[Any] = []
+        overlay: dict[tuple[int, int], float] = {}
+        batch_ids: set[str] = set()
+        decisions: list[tuple[int, Click, Any, LedgerEntry]] = []
         # a click may arrive before this worker's replica has folded its auction (the buyer saw the
         # outcome first): catch up once for the whole batch rather than once per such click
         if any(self._auction_unknown(ev.message) for ev in events):
             await self.replica.wait_caught_up(["auctions"])
         for ev in events:
-            decided = await self.decide_click(ev.message)
+            decided = await self.decide_click(ev.message, overlay)
             if decided is None:
                 continue
             click, ad, entry = decided
-            part = ev.message.partition
-            self.state.apply_own_ledger(entry, partition=part, offset=None)
+            if entry.click_id in batch_ids and entry.status != "duplicate":  # resent within this batch
+                entry = replace(entry, status="duplicate", amount=0.0, spend_after=entry.spend_after - entry.amount)
+            key = (entry.shop_id, entry.day)
+            overlay[key] = overlay.get(key, 0.0) + entry.amount
+            batch_ids.add(entry.click_id)
+            decisions.append((ev.message.partition, click, ad, entry))
+        # nothing is written until every decision is made: the replica folds our own lines as soon as
+        # the broker has them, and the overlay must not count them a second time
+        for part, click, ad, entry in decisions:
             writes.append((part, await self.send("billing", str(click.shop_id).encode(),
-                                                 orjson.dumps(entry.to_dict()), partition=part)))
+                                                 orjson.dumps(entry.to_dict()), partition=part), entry))
             self.counts[f"clicks_{entry.status}"] += 1
             self.metrics.clicks.labels(status=entry.status).inc()
             if entry.status == "charged":
@@ -282,13 +294,13 @@ class Runtime:
                     query_id=click.query_id, slot=ad.slot, listing_id=click.listing_id, ts=click.ts,
                     click_id=click.click_id))))
         try:
-            metas = await asyncio.gather(*(f for _, f in writes), *labels)
+            metas = await asyncio.gather(*(f for _, f, _ in writes), *labels)
         except Exception:
             log.critical("ledger write failed; exiting so the money state is rebuilt from the ledger",
                          exc_info=True)
             os._exit(70)
-        for (part, _), meta in zip(writes, metas, strict=False):
-            self.state.ledger_acked(part, int(meta.offset))
+        for (part, _, entry), meta in zip(writes, metas, strict=False):
+            self.state.apply_own_ledger(entry, partition=part, offset=int(meta.offset))
 
     def _auction_unknown(self, message: Any) -> bool:
         try:
@@ -297,7 +309,7 @@ class Runtime:
             return False
         return isinstance(qid, str) and not self.state.auctions.knows(qid)
 
-    async def decide_click(self, message: Any) -> tuple[Click, Any, Any] | None:
+    async def decide_click(self, message: Any, overlay: dict[tuple[int, int], float]) -> tuple[Click, Any, Any] | None:
         """Validate one click against its auction and decide its ledger line (dead-letter otherwise)."""
         click = self.decode(message, self.clock())
         if isinstance(click, Rejection):
@@ -328,11 +340,13 @@ class Runtime:
                 "shop_mismatch", f"click names shop {click.shop_id}, the auction had shop {ad.shop_id}"))
             return None
         shop_row = state.catalog.shop_row_of(click.shop_id)
+        # spend of this batch's earlier clicks, not yet in the fold, comes off the budget
+        pending = overlay.get((click.shop_id, day_of(click.ts)), 0.0)
         entry = state.ledger.decide(
             click_id=click.click_id, shop_id=click.shop_id, listing_id=click.listing_id,
             query_id=click.query_id, user_id=click.user_id, slot=ad.slot, ts=click.ts, price=ad.price,
-            budget=float(state.catalog.daily_budget[shop_row]))
-        return click, ad, entry
+            budget=float(state.catalog.daily_budget[shop_row]) - pending)
+        return click, ad, replace(entry, spend_after=entry.spend_after + pending)
 
     # -- purchases -> labels -------------------------------------------------------------------------
     async def handle_purchase(self, message: Any) -> None:

@@ -1,7 +1,8 @@
 """Online labels: impressions become training examples; clicks and purchases correct them.
 
 Every auction outcome yields one ``labels`` record holding its impressions as provisional negatives
-(``clicked=0, converted=0, label_version=0``) with the features exactly as served. A charged or
+(``clicked=0, converted=0, label_version=0``) with the features exactly as served (and, while a
+shadow model runs, its predictions: ``shadow_versions``, per example ``shadow_pctr``/``shadow_pcvr``). A charged or
 unbilled click emits an update ``clicked=1`` (version 1); a purchase attributed to the buyer's last
 click on that listing within the attribution window emits ``converted=1`` (version 2). Consumers
 keep, per ``impression_id``, the highest version; a label has matured once its impression is older
@@ -69,7 +70,8 @@ class ClickIndex:
 def provisional_labels(outcome: dict[str, Any]) -> dict[str, Any]:
     """The ``labels`` record for one auction outcome: every impression a provisional negative."""
     qid = str(outcome["query_id"])
-    return {
+    shadow = outcome.get("shadow") or {}
+    record = {
         "v": 1,
         "type": "impressions",
         "query_id": qid,
@@ -94,6 +96,11 @@ def provisional_labels(outcome: dict[str, Any]) -> dict[str, Any]:
             for w in outcome["winners"]
         ],
     }
+    if shadow:  # the shadow model's predictions for the same impressions (bidder/shadow.py)
+        record["shadow_versions"] = shadow["versions"]
+        for ex, sc, sv in zip(record["examples"], shadow["pctr"], shadow["pcvr"], strict=True):
+            ex["shadow_pctr"], ex["shadow_pcvr"] = sc, sv
+    return record
 
 
 def label_update(

@@ -4,6 +4,19 @@ Every worker folds the ``auctions`` topic into this index. Entries older than ``
 window) or beyond ``capacity`` are forgotten oldest first; a click for a forgotten or never-seen query
 is dead-lettered as ``unknown_auction``.
 
+The index also matures labels for the calibration monitor (:class:`Matured`, taken with
+:meth:`AuctionLog.take_matured`), in event time (the ``ts`` of the outcomes folded):
+
+* **CTR**: an outcome leaving the click window has final click labels: every winner, ``p`` = the pCTR
+  served, ``y`` = clicked.
+* **CVR**: a clicked winner's conversion label is final once no attributable purchase can still come:
+  ``conversion_window_s`` (the attribution window) after the click window closed. ``p`` = the pCVR
+  served, ``y`` = converted (:meth:`mark_converted`, from the ``labels`` topic).
+
+Each matured batch names the model version that priced it and, when a shadow model scored the same
+winners (``outcome["shadow"]``, :mod:`bidder.shadow`), the shadow's version and predictions, so both are
+judged on the same impressions.
+
 >>> log = AuctionLog(window_s=600.0, capacity=10)
 >>> log.add({"query_id": "q1", "ts": 100.0, "winners": [
 ...     {"slot": 0, "listing_id": 103, "shop_id": 7, "price": 0.25, "pctr": 0.1, "pcvr": 0.05}]})
@@ -14,11 +27,14 @@ True
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import math
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["AuctionLog", "ShownAd"]
+__all__ = ["AuctionLog", "Matured", "ShownAd"]
+
+_NAN = math.nan
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,21 +49,58 @@ class ShownAd:
     pctr: float
     pcvr: float
     ts: float
+    shadow_pctr: float = _NAN
+    shadow_pcvr: float = _NAN
+
+
+@dataclass(frozen=True, slots=True)
+class Matured:
+    """Final labels of one outcome's winners for one target, with what each model predicted."""
+
+    target: str
+    """``ctr`` or ``cvr``"""
+    version: str
+    """the serving model that priced the auction"""
+    ts: float
+    """event time of the auction"""
+    p: tuple[float, ...]
+    y: tuple[int, ...]
+    shadow_version: str = ""
+    shadow_p: tuple[float, ...] = ()
+
+
+@dataclass(slots=True)
+class _Pending:
+    """Clicked winners waiting for their conversion labels to become final."""
+
+    due: float
+    query_id: str
+    ts: float
+    version: str
+    shadow_version: str
+    ads: list[ShownAd]
 
 
 class AuctionLog:
     """``query_id -> {listing_id: ShownAd}`` for the recent past."""
 
-    def __init__(self, *, window_s: float, capacity: int = 200_000) -> None:
+    def __init__(self, *, window_s: float, conversion_window_s: float = 600.0, capacity: int = 200_000,
+                 max_matured: int = 100_000) -> None:
         self.window_s = window_s
+        self.conversion_window_s = conversion_window_s
         self.capacity = capacity
+        self.max_matured = max_matured
         self._by_query: OrderedDict[str, tuple[float, dict[int, ShownAd]]] = OrderedDict()
-        self._versions: dict[str, str] = {}
+        self._versions: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
         self._clicked: set[tuple[str, int]] = set()
+        self._converted: set[tuple[str, int]] = set()
+        self._awaiting: set[tuple[str, int]] = set()
+        """clicked winners past the click window whose conversion label is not final yet"""
+        self._pending: deque[_Pending] = deque()
         self.duplicates = 0
-        self.matured: list[tuple[str, float, list[float], list[int]]] = []
-        """(ctr model version, ts, pCTRs, clicked flags) of outcomes past the click window, for the
-        calibration monitor to take (``take_matured``)"""
+        self.matured_dropped = 0
+        """matured batches not kept because nobody took them (``max_matured``)"""
+        self.matured: list[Matured] = []
 
     def __len__(self) -> int:
         return len(self._by_query)
@@ -59,13 +112,21 @@ class AuctionLog:
             self.duplicates += 1
             return False
         ts = float(outcome["ts"])
+        shadow = outcome.get("shadow") or {}
+        s_ctr = list(shadow.get("pctr", ()))
+        s_cvr = list(shadow.get("pcvr", ()))
+        winners = outcome["winners"]
+        if len(s_ctr) != len(winners) or len(s_cvr) != len(winners):
+            s_ctr = s_cvr = [_NAN] * len(winners)
         ads = {
             int(w["listing_id"]): ShownAd(qid, int(w["slot"]), int(w["listing_id"]), int(w["shop_id"]),
-                                          float(w["price"]), float(w["pctr"]), float(w["pcvr"]), ts)
-            for w in outcome["winners"]
+                                          float(w["price"]), float(w["pctr"]), float(w["pcvr"]), ts,
+                                          float(sc), float(sv))
+            for w, sc, sv in zip(winners, s_ctr, s_cvr, strict=True)
         }
         self._by_query[qid] = (ts, ads)
-        self._versions[qid] = str(outcome.get("model_versions", {}).get("ctr", ""))
+        self._versions[qid] = ({str(k): str(v) for k, v in (outcome.get("model_versions") or {}).items()},
+                               {str(k): str(v) for k, v in (shadow.get("versions") or {}).items()})
         self._evict(ts)
         return True
 
@@ -73,22 +134,47 @@ class AuctionLog:
         if query_id in self._by_query:
             self._clicked.add((query_id, listing_id))
 
-    def take_matured(self) -> list[tuple[str, float, list[float], list[int]]]:
+    def mark_converted(self, query_id: str, listing_id: int) -> None:
+        """A purchase was attributed to a click on this winner (kept until its CVR label matures)."""
+        # the conversion may be folded before the click's ledger line (two topics): the auction is enough
+        if query_id in self._by_query or (query_id, listing_id) in self._awaiting:
+            self._converted.add((query_id, listing_id))
+
+    def take_matured(self) -> list[Matured]:
         out, self.matured = self.matured, []
         return out
+
+    def _emit(self, m: Matured) -> None:
+        if len(self.matured) < self.max_matured:
+            self.matured.append(m)
+        else:
+            self.matured_dropped += 1
 
     def _evict(self, now: float) -> None:
         while self._by_query:
             ts, _ = next(iter(self._by_query.values()))
-            if len(self._by_query) > self.capacity or ts < now - self.window_s:
-                qid, (ts, ads) = self._by_query.popitem(last=False)
-                version = self._versions.pop(qid, "")
-                clicked = [int((qid, lid) in self._clicked) for lid in ads]
-                self._clicked.difference_update((qid, lid) for lid in ads)
-                if len(self.matured) < 100_000:
-                    self.matured.append((version, ts, [a.pctr for a in ads.values()], clicked))
-            else:
+            if not (len(self._by_query) > self.capacity or ts < now - self.window_s):
                 break
+            qid, (ts, ads) = self._by_query.popitem(last=False)
+            versions, shadow = self._versions.pop(qid, ({}, {}))
+            shown = list(ads.values())
+            clicked = [ad for ad in shown if (qid, ad.listing_id) in self._clicked]
+            self._clicked.difference_update((qid, ad.listing_id) for ad in shown)
+            self._emit(Matured("ctr", versions.get("ctr", ""), ts, tuple(a.pctr for a in shown),
+                               tuple(int(a in clicked) for a in shown), shadow.get("ctr", ""),
+                               tuple(a.shadow_pctr for a in shown) if shadow else ()))
+            self._converted.difference_update((qid, ad.listing_id) for ad in shown if ad not in clicked)
+            if clicked:
+                self._awaiting.update((qid, ad.listing_id) for ad in clicked)
+                self._pending.append(_Pending(ts + self.window_s + self.conversion_window_s, qid, ts,
+                                              versions.get("cvr", ""), shadow.get("cvr", ""), clicked))
+        while self._pending and self._pending[0].due <= now:
+            p = self._pending.popleft()
+            y = tuple(int((p.query_id, ad.listing_id) in self._converted) for ad in p.ads)
+            self._converted.difference_update((p.query_id, ad.listing_id) for ad in p.ads)
+            self._awaiting.difference_update((p.query_id, ad.listing_id) for ad in p.ads)
+            self._emit(Matured("cvr", p.version, p.ts, tuple(a.pcvr for a in p.ads), y, p.shadow_version,
+                               tuple(a.shadow_pcvr for a in p.ads) if p.shadow_version else ()))
 
     def knows(self, query_id: str) -> bool:
         return query_id in self._by_query

@@ -48,6 +48,8 @@ class CalibrationGauge:
     observed: float
     ratio: float
     """mean_pred / observed; NaN without positives"""
+    logloss: float = math.nan
+    """mean log loss of the window's examples (compares versions judged on the same impressions)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,20 +100,23 @@ class CalibrationMonitor:
             raise ValueError(f"p and y differ in length: {len(pp)} vs {len(yy)}")
         key = (target, version)
         if len(pp):
-            cell = self._buckets[key].setdefault(math.floor(now / self.bucket_s), [0.0, 0.0, 0.0])
+            cell = self._buckets[key].setdefault(math.floor(now / self.bucket_s), [0.0, 0.0, 0.0, 0.0])
             cell[0] += len(pp)
             cell[1] += float(pp.sum())
             cell[2] += float(yy.sum())
+            q = np.clip(pp, 1e-7, 1 - 1e-7)
+            cell[3] += float(-(yy * np.log(q) + (1 - yy) * np.log1p(-q)).sum())
         return self._judge(key, now)
 
     def _gauge(self, key: Key, now: float) -> CalibrationGauge:
         self._evict(key, now)
-        n = sp = sy = 0.0
+        n = sp = sy = sl = 0.0
         for c in self._buckets[key].values():
-            n, sp, sy = n + c[0], sp + c[1], sy + c[2]
+            n, sp, sy, sl = n + c[0], sp + c[1], sy + c[2], sl + c[3]
         mean_p = sp / n if n else math.nan
         obs = sy / n if n else math.nan
-        return CalibrationGauge(key[0], key[1], int(n), sy, mean_p, obs, mean_p / obs if sy > 0 else math.nan)
+        return CalibrationGauge(key[0], key[1], int(n), sy, mean_p, obs, mean_p / obs if sy > 0 else math.nan,
+                                sl / n if n else math.nan)
 
     def _judge(self, key: Key, now: float) -> list[CalibrationAlert]:
         g = self._gauge(key, now)
@@ -147,6 +152,7 @@ class CalibrationMonitor:
         m = cls(**snap["settings"])
         for s in snap["series"]:
             key = (str(s["target"]), str(s["version"]))
-            m._buckets[key] = {int(b): [float(v) for v in c] for b, c in s["buckets"].items()}
+            m._buckets[key] = {int(b): [*(float(v) for v in c), 0.0, 0.0, 0.0, 0.0][:4]
+                               for b, c in s["buckets"].items()}
             m._out[key] = bool(s["out"])
         return m

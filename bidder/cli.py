@@ -293,3 +293,5 @@ _passthrough("scoreboard", "bidder.scoreboard",
              "Every recorded run on a frozen test set, side by side, with the oracle; table and plot.")
 _passthrough("promote", "bidder.promotion",
              "Gate a challenger against the serving champion; promote atomically or refuse with a report.")
+_passthrough("shadow", "bidder.shadow",
+             "Score live traffic with a challenger beside the champion: start MODEL | stop | status.")

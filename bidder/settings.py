@@ -99,6 +99,13 @@ class Settings(BaseSettings):
     drift_mean_threshold: float = Field(default=0.5, gt=0, description="standardized mean shift")
     drift_missing_threshold: float = Field(default=0.05, gt=0, le=1)
 
+    # --- calibration monitor (bidder/calibration.py): mean prediction / observed rate per model version
+    calibration_window_s: float = Field(default=3600.0, gt=0, description="sliding window of matured labels")
+    calibration_bucket_s: float = Field(default=60.0, gt=0, description="window granularity")
+    calibration_low: float = Field(default=0.95, gt=0, lt=1, description="alert below this ratio")
+    calibration_high: float = Field(default=1.05, gt=1, description="alert above this ratio")
+    calibration_min_positives: int = Field(default=50, ge=1, description="positives before a series is judged")
+
     # --- worker ------------------------------------------------------------------------------------
     app_id: str = "bidder"
     batch_max: int = Field(default=16, ge=1)

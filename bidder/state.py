@@ -51,7 +51,7 @@ class BidderState:
         self.catalog = Catalog()
         self.stats = RollingStats(half_life_s=half_life_s)
         self.ledger = Ledger()
-        self.auctions = AuctionLog(window_s=click_window_s)
+        self.auctions = AuctionLog(window_s=click_window_s, conversion_window_s=attribution_window_s)
         self.clicks = ClickIndex(window_s=attribution_window_s)
         self.ledger_applied: dict[int, int] = {}
         self._orders: OrderedDict[str, None] = OrderedDict()
@@ -123,6 +123,7 @@ class BidderState:
         while len(self._orders) > 1_000_000:
             self._orders.popitem(last=False)
         self.counts["conversions"] += 1
+        self.auctions.mark_converted(str(label["query_id"]), int(label["listing_id"]))
         row = self.catalog.listing_row(int(label["listing_id"]))
         if row is not None:
             self.stats.record(np.array([row]), kind="conversions", now=float(label["ts"]))

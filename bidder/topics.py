@@ -48,6 +48,8 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
               doc="the ledger: one line per click (charged / unbilled / duplicate)"),
     TopicSpec("labels", "query_id", "delete", 30 * DAY_MS, doc="online training labels"),
     TopicSpec("drift-alerts", "feature", "delete", 30 * DAY_MS, partitions=1, doc="feature drift episodes"),
+    TopicSpec("calibration-alerts", "target", "delete", 30 * DAY_MS, partitions=1,
+              doc="a model version's calibration ratio left (or came back into) its bounds"),
     TopicSpec("dead-letters", "source_topic", "delete", 30 * DAY_MS, partitions=1,
               doc="rejected events with the reason and the original bytes"),
 )

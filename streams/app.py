@@ -25,8 +25,8 @@ import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, NoReturn
 
 import faust
 import mode
@@ -36,7 +36,7 @@ import orjson
 from bidder.attribution import label_update, provisional_labels
 from bidder.billing import LedgerEntry, day_of
 from bidder.budget import LedgerBudget
-from bidder.calibration import CalibrationMonitor
+from bidder.calibration import CalibrationAlert, CalibrationMonitor
 from bidder.decoding import Limits, Rejection, decode
 from bidder.drift import DriftMonitor, DriftSettings
 from bidder.events import Click, Purchase, Query, to_json
@@ -47,6 +47,7 @@ from bidder.pipeline import BidPipeline
 from bidder.profile import FeatureProfile
 from bidder.scoring import Models, load_models
 from bidder.settings import Settings
+from bidder.shadow import shadow_outcomes
 from bidder.state import BidderState
 from bidder.topics import ALL_TOPICS
 from streams.catalog_check import CatalogChecker
@@ -99,9 +100,12 @@ class Runtime:
     drift: DriftMonitor | None = None
     batcher: MicroBatcher | None = None
     calibration: CalibrationMonitor = field(default_factory=lambda: CalibrationMonitor(window_s=3600.0))
+    shadow: Models | None = None
+    """a challenger scoring the winners beside the champion (``bidder/shadow.py``), or None"""
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     counts: Counter[str] = field(default_factory=Counter)
     billing_ready: set[int] = field(default_factory=set)
+    _roles: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def swap_models(self, models: Models) -> None:
         """Serve ``models`` from the next batch on (called on the event loop, between batches)."""
@@ -172,6 +176,10 @@ class Runtime:
         if not queries:
             return
         outcomes = self.pipeline.process(queries, score=self.batch_score if self.batcher is not None else None)
+        if self.shadow is not None:  # after the auctions: the shadow prices nothing
+            t0 = time.perf_counter()
+            outcomes = shadow_outcomes(self.shadow, outcomes)
+            self.metrics.shadow_seconds.observe(time.perf_counter() - t0)
         pending = []
         answered = 0
         stage = self.metrics.stage_seconds
@@ -191,7 +199,7 @@ class Runtime:
                                            orjson.dumps(provisional_labels(data), option=_NUMPY)))
         await asyncio.gather(*pending)
         await self.watch_drift(start)
-        self.watch_calibration()
+        await self.watch_calibration()
         self.counts["queries"] += len(queries)
         self.metrics.queries.inc(answered)
         self.metrics.batch_size.observe(len(events))
@@ -220,16 +228,38 @@ class Runtime:
                 self.counts["queries_fallback"] += 1
         return pctr, pcvr, shed
 
-    def watch_calibration(self) -> None:
-        """Impressions past the click window have final click labels: CTR calibration per model version."""
-        for version, ts, pctr, clicked in self.state.auctions.take_matured():
-            for alert in self.calibration.update("ctr", version, p=pctr, y=clicked, now=ts):
-                log.warning("calibration %s: %s %s ratio %.3f", alert.state, alert.target, alert.version,
-                            alert.ratio)
-                self.counts[f"calibration_{alert.state}"] += 1
-            for (target, v), gauge in self.calibration.gauges(now=ts).items():
-                if v == version and gauge.ratio == gauge.ratio:  # not NaN
-                    self.metrics.calibration.labels(target=target).set(gauge.ratio)
+    async def watch_calibration(self) -> None:
+        """Matured labels (``bidder/auction_log.py``: clicks final after the click window, conversions
+        after the attribution window too) judge each model version that predicted them, the serving one
+        and the shadow on the same impressions; alerts go to ``calibration-alerts``."""
+        matured = self.state.auctions.take_matured()
+        if not matured:
+            return
+        cal = self.calibration
+        for m in matured:
+            series = [("serving", m.version, m.p)]
+            if m.shadow_version and len(m.shadow_p) == len(m.y):
+                series.append(("shadow", m.shadow_version, m.shadow_p))
+            for role, version, p in series:
+                self._roles[(m.target, version)] = role
+                for alert in cal.update(m.target, version, p=p, y=m.y, now=m.ts):
+                    await self.calibration_alert(alert, role)
+        now = max(m.ts for m in matured)
+        for (target, version), g in cal.gauges(now=now).items():
+            labels = {"target": target, "version": version, "role": self._roles.get((target, version), "serving")}
+            if g.ratio == g.ratio:  # not NaN
+                self.metrics.calibration.labels(**labels).set(g.ratio)
+            if g.logloss == g.logloss:
+                self.metrics.calibration_logloss.labels(**labels).set(g.logloss)
+
+    async def calibration_alert(self, alert: CalibrationAlert, role: str) -> None:
+        log.warning("calibration %s: %s %s (%s) ratio %.3f outside [%.2f, %.2f] over %d examples", alert.state,
+                    alert.target, alert.version, role, alert.ratio, alert.low, alert.high, alert.n)
+        record = {"v": 1, "type": "calibration_alert", **asdict(alert), "role": role}
+        await (await self.send("calibration-alerts", alert.target.encode(), orjson.dumps(record)))
+        self.metrics.calibration_alerting.labels(target=alert.target, version=alert.version, role=role).set(
+            1.0 if alert.state == "out" else 0.0)
+        self.counts[f"calibration_{alert.state}"] += 1
 
     async def watch_drift(self, now: float) -> None:
         """Feed what was just served to the drift monitor (after the outcomes are out)."""
@@ -456,7 +486,12 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
     replica = Replicator(state, settings, bootstrap=bootstrap, clock=clock)
     rt = Runtime(settings=settings, state=state, replica=replica, models=models, pipeline=pipeline,
                  limits=limits, topics=topics, clock=clock,
-                 drift=drift_monitor(settings, models, rng=np.random.default_rng(rng_seed)), batcher=batcher)
+                 drift=drift_monitor(settings, models, rng=np.random.default_rng(rng_seed)), batcher=batcher,
+                 calibration=CalibrationMonitor(
+                     window_s=settings.calibration_window_s,
+                     bucket_s=min(settings.calibration_bucket_s, settings.calibration_window_s),
+                     low=settings.calibration_low, high=settings.calibration_high,
+                     min_positives=settings.calibration_min_positives))
 
     checker = CatalogChecker(settings, bootstrap=bootstrap, check=rt.handle_catalog)
     watcher = ModelWatcher(rt, settings)
@@ -518,12 +553,27 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
     async def ready() -> None:
         await replica.ready.wait()
 
+    def crashed(topic: str) -> NoReturn:
+        """An exception out of a handler (sends are already retried in ``Runtime.send``): exit (70).
+
+        faust-streaming's ``Agent._execute_actor`` catches it, marks the actor crashed ("Agent crashed
+        reason=...") and the worker process keeps running: the events taken for the batch are never
+        answered and nothing outside the process sees it (seen in ``t2tansu_stay`` before sends were
+        retried; faust-streaming #324 and #329 are about how hard it is to stop a worker from inside
+        one). Exiting makes the pod (or the chaos harness) restart the worker, which resumes from the
+        committed offsets; outputs are idempotent by their ids, as ``handle_clicks`` already assumes."""
+        log.critical("%s agent failed; exiting so the worker is restarted", topic, exc_info=True)
+        os._exit(70)
+
     def batch_agent(topic: str, size: int, within: float,
                     handler: Callable[[Sequence[Any]], Awaitable[None]]) -> None:
         async def agent(stream: Any) -> None:
             async for events in stream.take_events(size, within=within):
                 await ready()
-                await handler(events)
+                try:
+                    await handler(events)
+                except Exception:  # see crashed()
+                    crashed(topic)
 
         agent.__name__ = f"{topic.replace('-', '_')}_agent"
         app.agent(topics[topic], name=f"bidder.{topic}", concurrency=1)(agent)
@@ -532,7 +582,10 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
         async def agent(stream: Any) -> None:
             async for ev in stream.events():
                 await ready()
-                await handler(ev.message)
+                try:
+                    await handler(ev.message)
+                except Exception:  # see crashed()
+                    crashed(topic)
 
         agent.__name__ = f"{topic.replace('-', '_')}_agent"
         app.agent(topics[topic], name=f"bidder.{topic}", concurrency=1)(agent)

@@ -80,6 +80,7 @@ def summarize(report: SimulationReport, tally: OutputTally, budgets: dict[int, f
         "model_versions": dict(tally.model_versions),
         "drift_alerts_open": sorted(k for k, v in tally.drift_alerts.items() if v > 0),
         "drift_events": tally.drift_events,
+        "calibration_alerts_open": sorted(k for k, v in tally.calibration_alerts.items() if v > 0),
         "send_errors": report.send_errors,
     }
     checks = {
@@ -116,6 +117,7 @@ def live_table(report: SimulationReport, tally: OutputTally, started: float,
         ("unbilled (past budget)", f"{tally.unbilled_value:.2f}"),
         ("dead letters", str(sum(tally.dead_letters.values()))),
         ("drift alerts open", ", ".join(k for k, v in tally.drift_alerts.items() if v > 0) or "none"),
+        ("calibration alerts open", ", ".join(k for k, v in tally.calibration_alerts.items() if v > 0) or "none"),
         ("model versions", ", ".join(tally.model_versions) or "-"),
     ]
     for k, v in rows:

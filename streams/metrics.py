@@ -48,7 +48,14 @@ class WorkerMetrics:
         self.model_swaps = Counter("bidder_model_swaps_total", "Hot swaps of the serving models, by result",
                                    ["result"], registry=r)
         self.calibration = Gauge("bidder_calibration_ratio", "Mean prediction / observed rate, sliding window",
-                                 ["target"], registry=r)
+                                 ["target", "version", "role"], registry=r)
+        self.calibration_logloss = Gauge("bidder_online_logloss",
+                                         "Mean log loss on matured labels, sliding window",
+                                         ["target", "version", "role"], registry=r)
+        self.calibration_alerting = Gauge("bidder_calibration_alerting", "1 while a calibration alert is open",
+                                          ["target", "version", "role"], registry=r)
+        self.shadow_seconds = Histogram("bidder_shadow_seconds", "Shadow scoring time per batch",
+                                        buckets=_LATENCY_BUCKETS, registry=r)
         self.drift = Gauge("bidder_feature_drift", "Drift statistic per feature", ["feature", "statistic"],
                            registry=r)
         self.drift_alerts = Gauge("bidder_feature_drift_alerting", "1 while a drift alert is open",

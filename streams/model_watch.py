@@ -8,6 +8,10 @@ give finite probabilities on the golden rows. Only then does it swap them into t
 two batches (one assignment on the event loop: a query is priced by the old pair or the new pair, never
 a mix). A truncated, corrupt, spec-mismatched or NaN-producing release is refused with its reason and
 the old models keep serving; the same bad pointer is not retried until it changes.
+
+It polls ``SHADOW`` (``bidder/shadow.py``) the same way: a new pointer loads the shadow pair with the
+same checks and starts shadow scoring; a removed pointer stops it; a bad shadow is refused and never
+affects serving.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import orjson
 from bidder.model_meta import ModelSpecError
 from bidder.scoring import Models, ProviderError, load_models
 from bidder.settings import Settings
+from bidder.shadow import SHADOW, read_pointer
 
 __all__ = ["ModelWatcher", "champion_dir", "check_finite"]
 
@@ -61,17 +66,19 @@ class ModelWatcher:
         self._settings = settings
         self.interval_s = interval_s
         self._seen: bytes | None = self._pointer()
+        self._shadow_seen: bytes | None = None
         self._task: asyncio.Task[None] | None = None
         self.swaps = 0
         self.refusals: list[str] = []
 
-    def _pointer(self) -> bytes | None:
+    def _pointer(self, name: str = "CHAMPION") -> bytes | None:
         try:
-            return (self._settings.model_dir / "CHAMPION").read_bytes()
+            return (self._settings.model_dir / name).read_bytes()
         except OSError:
             return None
 
     async def start(self) -> None:
+        await self.check_shadow()  # a shadow named at start-up scores from the first batch
         self._task = asyncio.create_task(self._run(), name="model-watch")
 
     async def stop(self) -> None:
@@ -84,6 +91,38 @@ class ModelWatcher:
         while True:
             await asyncio.sleep(self.interval_s)
             await self.check()
+            await self.check_shadow()
+
+    async def check_shadow(self) -> bool:
+        """Start, change or stop the shadow when ``SHADOW`` changed; True when the shadow changed."""
+        raw = self._pointer(SHADOW)
+        if raw == self._shadow_seen:
+            return False
+        self._shadow_seen = raw
+        s = self._settings
+        found = read_pointer(s.model_dir) if raw is not None else None
+        if found is None:
+            if raw is not None:
+                self._refuse("shadow", f"unreadable {SHADOW} pointer {raw[:80]!r}")
+            if self._rt.shadow is not None:
+                log.warning("shadow scoring stopped")
+            self._rt.set_shadow(None)
+            return True
+        try:
+            models = await asyncio.to_thread(load_models, found.directory, found.family, s.provider,
+                                             s.intra_op_threads, s.inter_op_threads)
+            await asyncio.to_thread(check_finite, models)
+        except (ModelSpecError, ProviderError, OSError, ValueError, RuntimeError) as exc:
+            self._refuse("shadow", f"shadow release {found.release}: {exc}")
+            return False
+        self._rt.set_shadow(models)
+        log.warning("shadow scoring with %s (release %s)", models.versions, found.release)
+        return True
+
+    def _refuse(self, result: str, reason: str) -> None:
+        self.refusals.append(reason)
+        self._rt.metrics.model_swaps.labels(result=f"{result}_refused").inc()
+        log.error("%s refused, serving unchanged: %s", result, reason)
 
     async def check(self) -> bool:
         """Swap if the pointer changed and the new release loads; True when a swap happened."""

@@ -20,7 +20,7 @@ from streams.simulate import tail_consumer
 
 __all__ = ["OutputTally", "TopicMonitor"]
 
-OUTPUT_TOPICS = ["auctions", "billing", "dead-letters", "labels", "drift-alerts"]
+OUTPUT_TOPICS = ["auctions", "billing", "dead-letters", "labels", "drift-alerts", "calibration-alerts"]
 
 
 @dataclass
@@ -43,6 +43,8 @@ class OutputTally:
     drift_alerts: Counter[str] = field(default_factory=Counter)
     """open alert episodes by feature:statistic (alert +1, recovered -1)"""
     drift_events: int = 0
+    calibration_alerts: Counter[str] = field(default_factory=Counter)
+    """(target version role) -> +1 per "out", -1 per "ok": > 0 while out of bounds"""
     last_record_at: float = field(default_factory=time.monotonic)
     records: int = 0
 
@@ -78,6 +80,9 @@ class OutputTally:
             self.drift_events += 1
             key = f"{rec.get('feature')}:{rec.get('statistic')}"
             self.drift_alerts[key] += 1 if rec.get("kind") == "alert" else -1
+        elif topic == "calibration-alerts":
+            key = f"{rec.get('target')} {rec.get('version')} ({rec.get('role')})"
+            self.calibration_alerts[key] += 1 if rec.get("state") == "out" else -1
         elif topic == "labels":
             self.label_records += 1
             if rec.get("type") == "label_update" and rec.get("converted"):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -86,8 +89,48 @@ def test_auction_log_matures_with_click_flags() -> None:
     later = orjson.loads(outcome("b"))
     later["ts"] = T + 120
     log.add(later)
-    assert log.take_matured() == [("v", T, [0.1], [1])]
+    [m] = log.take_matured()
+    assert (m.target, m.version, m.ts, m.y, m.shadow_version, m.shadow_p) == ("ctr", "v", T, (1,), "", ())
+    assert m.p == pytest.approx((0.1,))
     assert not log.knows("a") and log.knows("b")
+
+
+def _at(qid: str, ts: float, *, shadow: bool = False) -> dict[str, Any]:
+    rec: dict[str, Any] = orjson.loads(outcome(qid))
+    rec["ts"] = ts
+    rec["winners"].append({"slot": 1, "listing_id": 104, "shop_id": 7, "price": 0.3, "pctr": 0.2, "pcvr": 0.1})
+    if shadow:
+        rec["shadow"] = {"versions": {"ctr": "s-ctr", "cvr": "s-cvr"}, "pctr": [0.3, 0.4], "pcvr": [0.5, 0.6]}
+    return rec
+
+
+def test_conversion_labels_mature_after_click_and_attribution_windows() -> None:
+    log = AuctionLog(window_s=60.0, conversion_window_s=100.0)
+    log.add(_at("a", T, shadow=True))
+    log.mark_clicked("a", 103)
+    log.mark_clicked("a", 104)
+    log.add(_at("b", T + 61))  # a leaves the click window: CTR final, CVR not yet
+    [ctr] = log.take_matured()
+    assert (ctr.target, ctr.y, ctr.shadow_version) == ("ctr", (1, 1), "s-ctr")
+    assert ctr.shadow_p == pytest.approx((0.3, 0.4))
+    log.mark_converted("a", 104)  # a purchase attributed after the auction left the click window
+    log.mark_converted("zzz", 1)  # never shown: ignored
+    log.add(_at("c", T + 159))  # 60 + 100 s after the auction: not yet due
+    assert [m.target for m in log.take_matured()] == ["ctr"]  # b's CTR only
+    log.add(_at("d", T + 160))
+    cvr = [m for m in log.take_matured() if m.target == "cvr"]
+    assert len(cvr) == 1 and cvr[0].version == "w" and cvr[0].y == (0, 1)
+    assert cvr[0].p == pytest.approx((0.05, 0.1)) and cvr[0].shadow_p == pytest.approx((0.5, 0.6))
+    assert cvr[0].shadow_version == "s-cvr"
+
+
+def test_unclicked_winners_never_wait_for_conversions() -> None:
+    log = AuctionLog(window_s=60.0, conversion_window_s=100.0)
+    log.add(_at("a", T))
+    log.add(_at("b", T + 1000))
+    matured = log.take_matured()
+    assert [m.target for m in matured] == ["ctr"] and matured[0].y == (0, 0)
+    assert matured[0].shadow_p == ()
 
 
 def test_click_index_attributes_last_click_in_window() -> None:

@@ -1,0 +1,179 @@
+"""Shadow scoring: a challenger scores what the champion served, without pricing anything.
+
+Files (beside the champion's, in ``BIDDER_MODEL_DIR``)::
+
+    <model_dir>/shadow/<release>/<family>_{ctr,cvr}.{onnx,json}   complete before the pointer names it
+    <model_dir>/SHADOW                                            JSON pointer: release, family, path,
+                                                                  versions, started_at, source
+
+``bidder shadow start MODEL`` (a directory or a run id) loads the pair (every load-time check of
+:func:`bidder.scoring.load_models`), copies it into its release directory and replaces the pointer
+atomically; ``bidder shadow stop`` removes the pointer. Running workers poll it
+(``streams/model_watch.py``) and start or stop shadowing between two batches.
+
+In the worker, once a batch's auctions are decided, the shadow pair scores the winners' feature vectors
+exactly as served (one call per model for the whole batch) and each outcome carries
+``shadow = {"versions": {...}, "pctr": [...], "pcvr": [...]}`` aligned with its winners
+(:func:`shadow_outcomes`). Bids, ranking and prices are the champion's alone: the shadow runs after
+them. The labels record copies the shadow predictions per impression, so the shadow is judged on the
+same impressions and labels as the champion: calibration per model version in the worker
+(:mod:`bidder.calibration`), AUC, log loss, NE, calibration and PR-AUC in ``bidder scoreboard --online``
+(:mod:`bidder.online_board`).
+
+Scope and its bias: only winners get labels, so only winners are shadow-scored. They were chosen by the
+champion; a shadow's online metrics are therefore measured on the champion's selection (the usual
+limit of shadow evaluation; an A/B split of traffic is what measures a challenger's own selection).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bidder.dataset import write_atomically
+from bidder.events import AuctionOutcome
+from bidder.scoring import Models, load_models
+
+__all__ = ["SHADOW", "ShadowPointer", "read_pointer", "shadow_outcomes", "start", "stop"]
+
+SHADOW = "SHADOW"
+_TARGETS = ("ctr", "cvr")
+
+
+def shadow_outcomes(models: Models, outcomes: Sequence[AuctionOutcome]) -> list[AuctionOutcome]:
+    """``outcomes`` with ``extra["shadow"]``: the shadow pair's pCTR and pCVR for every winner.
+
+    One scoring call per model for all winners of the batch; outcomes without winners (shed) are
+    returned unchanged. Nothing else of an outcome changes."""
+    rows = [w.features for o in outcomes for w in o.winners]
+    if not rows:
+        return list(outcomes)
+    x = np.ascontiguousarray(np.asarray(rows, np.float32))
+    pctr = models.ctr.score(x).astype(np.float32, copy=False)
+    pcvr = models.cvr.score(x).astype(np.float32, copy=False)
+    versions = models.versions
+    out: list[AuctionOutcome] = []
+    off = 0
+    for o in outcomes:
+        n = len(o.winners)
+        if n == 0:
+            out.append(o)
+            continue
+        shadow = {"versions": versions, "pctr": pctr[off : off + n], "pcvr": pcvr[off : off + n]}
+        out.append(replace(o, extra={**o.extra, "shadow": shadow}))
+        off += n
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowPointer:
+    """What ``<model_dir>/SHADOW`` names."""
+
+    release: str
+    family: str
+    directory: Path
+    versions: dict[str, str]
+
+
+def read_pointer(model_dir: Path) -> ShadowPointer | None:
+    """The shadow named by ``<model_dir>/SHADOW``, or None when there is none (or it is unreadable)."""
+    try:
+        info = json.loads((Path(model_dir) / SHADOW).read_text())
+        return ShadowPointer(str(info["release"]), str(info["family"]), Path(model_dir) / str(info["path"]),
+                             {str(k): str(v) for k, v in info["versions"].items()})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _family_of(directory: Path) -> str:
+    families = {p.name.rsplit("_", 1)[0] for p in directory.glob("*_ctr.onnx")}
+    if len(families) != 1:
+        raise ValueError(f"{directory} must hold exactly one <family>_ctr.onnx, found {sorted(families)}")
+    return families.pop()
+
+
+def start(challenger_dir: Path, *, model_dir: Path, clock: Callable[[], float], source: str = "") -> dict[str, Any]:
+    """Install ``challenger_dir``'s pair as the shadow of ``model_dir``'s workers; returns the pointer."""
+    challenger_dir, model_dir = Path(challenger_dir), Path(model_dir)
+    family = _family_of(challenger_dir)
+    models = load_models(challenger_dir, family, "cpu", 1, 1)  # refuses bad files before anything is copied
+    release = f"{family}-{models.ctr.meta.onnx_sha256[:12]}-{models.cvr.meta.onnx_sha256[:12]}"
+    rel_dir = model_dir / "shadow" / release
+    if not rel_dir.exists():
+        rel_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=rel_dir.parent, prefix=f".tmp-{release}-"))
+        try:
+            for target in _TARGETS:
+                for ext in (".onnx", ".json"):
+                    shutil.copyfile(challenger_dir / f"{family}_{target}{ext}", tmp / f"{family}_{target}{ext}")
+                    with (tmp / f"{family}_{target}{ext}").open("rb") as f:
+                        os.fsync(f.fileno())
+            os.replace(tmp, rel_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    load_models(rel_dir, family, "cpu", 1, 1)  # the installed copy must load before the pointer names it
+    pointer = {"release": release, "family": family, "path": f"shadow/{release}", "versions": models.versions,
+               "started_at": datetime.fromtimestamp(clock(), UTC).isoformat(), "source": source}
+    write_atomically(model_dir / SHADOW, (json.dumps(pointer, indent=1) + "\n").encode())
+    return pointer
+
+
+def stop(model_dir: Path) -> bool:
+    """Stop shadowing (workers drop the shadow within a poll); False if none was set."""
+    try:
+        (Path(model_dir) / SHADOW).unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``bidder shadow start MODEL | stop | status [--model-dir DIR] [--runs DIR]``."""
+    from bidder.settings import Settings
+
+    ap = argparse.ArgumentParser(prog="bidder shadow",
+                                 description="score live traffic with a challenger beside the champion")
+    ap.add_argument("--model-dir", type=Path, default=None, help="serving dir (default BIDDER_MODEL_DIR)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    st = sub.add_parser("start", help="shadow a challenger (a model directory or a run id under --runs)")
+    st.add_argument("model")
+    st.add_argument("--runs", type=Path, default=Path("runs"))
+    sub.add_parser("stop", help="stop shadowing")
+    sub.add_parser("status", help="print the SHADOW pointer")
+    args = ap.parse_args(argv)
+    model_dir = args.model_dir or Settings().model_dir
+    if args.cmd == "start":
+        src = Path(args.model)
+        if not src.is_dir():
+            from bidder.tracking import RunStore
+
+            src = RunStore(args.runs, clock=lambda: 0.0).get(args.model).artifacts
+        pointer = start(src, model_dir=model_dir, clock=lambda: datetime.now(UTC).timestamp(), source=args.model)
+        print(json.dumps(pointer, indent=1))
+        return 0
+    if args.cmd == "stop":
+        stopped = stop(model_dir)
+        print("shadow stopped" if stopped else "no shadow was set")
+        return 0
+    found = read_pointer(model_dir)
+    if found is None:
+        print("no shadow")
+        return 1
+    print(json.dumps({"release": found.release, "family": found.family, "versions": found.versions}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -223,6 +223,7 @@ def _everything_values() -> tuple[dict[str, Any], dict[str, Any]]:
             },
         },
         "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+        "prometheusRule": {"enabled": True, "labels": {"release": "prom"}, "consumerLagRecords": 500},
         "models": {"source": "initContainer", "initContainer": {"image": "registry.example/models:1"}},
         "extraEnv": [{"name": "OMP_NUM_THREADS", "value": "1"}],
     }
@@ -338,10 +339,11 @@ def test_rendered_manifests_validate_against_kubernetes_schemas(
     lines = done.stdout.splitlines()
     passed = [line for line in lines if line.startswith("INFO") and " passed " in line]
     warnings = [line for line in lines if line.startswith("WARN")]
-    # Only the Prometheus Operator CRD has no schema in kubernetes-validate; it is checked below.
-    assert all("ServiceMonitor" in w for w in warnings), warnings
+    # Only the Prometheus Operator CRDs have no schema in kubernetes-validate; they are checked below.
+    operator = ("ServiceMonitor", "PrometheusRule")
+    assert all(any(k in w for k in operator) for w in warnings), warnings
     assert len(passed) + len(warnings) == len(manifests)
-    assert len(passed) == sum(m["kind"] != "ServiceMonitor" for m in manifests)
+    assert len(passed) == sum(m["kind"] not in operator for m in manifests)
     bad = [(p, q) for m in manifests for p, q in _quantities(m) if not _QUANTITY.match(str(q))]
     assert not bad
 
@@ -744,3 +746,28 @@ def test_images_match_the_chart(dockerfile: str, provider: str) -> None:
     else:
         assert "ARG PYTHON_IMAGE=python:3.11-slim" in build
         assert "onnxruntime-gpu" not in build
+
+
+def test_prometheus_rules_alert_on_metrics_the_worker_exports(
+    helm: Callable[..., subprocess.CompletedProcess[str]], values_dir: Path
+) -> None:
+    """Every metric a rule names is one ``streams.metrics.WorkerMetrics`` exports (a renamed metric
+    would leave an alert that can never fire), with the thresholds from values."""
+    import re
+
+    from streams.metrics import WorkerMetrics
+
+    assert not [m for m in _render(helm, values_dir) if m["kind"] == "PrometheusRule"]  # off by default
+    manifests = _render(helm, values_dir, values={"prometheusRule": {"enabled": True, "consumerLagRecords": 321,
+                                                                       "labels": {"release": "prom"}}})
+    rule = _one(manifests, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1" and rule["metadata"]["labels"]["release"] == "prom"
+    rules = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert {"BidderCalibrationOutOfBounds", "BidderFeatureDrift", "BidderConsumerLag"} <= set(rules)
+    assert rules["BidderConsumerLag"]["expr"].endswith("> 321")
+    families = list(WorkerMetrics().registry.collect())  # a labelled metric has no sample before its first use
+    exported = {m.name + ("_total" if m.type == "counter" else "") for m in families}
+    for name, r in rules.items():
+        used = set(re.findall(r"\bbidder_[a-z_]+", r["expr"]))
+        assert used and used <= exported, (name, used - exported)
+        assert "{{" not in r["annotations"]["summary"].replace("{{ $labels", "").replace("{{ $value", ""), name

@@ -112,17 +112,34 @@ class Runtime:
         self.models = models
         self.pipeline.ctr, self.pipeline.cvr = models.ctr, models.cvr
         self.pipeline.model_versions = dict(models.versions)
-        self.metrics.model.info({**{f"{k}_version": v for k, v in models.versions.items()},
-                                 "provider": self.settings.provider, "family": models.ctr.meta.family})
+        self.publish_model_info()
         if self.drift is not None:
             self.drift = drift_monitor(self.settings, models, rng=np.random.default_rng())
 
+    def set_shadow(self, models: Models | None) -> None:
+        """Start (or stop, with None) shadow scoring from the next batch on."""
+        self.shadow = models
+        self.publish_model_info()
+
+    def publish_model_info(self) -> None:
+        """``bidder_model_info``: serving versions, family and provider, and the shadow's versions."""
+        shadow = self.shadow.versions if self.shadow is not None else {}
+        self.metrics.model.info({**{f"{k}_version": v for k, v in self.models.versions.items()},
+                                 **{f"shadow_{k}_version": v for k, v in shadow.items()},
+                                 "provider": self.settings.provider, "family": self.models.ctr.meta.family})
+
     # -- health --------------------------------------------------------------------------------------
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Liveness: the event loop answers (this runs on it) and the replica consumer is not stuck."""
+        """Liveness: the event loop answers (this runs on it), the replica consumer is not stuck and no
+        group partition stayed past its log's end after a reset (the ``consumer_lag`` timer resets a
+        truncated partition to its beginning; ``group_past_end`` counts partitions that did not
+        recover, and the timer exits the process right after failing this)."""
         age = self.replica.seconds_since_round()
-        ok = age < 30.0
-        return ok, {"event_loop": "responsive", "replica_round_age_s": round(age, 3)}
+        stuck = self.counts["group_past_end"]
+        ok = age < 30.0 and not stuck
+        return ok, {"event_loop": "responsive", "replica_round_age_s": round(age, 3),
+                    "replica_truncations": self.replica.truncations,
+                    "group_truncations": self.counts["group_truncations"], "group_past_end": stuck}
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready: models loaded on the requested provider, broker reachable, replica recovered."""
@@ -138,8 +155,38 @@ class Runtime:
 
     # -- helpers -------------------------------------------------------------------------------------
     async def send(self, topic: str, key: bytes | None, value: bytes, *, partition: int | None = None) -> Any:
-        """Queue a record now (not attached to the current event); returns its delivery future."""
-        return await self.topics[topic].send(key=key, value=value, partition=partition, force=True)
+        """Queue a record now (not attached to the current event); returns its delivery future.
+
+        A failed delivery is sent again with the same bytes for about 40 s (the broker restarting,
+        Tansu answering ``UnknownError`` after its restart): outcomes, labels, dead letters and drift
+        alerts are idempotent by their ids, so a repeat is harmless, and an exception out of an agent
+        would crash it (faust-streaming's ``Agent._execute_actor`` marks the actor crashed; the batch
+        was already taken from the stream and is never answered). Past that the process exits (70)
+        and its supervisor restarts it. The ledger (``billing``) is not retried here: a line the broker
+        wrote but did not acknowledge would come back as a second line for the same click;
+        ``handle_clicks`` exits on a failed write and the fold is rebuilt from the ledger."""
+        first = await self.topics[topic].send(key=key, value=value, partition=partition, force=True)
+        if topic == "billing":
+            return first
+
+        async def delivered() -> Any:
+            fut = first
+            for attempt in range(1, 41):
+                try:
+                    return await fut
+                except Exception as exc:  # any failed delivery is retried the same way
+                    log.warning("send to %s failed (%r); sending the same bytes again (%d)", topic, exc, attempt)
+                    self.metrics.send_retries.labels(topic=topic).inc()
+                    await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+                    fut = await self.topics[topic].send(key=key, value=value, partition=partition, force=True)
+            try:
+                return await fut
+            except Exception:
+                log.critical("send to %s still failing after 40 tries; exiting so the worker is restarted",
+                             topic, exc_info=True)
+                os._exit(70)
+
+        return asyncio.ensure_future(delivered())
 
     async def dead_letter(self, message: Any, rejection: Rejection) -> None:
         fut = await self.send("dead-letters", message.topic.encode(), dead_letter_record(
@@ -512,8 +559,7 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
             await checker.stop()
             await replica.stop()
 
-    rt.metrics.model.info({**{f"{k}_version": v for k, v in models.versions.items()},
-                           "provider": settings.provider, "family": settings.model_family})
+    rt.publish_model_info()
 
     @app.page("/healthz")
     async def healthz(view: Any, request: Any) -> Any:
@@ -532,16 +578,70 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
         return view.bytes(generate_latest(rt.metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     async def consumer_lag() -> None:
-        """Records in this worker's assigned partitions past what its agents have read."""
+        """Records in this worker's assigned partitions past what its agents have read; and truncation.
+
+        A group partition whose fetch high watermark is below what the agents already read or
+        committed lost records: the memory-only Tansu broker came back empty (it answers fetches past
+        the end of the new log with no error and a small high watermark, so aiokafka never resets),
+        or an unclean leader election truncated it (on Kafka that fetch gets ``OffsetOutOfRange`` and
+        aiokafka resets to the beginning by itself). faust-streaming then drops every record below its
+        ``_read_offset`` ("DROPPED MESSAGE ROFF" in ``Consumer._drain_messages``) and ``Consumer.ack``
+        ignores offsets below ``_committed_offset``: the agents would skip the new log until its
+        offsets passed the old ones and never commit it (the stuck drain of ``t2tansu_stay``).
+
+        Reset, not exit: the partition is sought to its beginning (``seek_wait``, which faust uses
+        itself) after faust's per-partition bookkeeping is dropped as on a revoke. The process keeps
+        its replica fold, so spend it knew before the broker lost it still counts against budgets;
+        a restarted process would know only what the broker still has. Measured with ``t2tansu_stay``
+        (docs/reliability.md). A partition still past the end one round after its reset fails
+        ``/healthz`` and the process exits (70) so that its supervisor restarts it.
+        """
         consumer: Any = app.consumer
         lag: dict[str, int] = {}
-        for tp in consumer.assignment():
-            high = consumer.highwater(tp)
-            read = consumer._read_offset.get(tp)  # faust keeps the last offset handed to a stream
-            if high is not None:
+
+        def past_end() -> dict[Any, tuple[int, int]]:
+            found: dict[Any, tuple[int, int]] = {}
+            for tp in consumer.assignment():
+                high = consumer.highwater(tp)
+                read = consumer._read_offset.get(tp)  # faust keeps the last offset handed to a stream
+                if high is None:
+                    continue
                 lag[tp.topic] = lag.get(tp.topic, 0) + max(0, int(high) - (int(read) + 1 if read is not None else 0))
+                seen = max(int(read) + 1 if read is not None else 0, int(consumer._committed_offset.get(tp) or 0))
+                if seen > int(high):
+                    found[tp] = (int(high), seen)
+            return found
+
+        suspects = past_end()
         for topic, n in lag.items():
             rt.metrics.consumer_lag.labels(topic=topic).set(n)
+        new = replica.truncations - rt.counts["replica_truncations_counted"]
+        if new > 0:
+            rt.metrics.log_truncations.labels(consumer="replica").inc(new)
+            rt.counts["replica_truncations_counted"] += new
+        if not suspects:
+            return
+        # right after a Kafka leader change the new leader's high watermark may lag for a moment
+        await asyncio.sleep(2.0)
+        confirmed = {tp: v for tp, v in past_end().items() if tp in suspects}
+        if not confirmed:
+            return
+        if rt.counts["group_reset_at"] and time.monotonic() - rt.counts["group_reset_at"] < 15.0:
+            rt.counts["group_past_end"] = len(confirmed)
+            log.critical("group partitions %s still past their log end after a reset; exiting so the worker "
+                         "is restarted", sorted(f"{tp.topic}[{tp.partition}]" for tp in confirmed))
+            os._exit(70)
+        for tp, (high, seen) in confirmed.items():
+            log.warning("group: %s[%d] high watermark %d is below the %d records already read: the log was "
+                        "truncated (broker came back empty / unclean leader election); reading it again "
+                        "from the start", tp.topic, tp.partition, high, seen)
+            for book in (consumer._gap, consumer._acked, consumer._acked_index, consumer._read_offset,
+                         consumer._committed_offset):
+                book.pop(tp, None)
+        await consumer.seek_wait(dict.fromkeys(confirmed, 0))
+        rt.counts["group_truncations"] += len(confirmed)
+        rt.counts["group_reset_at"] = int(time.monotonic())
+        rt.metrics.log_truncations.labels(consumer="group").inc(len(confirmed))
 
     app.timer(interval=5.0)(consumer_lag)
 

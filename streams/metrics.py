@@ -44,6 +44,13 @@ class WorkerMetrics:
         self.consumer_lag = Gauge("bidder_consumer_lag_records",
                                   "Records in this worker's assigned partitions not yet processed", ["topic"],
                                   registry=r)
+        self.log_truncations = Counter(
+            "bidder_log_truncations_total",
+            "Partitions whose high watermark fell below this worker's position (the broker came back "
+            "empty, an unclean leader election), re-read from the start, by consumer (replica, group)",
+            ["consumer"], registry=r)
+        self.send_retries = Counter("bidder_send_retries_total", "Output records sent again after a failed "
+                                    "delivery (same bytes), by topic", ["topic"], registry=r)
         self.model = Info("bidder_model", "Serving model versions and provider", registry=r)
         self.model_swaps = Counter("bidder_model_swaps_total", "Hot swaps of the serving models, by result",
                                    ["result"], registry=r)
@@ -64,3 +71,5 @@ class WorkerMetrics:
             self.stage_seconds.labels(stage=s)
         for s in ("charged", "unbilled", "duplicate"):
             self.clicks.labels(status=s)
+        for c in ("replica", "group"):
+            self.log_truncations.labels(consumer=c)

@@ -8,6 +8,18 @@ Catching up is measured against the larger of ``ListOffsets(latest)`` and the hi
 fetch responses: the embedded Tansu broker answers ListOffsets wrongly after multi-record batches
 (base offset of the last batch + 1), and Faust's own table recovery trusts it; the fetch high
 watermark is right on both embedded brokers and on Kafka.
+
+**Truncation.** A partition whose fetch high watermark stays below this replica's position lost
+records this worker had already folded: the memory-only Tansu broker came back empty after a restart
+(and keeps answering fetches past the end of the new log with no error and a small high watermark),
+or, on Kafka, an unclean leader election truncated the log (there a fetch past the end gets
+``OffsetOutOfRange`` and aiokafka resets to ``auto_offset_reset``, which is also the beginning). The
+replica logs it, counts it (``truncations``) and re-reads that partition from the start, **keeping
+its fold**: folding is idempotent (catalog upserts, outcomes by query id, ledger lines by click id,
+conversions by order id; see :mod:`bidder.state`), so spend it already knew is not forgotten and a
+click the broker forgot cannot be charged against an emptied budget. The condition must hold for
+``truncation_confirm_s``: right after a Kafka leader change the new leader's high watermark can lag
+the old one's for a moment, and a false alarm would only cost a re-read.
 """
 
 from __future__ import annotations
@@ -47,6 +59,10 @@ class Replicator:
         self._round_event = asyncio.Event()
         self.ready = asyncio.Event()
         self.records = 0
+        self.truncations = 0
+        """partitions found truncated below this replica's position and re-read from the start"""
+        self.truncation_confirm_s = 2.0
+        self._past_end_since: dict[TopicPartition, float] = {}
 
     async def start(self) -> None:
         kwargs = aiokafka_consumer_kwargs(self._settings, bootstrap=self._bootstrap)
@@ -98,10 +114,33 @@ class Replicator:
                     self._applied[tp] = r.offset + 1
                 self.records += len(records)
                 await asyncio.sleep(0)
+            self._check_truncation(consumer)
             self._rounds += 1
             self._last_round = time.monotonic()
             self._round_event.set()
             self._round_event = asyncio.Event()
+
+    def _check_truncation(self, consumer: AIOKafkaConsumer) -> None:
+        """Re-read from the start every partition whose high watermark stayed below our position."""
+        now = time.monotonic()
+        for tp, applied in self._applied.items():
+            hw = consumer.highwater(tp)
+            if hw is None or hw >= applied:
+                self._past_end_since.pop(tp, None)
+                continue
+            if now - self._past_end_since.setdefault(tp, now) < self.truncation_confirm_s:
+                continue
+            log.warning("replica: %s[%d] high watermark %d is below the %d records already folded: the log "
+                        "was truncated (broker came back empty / unclean leader election); re-reading it "
+                        "from the start and keeping the fold", tp.topic, tp.partition, hw, applied)
+            del self._past_end_since[tp]
+            consumer.seek(tp, 0)
+            self._applied[tp] = 0
+            if tp.topic == "billing":
+                # the fold skips ledger lines below this mark; the re-read must reach the new lines
+                # (Ledger.apply ignores a click id already decided, so nothing is counted twice)
+                self.state.ledger_applied.pop(tp.partition, None)
+            self.truncations += 1
 
     def caught_up_to(self, targets: dict[TopicPartition, int]) -> bool:
         assert self._consumer is not None
@@ -122,13 +161,20 @@ class Replicator:
         tps = [tp for tp in self._applied if tp.topic in wanted
                and (partitions is None or partitions.get(tp.topic, tp.partition) == tp.partition)]
         targets = await self._consumer.end_offsets(tps)
+        truncations = self.truncations
         start_round = self._rounds
         deadline = time.monotonic() + timeout_s
         # two fetch rounds after the call guarantee a high watermark newer than the call
         while self._rounds < start_round + 2 or not self.caught_up_to(targets):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                behind = {f"{tp.topic}[{tp.partition}]": (self._applied.get(tp, 0), end, self._consumer.highwater(tp))
+                          for tp, end in targets.items()}
+                log.warning("replica not caught up after %.0fs: (folded, end, high watermark) %s", timeout_s, behind)
                 return False
+            if self.truncations != truncations:  # the old ends belong to a log that is gone
+                truncations = self.truncations
+                targets = await self._consumer.end_offsets(tps)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._round_event.wait(), timeout=remaining)
         return True

@@ -72,6 +72,7 @@ __all__ = [
     "Fold",
     "Frame",
     "FrozenDataset",
+    "TopicSnapshot",
     "Window",
     "fold_labels",
     "freeze",
@@ -79,6 +80,7 @@ __all__ = [
     "main",
     "read_jsonl",
     "read_labels_topic",
+    "read_topic_snapshot",
     "records_from_traffic",
     "write_atomically",
 ]
@@ -137,6 +139,8 @@ def fold_labels(records: Iterable[Mapping[str, Any]], *, as_of: float | None = N
     latest = -np.inf
     n_imp = n_upd = 0
     for rec in records:
+        if not isinstance(rec, Mapping):  # a dump's stray line; unknown record types are skipped below
+            continue
         kind = rec.get("type")
         if rec.get("ts") is not None:
             latest = max(latest, float(rec["ts"]))
@@ -437,11 +441,23 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
 
 
-def read_labels_topic(bootstrap: str, *, settings: Settings | None = None, topic: str = "labels",
-                      idle_polls: int = 3) -> list[dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class TopicSnapshot:
+    """Every decodable record of a topic below ``end_offsets`` (partition -> first offset *not* read), the
+    ends the topic had when reading started: what a freeze from the topic saw, so it can be read again."""
+
+    topic: str
+    records: list[dict[str, Any]]
+    end_offsets: dict[int, int]
+    skipped: int
+    """records that were not a JSON object (ignored, like any unknown record type)"""
+
+
+def read_topic_snapshot(bootstrap: str, *, settings: Settings | None = None, topic: str = "labels",
+                        idle_polls: int = 3) -> TopicSnapshot:
     """Every record of ``topic`` from the beginning up to the end it had when reading started (a synchronous
-    wrapper around the group-less consumer of :func:`streams.simulate.tail_consumer`; undecodable records
-    are skipped)."""
+    wrapper around the group-less consumer of :func:`streams.simulate.tail_consumer`). Records written
+    meanwhile are left out, so the result is exactly the records below :attr:`TopicSnapshot.end_offsets`."""
     import asyncio
 
     import orjson
@@ -457,23 +473,34 @@ def read_labels_topic(bootstrap: str, *, settings: Settings | None = None, topic
             parts = list(consumer.assignment())
             end = loop.run_until_complete(consumer.end_offsets(parts))
             out: list[dict[str, Any]] = []
-            idle = 0
-            while idle < idle_polls and any(consumer.highwater(tp) is None or
-                                            loop.run_until_complete(consumer.position(tp)) < end[tp]
+            skipped = idle = 0
+            while idle < idle_polls and any(loop.run_until_complete(consumer.position(tp)) < end[tp]
                                             for tp in parts):
                 batches = loop.run_until_complete(consumer.getmany(timeout_ms=500))
                 idle = 0 if batches else idle + 1
-                for records in batches.values():
+                for tp, records in batches.items():
                     for r in records:
-                        try:
-                            out.append(orjson.loads(r.value))
-                        except orjson.JSONDecodeError:
+                        if r.offset >= end[tp]:
                             continue
-            return out
+                        try:
+                            value = orjson.loads(r.value) if r.value is not None else None
+                        except orjson.JSONDecodeError:
+                            value = None
+                        if isinstance(value, dict):
+                            out.append(value)
+                        else:
+                            skipped += 1
+            return TopicSnapshot(topic, out, {tp.partition: int(end[tp]) for tp in sorted(parts)}, skipped)
         finally:
             loop.run_until_complete(consumer.stop())
     finally:
         loop.close()
+
+
+def read_labels_topic(bootstrap: str, *, settings: Settings | None = None, topic: str = "labels",
+                      idle_polls: int = 3) -> list[dict[str, Any]]:
+    """The records of :func:`read_topic_snapshot` (undecodable records are skipped)."""
+    return read_topic_snapshot(bootstrap, settings=settings, topic=topic, idle_polls=idle_polls).records
 
 
 def records_from_traffic(log: Any, *, query_prefix: str = "sim") -> Iterator[dict[str, Any]]:
@@ -553,8 +580,10 @@ def main(argv: list[str] | None = None) -> int:
         if not settings.kafka_bootstrap:
             print("--topic needs BIDDER_KAFKA_BOOTSTRAP", file=sys.stderr)
             return 2
-        records = read_labels_topic(settings.kafka_bootstrap, settings=settings, topic=args.topic)
-        source = {"kind": "topic", "topic": args.topic, "bootstrap": settings.kafka_bootstrap}
+        snap = read_topic_snapshot(settings.kafka_bootstrap, settings=settings, topic=args.topic)
+        records = snap.records
+        source = {"kind": "topic", "topic": args.topic, "bootstrap": settings.kafka_bootstrap,
+                  "end_offsets": {str(p): o for p, o in snap.end_offsets.items()}, "not_objects": snap.skipped}
     else:
         from onnx_models.traffic import SimConfig, simulate
 
@@ -567,7 +596,8 @@ def main(argv: list[str] | None = None) -> int:
     ds = freeze(records, root=args.root, mature_after_s=mature, clock=_wall_clock, train_frac=args.train_frac,
                 train_s=None if hours[0] is None else hours[0] * 3600.0,
                 test_s=None if hours[1] is None else hours[1] * 3600.0, source=source)
-    print(json.dumps({"id": ds.id, "rows": ds.entry["rows"], "window": ds.entry["window"]}, indent=1))
+    print(json.dumps({"id": ds.id, "rows": ds.entry["rows"], "window": ds.entry["window"],
+                      "maturity": ds.entry["maturity"], "source": ds.entry["source"]}, indent=1))
     return 0
 
 

@@ -15,6 +15,11 @@ test rows) with the same metrics: the best any model could do on those rows. Run
 ``test.<target>.<metric>`` metrics (``kind=train``) or ``online.<target>.<metric>`` (``kind=online``,
 shadow/champion scores of live traffic).
 
+Models that were never trained as a run (the shipped ones, a serving champion) are scored on the same
+test rows with :func:`model_rows` (``kind=model``, ONNX Runtime CPU, every load-time check), and what
+was actually served with :func:`served_rows` (``kind=served``: the ``pctr``/``pcvr`` each test row was
+auctioned with, one row per serving model version).
+
 >>> m = evaluate(np.array([0.0, 0.0, 1.0, 1.0]), np.array([0.1, 0.4, 0.35, 0.8]))
 >>> m["auc"], round(m["calibration"], 3)
 (0.75, 0.825)
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +38,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["METRICS", "Row", "build", "evaluate", "main", "plot", "render"]
+__all__ = ["METRICS", "Row", "build", "evaluate", "main", "model_rows", "plot", "render", "served_rows"]
 
 F64 = npt.NDArray[np.float64]
 METRICS = ("auc", "logloss", "ne", "calibration", "pr_auc")
@@ -95,7 +101,8 @@ class Row:
     name: str
     family: str
     kind: str
-    """``oracle``, ``train`` (frozen test set) or ``online`` (live traffic)"""
+    """``oracle``, ``train`` (frozen test set), ``online`` (live traffic), ``model`` (an ONNX pair scored on
+    the frozen test set) or ``served`` (the predictions the test rows were served with)"""
     target: str
     metrics: dict[str, float]
     run_id: str = ""
@@ -119,6 +126,52 @@ def build(dataset: Any, runs: list[Any], *, include_trials: bool = False) -> lis
             m = {k: r.metrics[f"{prefix}.{target}.{k}"] for k in METRICS if f"{prefix}.{target}.{k}" in r.metrics}
             if m:
                 rows.append(Row(r.name, r.tags.get("family", "?"), kind, target, m, r.run_id))
+    return rows
+
+
+def model_rows(dataset: Any, model_dir: Path, family: str | None = None, *, name: str = "") -> list[Row]:
+    """Score the ONNX pair of ``model_dir`` on the frozen test split (CPU, every load-time check).
+    ``family`` defaults to the ``CHAMPION`` pointer's, else to the only ``<family>_ctr.onnx`` there."""
+    import json
+
+    from bidder.scoring import load_models
+
+    model_dir = Path(model_dir)
+    pointer = model_dir / "CHAMPION"
+    if family is None and pointer.exists():
+        info = json.loads(pointer.read_text())
+        model_dir, family = model_dir / str(info["path"]), str(info["family"])
+    if family is None:
+        fams = sorted(p.name[: -len("_ctr.onnx")] for p in model_dir.glob("*_ctr.onnx"))
+        if len(fams) != 1:
+            raise ValueError(f"{model_dir} holds {fams or 'no'} model families: name one (DIR:FAMILY)")
+        family = fams[0]
+    models = load_models(model_dir, family, "cpu", 1, 1)
+    rows: list[Row] = []
+    for target in ("ctr", "cvr"):
+        x, y, _, _ = dataset.test.target(target)
+        if len(y):
+            m = evaluate(y, getattr(models, target).score(np.ascontiguousarray(x, np.float32)))
+            rows.append(Row(name or models.versions[target], family, "model", target,
+                            {k: m[k] for k in METRICS}))
+    return rows
+
+
+def served_rows(dataset: Any) -> list[Row]:
+    """The served ``pctr``/``pcvr`` of the test rows against their labels, per serving model version."""
+    rows: list[Row] = []
+    cols = dataset.test.cols
+    for target, col in (("ctr", "pctr"), ("cvr", "pcvr")):
+        _, y, _, _ = dataset.test.target(target)
+        mask = np.ones(dataset.test.n, bool) if target == "ctr" else cols["clicked"].astype(bool)
+        versions = np.asarray(cols[f"{target}_version"], object)[mask]
+        p = np.asarray(cols[col], np.float64)[mask]
+        for v in sorted(set(versions.tolist())):
+            sel = versions == v
+            if np.isfinite(p[sel]).all():
+                m = evaluate(y[sel], p[sel])
+                rows.append(Row(str(v) or "?", str(v).split("-")[0] or "?", "served", target,
+                                {k: m[k] for k in METRICS}))
     return rows
 
 
@@ -189,22 +242,39 @@ def plot(rows: list[Row], path: Path, *, title: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``bidder scoreboard --dataset ID [--runs runs/] [--plot scoreboard.png] [--trials]``."""
+    """``bidder scoreboard --dataset ID [--runs runs/] [--plot scoreboard.png] [--trials]``; with ``--online``
+    the serving and shadow model versions on live labels instead (:mod:`bidder.online_board`)."""
     from datetime import UTC, datetime
 
     from bidder import dataset as ds
     from bidder.tracking import RunStore
 
-    ap = argparse.ArgumentParser(prog="bidder scoreboard", description="every recorded run on a frozen test set")
+    args_in = sys.argv[1:] if argv is None else list(argv)
+    if "--online" in args_in:
+        from bidder import online_board
+
+        return online_board.main(args_in)
+
+    ap = argparse.ArgumentParser(prog="bidder scoreboard", description="every recorded run on a frozen test set",
+                                 epilog="--online (--topic labels | --labels FILE): serving and shadow model "
+                                        "versions on live labels instead (bidder scoreboard --online --help)")
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--datasets-root", type=Path, default=ds.DEFAULT_ROOT)
     ap.add_argument("--runs", type=Path, default=Path("runs"))
     ap.add_argument("--plot", type=Path, default=Path("scoreboard.png"))
     ap.add_argument("--trials", action="store_true", help="also list tuning trials (validation metrics)")
+    ap.add_argument("--models", action="append", default=[], metavar="DIR[:FAMILY]",
+                    help="also score this ONNX pair on the test set, e.g. onnx_models:mlp (repeatable)")
+    ap.add_argument("--served", action="store_true", help="also score the predictions the test rows were served with")
     args = ap.parse_args(argv)
     data = ds.load(args.dataset, root=args.datasets_root)
     store = RunStore(args.runs, clock=lambda: datetime.now(UTC).timestamp())
     rows = build(data, store.runs(), include_trials=args.trials)
+    for spec in args.models:
+        path, _, fam = spec.rpartition(":") if ":" in spec else (spec, "", "")
+        rows += model_rows(data, Path(path), fam or None)
+    if args.served:
+        rows += served_rows(data)
     title = f"dataset {data.id}: test {data.entry['window']['train_end_utc']} .. {data.entry['window']['test_end_utc']}"
     print(render(rows, title=title))
     print(f"plot: {plot(rows, args.plot, title=title)}")

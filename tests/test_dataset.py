@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -148,3 +149,56 @@ def test_reads_the_labels_topic_to_its_end(bootstrap: str, settings: Settings) -
     assert mine == recs
     f = fold_labels(mine, as_of=1e6, mature_after_s=0.0)
     assert f.rows["converted"].tolist() == [0, 1, 0, 0]
+
+
+def test_unknown_fields_and_stray_records_are_ignored() -> None:
+    """Producers may add fields (shadow predictions, new record types): the fold reads what it knows."""
+    clean = [_imp("x1", 10.0), _upd("x1:1", 2, 12.0), _imp("x2", 20.0)]
+    noisy: list[Any] = [json.loads(json.dumps(r)) for r in clean]
+    noisy[0]["shadow"] = {"versions": {"ctr": "s1"}, "pctr": [0.2, 0.3]}
+    for ex in noisy[0]["examples"]:
+        ex["shadow_pctr"] = 0.25
+    noisy[1]["order_id"] = "o-1"
+    noisy += [{"type": "calibration_alert", "ts": 15.0, "ratio": 2.0}, ["not", "an", "object"], 7, None]
+    a = fold_labels(clean, as_of=100.0, mature_after_s=0.0)
+    b = fold_labels(noisy, as_of=100.0, mature_after_s=0.0)
+    assert a.n == b.n == 4 and a.impressions == b.impressions and a.updates == b.updates
+    for col in ds.COLUMNS:
+        np.testing.assert_array_equal(a.rows[col], b.rows[col], err_msg=col)
+
+
+@pytest.mark.broker
+def test_topic_snapshot_names_the_offsets_it_read(bootstrap: str, settings: Settings, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import asyncio
+
+    import orjson
+
+    from bidder.producer import EventProducer
+
+    async def send(recs: list[dict[str, Any]], junk: bool) -> None:
+        async with EventProducer(settings, bootstrap=bootstrap) as p:
+            for r in recs:
+                await p.send_raw("labels", str(r["query_id"]).encode(), orjson.dumps(r))
+            if junk:
+                await p.send_raw("labels", b"junk", b"[1, 2]")
+            await p.flush()
+
+    asyncio.run(send([_imp("snap-q1", 10.0), _imp("snap-q2", 11.0)], junk=True))
+    first = ds.read_topic_snapshot(bootstrap, settings=settings)
+    assert sorted(first.end_offsets) == list(range(settings.topic_partitions))
+    assert len(first.records) + first.skipped == sum(first.end_offsets.values())  # everything below the ends
+    assert first.skipped >= 1 and {"snap-q1", "snap-q2"} <= {r.get("query_id") for r in first.records}
+    asyncio.run(send([_imp("snap-q3", 12.0)], junk=False))
+    second = ds.read_topic_snapshot(bootstrap, settings=settings)
+    assert sum(second.end_offsets.values()) > sum(first.end_offsets.values())
+    assert "snap-q3" in {r.get("query_id") for r in second.records}
+    assert "snap-q3" not in {r.get("query_id") for r in first.records}
+
+    monkeypatch.setenv("BIDDER_KAFKA_BOOTSTRAP", bootstrap)
+    assert ds.main(["freeze", "--topic", "labels", "--root", str(tmp_path), "--mature-after-s", "0"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    src = ds.load(out["id"], root=tmp_path).entry["source"]
+    assert src["kind"] == "topic" and src["topic"] == "labels" and out["source"] == src
+    assert sum(src["end_offsets"].values()) >= sum(second.end_offsets.values()) and src["impressions"] >= 6

@@ -52,3 +52,46 @@ def test_board_lists_oracle_first_and_only_runs_of_the_dataset(tmp_path: Path) -
     assert "oracle" in text and "AUC/oracle" in text and "0.7200" in text
     png = plot(rows, tmp_path / "board.png", title="t")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_models_and_served_predictions_are_scored_on_the_frozen_test_rows(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+    import shutil
+
+    from bidder import scoreboard
+    from bidder.scoring import load_models
+    from bidder.settings import DEFAULT_MODEL_DIR
+
+    log = simulate(dataclasses.replace(SimConfig.small(), n_warmup=100, n_log=300), seed=6)
+    data = freeze(records_from_traffic(log), root=tmp_path / "ds", mature_after_s=0.0, clock=lambda: 0.0)
+    lr = load_models(DEFAULT_MODEL_DIR, "lr", "cpu", 1, 1)
+    rows = {r.target: r for r in scoreboard.model_rows(data, DEFAULT_MODEL_DIR, "lr")}
+    for t in ("ctr", "cvr"):
+        x, y, _, _ = data.test.target(t)
+        want = evaluate(y, getattr(lr, t).score(x))
+        assert rows[t].kind == "model" and rows[t].name == lr.versions[t]
+        assert rows[t].metrics["auc"] == pytest.approx(want["auc"]) and rows[t].metrics["ne"] == want["ne"]
+    with pytest.raises(ValueError, match="model families"):
+        scoreboard.model_rows(data, DEFAULT_MODEL_DIR)  # several families there: which one is ambiguous
+
+    serving = tmp_path / "serving"  # a serving dir: the CHAMPION pointer names the family and the release
+    (serving / "releases" / "r1").mkdir(parents=True)
+    for f in DEFAULT_MODEL_DIR.glob("gbdt_*"):
+        shutil.copy(f, serving / "releases" / "r1" / f.name)
+    (serving / "CHAMPION").write_text(json.dumps({"release": "r1", "family": "gbdt", "path": "releases/r1"}))
+    assert {r.family for r in scoreboard.model_rows(data, serving)} == {"gbdt"}
+
+    served = {r.target: r for r in scoreboard.served_rows(data)}  # the policy served ctr/cvr_smoothed
+    _, y, _, _ = data.test.target("ctr")
+    assert served["ctr"].kind == "served" and served["ctr"].name == "policy-ctr_smoothed"
+    assert served["ctr"].metrics["auc"] == evaluate(y, data.test.cols["ctr_smoothed"])["auc"]
+    clicked = data.test.cols["clicked"].astype(bool)
+    assert served["cvr"].metrics["auc"] == evaluate(data.test.cols["converted"][clicked],
+                                                    data.test.cols["cvr_smoothed"][clicked])["auc"]
+
+    assert scoreboard.main(["--dataset", data.id, "--datasets-root", str(tmp_path / "ds"), "--runs",
+                            str(tmp_path / "runs"), "--models", f"{DEFAULT_MODEL_DIR}:lr", "--models", str(serving),
+                            "--served", "--plot", str(tmp_path / "b.png")]) == 0
+    board = capsys.readouterr().out
+    assert lr.versions["ctr"] in board and "gbdt" in board and "served" in board

@@ -129,3 +129,34 @@ def test_watcher_starts_refuses_and_stops_the_shadow(tmp_path: Path, lr: Models)
     asyncio.run(scenario())
     assert rt.changes == [lr.versions, None]
     assert rt.metrics.model_swaps.labels(result="shadow_refused")._value.get() == 1.0
+
+
+def test_scoreboard_online_shows_serving_and_shadow_on_the_same_impressions(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bidder import scoreboard
+
+    rng = np.random.default_rng(3)
+    dump = tmp_path / "labels.jsonl"
+    n, clicked = 0, 0
+    with dump.open("w") as f:
+        for q in range(200):
+            p = rng.uniform(0.01, 0.3, 24)
+            y = rng.uniform(size=24) < p
+            examples = [{"impression_id": f"q{q}:{i}", "pctr": p[i], "pcvr": 0.1,
+                         "shadow_pctr": min(1.0, p[i] + 0.15), "shadow_pcvr": 0.1} for i in range(24)]
+            rec = {"type": "impressions", "query_id": f"q{q}", "ts": 100.0 + q, "model_versions":
+                   {"ctr": "mlp-ctr-aaa", "cvr": "mlp-cvr-bbb"},
+                   "shadow_versions": {"ctr": "lr-ctr-ccc", "cvr": "lr-cvr-ddd"}, "examples": examples}
+            f.write(orjson.dumps(rec, option=_NUMPY).decode() + "\n")
+            for i in np.flatnonzero(y):
+                f.write(json.dumps({"type": "label_update", "impression_id": f"q{q}:{i}", "label_version": 1,
+                                    "clicked": 1, "converted": 0}) + "\n")
+            n, clicked = n + 24, clicked + int(y.sum())
+    assert scoreboard.main(["--online", "--labels", str(dump), "--as-of", "10000", "--mature-after-s", "60",
+                            "--plot", str(tmp_path / "online.png")]) == 0
+    out = capsys.readouterr().out
+    assert f"{n} matured impressions ({clicked} clicked" in out
+    assert "shadow lr-ctr-ccc" in out and "serving mlp-ctr-aaa (vs shadow)" in out
+    assert (tmp_path / "online.png").exists()
+    # nothing matured yet: no rows, exit 1
+    assert scoreboard.main(["--online", "--labels", str(dump), "--as-of", "150", "--mature-after-s", "60"]) == 1

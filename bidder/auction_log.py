@@ -1,14 +1,17 @@
 """Recent auction outcomes by query id: where a click finds the price it must be charged.
 
-Every worker folds the ``auctions`` topic into this index. Entries older than ``window_s`` (the click
-window) or beyond ``capacity`` are forgotten oldest first; a click for a forgotten or never-seen query
-is dead-lettered as ``unknown_auction``.
+Every worker folds the ``auctions`` topic into this index. Entries older than ``retain_s`` (by default the
+click window ``window_s``; the worker keeps two click windows) or beyond ``capacity`` are forgotten oldest
+first; a click for a forgotten or never-seen query is dead-lettered as ``unknown_auction``. Age is event
+time: the newest outcome folded. Keeping more than one click window is what lets a bill agent that lags
+behind the replica still find the auction of a click made in time (the worker checks the click window
+itself, from the click's and the auction's timestamps).
 
 The index also matures labels for the calibration monitor (:class:`Matured`, taken with
 :meth:`AuctionLog.take_matured`), in event time (the ``ts`` of the outcomes folded):
 
-* **CTR**: an outcome leaving the click window has final click labels: every winner, ``p`` = the pCTR
-  served, ``y`` = clicked.
+* **CTR**: an outcome leaving the index (past ``retain_s`` >= the click window) has final click labels:
+  every winner, ``p`` = the pCTR served, ``y`` = clicked.
 * **CVR**: a clicked winner's conversion label is final once no attributable purchase can still come:
   ``conversion_window_s`` (the attribution window) after the click window closed. ``p`` = the pCVR
   served, ``y`` = converted (:meth:`mark_converted`, from the ``labels`` topic).
@@ -84,9 +87,10 @@ class _Pending:
 class AuctionLog:
     """``query_id -> {listing_id: ShownAd}`` for the recent past."""
 
-    def __init__(self, *, window_s: float, conversion_window_s: float = 600.0, capacity: int = 200_000,
-                 max_matured: int = 100_000) -> None:
+    def __init__(self, *, window_s: float, conversion_window_s: float = 600.0, retain_s: float | None = None,
+                 capacity: int = 200_000, max_matured: int = 100_000) -> None:
         self.window_s = window_s
+        self.retain_s = max(window_s, retain_s or window_s)
         self.conversion_window_s = conversion_window_s
         self.capacity = capacity
         self.max_matured = max_matured
@@ -153,7 +157,7 @@ class AuctionLog:
     def _evict(self, now: float) -> None:
         while self._by_query:
             ts, _ = next(iter(self._by_query.values()))
-            if not (len(self._by_query) > self.capacity or ts < now - self.window_s):
+            if not (len(self._by_query) > self.capacity or ts < now - self.retain_s):
                 break
             qid, (ts, ads) = self._by_query.popitem(last=False)
             versions, shadow = self._versions.pop(qid, ({}, {}))
@@ -166,7 +170,7 @@ class AuctionLog:
             self._converted.difference_update((qid, ad.listing_id) for ad in shown if ad not in clicked)
             if clicked:
                 self._awaiting.update((qid, ad.listing_id) for ad in clicked)
-                self._pending.append(_Pending(ts + self.window_s + self.conversion_window_s, qid, ts,
+                self._pending.append(_Pending(ts + self.retain_s + self.conversion_window_s, qid, ts,
                                               versions.get("cvr", ""), shadow.get("cvr", ""), clicked))
         while self._pending and self._pending[0].due <= now:
             p = self._pending.popleft()

@@ -61,6 +61,7 @@ REASONS: dict[str, str] = {
     "unknown_topic": "no decoder for this topic",
     "wrong_key": "the record key is not the event's key field",
     "unknown_auction": "a click for a query the bidder has no auction outcome for",
+    "click_after_window": "a click later than the click window after its auction",
     "not_a_winner": "a click on a listing that did not win a slot in that auction",
     "shop_mismatch": "a click names a different shop than the auction outcome",
     "unattributed_purchase": "a purchase with no click by that buyer on that listing in the window",

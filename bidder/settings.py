@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     prior_strength: float = Field(default=50.0, gt=0, description="pseudo-impressions of the prior")
     attribution_window_s: float = Field(default=600.0, gt=0, description="purchase after click, at most")
     click_window_s: float = Field(default=900.0, gt=0, description="click after auction, at most")
+    purchase_click_wait_s: float = Field(
+        default=5.0, ge=0, description="a purchase whose click is on the clicks topic but not billed yet waits "
+                                       "this long for the bill agent before it is refused as unattributed")
 
     # --- feature drift (see bidder/drift.py for what each statistic means) ----------------------
     drift_enabled: bool = True

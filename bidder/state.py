@@ -1,6 +1,6 @@
 """What every worker knows: the fold of the replicated topics.
 
-Each worker reads ``listings``, ``shops``, ``auctions``, ``billing`` and ``labels`` from every
+Each worker reads ``listings``, ``shops``, ``auctions``, ``billing``, ``labels`` and ``clicks`` from every
 partition (not as a group member) and folds them here, so a query on any worker sees every listing's
 rolling features and every shop's spend, and a restart rebuilds all of it from the topics.
 
@@ -31,7 +31,7 @@ from bidder.rolling import RollingStats
 
 __all__ = ["REPLICATED_TOPICS", "BidderState"]
 
-REPLICATED_TOPICS: tuple[str, ...] = ("listings", "shops", "auctions", "billing", "labels")
+REPLICATED_TOPICS: tuple[str, ...] = ("listings", "shops", "auctions", "billing", "labels", "clicks")
 _IMPRESSIONS_PREFIX = b'{"v":1,"type":"impressions"'
 """how ``orjson.dumps(provisional_labels(...))`` starts (key order is insertion order)"""
 
@@ -51,8 +51,12 @@ class BidderState:
         self.catalog = Catalog()
         self.stats = RollingStats(half_life_s=half_life_s)
         self.ledger = Ledger()
-        self.auctions = AuctionLog(window_s=click_window_s, conversion_window_s=attribution_window_s)
+        self.auctions = AuctionLog(window_s=click_window_s, conversion_window_s=attribution_window_s,
+                                   retain_s=2 * click_window_s)
         self.clicks = ClickIndex(window_s=attribution_window_s)
+        self.clicks_sent = ClickIndex(window_s=attribution_window_s)
+        """clicks as they are on the ``clicks`` topic, decided or not: a purchase that finds no billed
+        click but a sent one waits for its decision instead of being refused (``Runtime.handle_purchase``)"""
         self.ledger_applied: dict[int, int] = {}
         self._orders: OrderedDict[str, None] = OrderedDict()
         self.counts: Counter[str] = Counter()
@@ -69,6 +73,8 @@ class BidderState:
                 if offset >= self.ledger_applied.get(partition, 0):
                     self._apply_ledger(LedgerEntry.from_dict(orjson.loads(value or b"null")))
                     self.ledger_applied[partition] = offset + 1
+            elif topic == "clicks":
+                self._apply_click(orjson.loads(value or b"null"))
             elif topic == "labels" and value is not None and not value.startswith(_IMPRESSIONS_PREFIX):
                 # only conversions matter here; the large impression records are skipped unparsed
                 self._apply_label(orjson.loads(value))
@@ -99,6 +105,13 @@ class BidderState:
         ids = np.fromiter((int(w["listing_id"]) for w in outcome["winners"]), np.int64)
         rows, known = self.catalog.rows(ids)
         self.stats.record(rows[known], kind="impressions", now=float(outcome["ts"]))
+
+    def _apply_click(self, click: dict[str, Any]) -> None:
+        # not validated here (the bill agent does that and dead-letters what is wrong): only remembered
+        self.clicks_sent.add(user_id=int(click["user_id"]), listing_id=int(click["listing_id"]),
+                             ts=float(click["ts"]), click_id=str(click["click_id"]), query_id=str(click["query_id"]),
+                             slot=-1)
+        self.counts["clicks_sent"] += 1
 
     def _apply_ledger(self, entry: LedgerEntry) -> None:
         if not self.ledger.apply(entry):

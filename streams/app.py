@@ -412,6 +412,11 @@ class Runtime:
                 else f"no auction outcome for query {click.query_id!r} in the last "
                      f"{self.settings.click_window_s:.0f}s"))
             return None
+        if click.ts - ad.ts > self.settings.click_window_s:
+            await self.dead_letter(message, Rejection(
+                "click_after_window", f"click at {click.ts:.3f} is {click.ts - ad.ts:.0f}s after its auction "
+                                      f"(window {self.settings.click_window_s:.0f}s)"))
+            return None
         if ad.shop_id != click.shop_id:
             await self.dead_letter(message, Rejection(
                 "shop_mismatch", f"click names shop {click.shop_id}, the auction had shop {ad.shop_id}"))
@@ -442,6 +447,8 @@ class Runtime:
             ref = self.state.clicks.attribute(user_id=purchase.user_id, listing_id=purchase.listing_id,
                                               ts=purchase.ts)
         if ref is None:
+            ref = await self.await_sent_click(purchase)
+        if ref is None:
             await self.dead_letter(message, Rejection(
                 "unattributed_purchase",
                 f"no click by user {purchase.user_id} on listing {purchase.listing_id} in the "
@@ -452,6 +459,30 @@ class Runtime:
             click_id=ref.click_id, order_id=purchase.order_id))))
         self.counts["purchases_attributed"] += 1
         self.metrics.conversions.inc()
+
+    async def await_sent_click(self, purchase: Purchase) -> Any:
+        """The click a purchase belongs to may be on the ``clicks`` topic but not decided yet: clicks and
+        purchases are two topics read by two agents (on any worker), and a buyer can buy within a second
+        of clicking. Refusing the purchase then loses a real conversion (the labels' CVR would be biased
+        low), so wait for that click's ledger line, at most ``purchase_click_wait_s``. A purchase
+        with no such click sent is refused at once."""
+        await self.replica.wait_caught_up(["clicks"])
+        sent = self.state.clicks_sent.attribute(user_id=purchase.user_id, listing_id=purchase.listing_id,
+                                                ts=purchase.ts)
+        if sent is None:
+            return None
+        self.counts["purchases_waited"] += 1
+        deadline = time.monotonic() + self.settings.purchase_click_wait_s
+        while True:
+            ref = self.state.clicks.attribute(user_id=purchase.user_id, listing_id=purchase.listing_id,
+                                              ts=purchase.ts)
+            remaining = deadline - time.monotonic()
+            if ref is not None or remaining <= 0:
+                return ref
+            if self.state.ledger.seen(sent.click_id) is not None:
+                return None  # decided without a click to attribute to (e.g. a later, refused resend)
+            await self.replica.wait_caught_up(["billing"], timeout_s=remaining)
+            await asyncio.sleep(min(0.02, max(remaining, 0.0)))
 
     async def handle_catalog(self, message: Any) -> None:
         ev = self.decode(message, self.clock(), self.limits.for_catalog())

@@ -1,7 +1,7 @@
 """Feeds every worker's :class:`bidder.state.BidderState` from the replicated topics.
 
 A plain aiokafka consumer without a group: it is assigned every partition of ``listings``,
-``shops``, ``auctions``, ``billing`` and ``labels`` and reads them from the beginning, so each
+``shops``, ``auctions``, ``billing``, ``labels`` and ``clicks`` and reads them from the beginning, so each
 worker holds the whole fold (the "global table" of the design) and a restart rebuilds it.
 
 Catching up is measured against the larger of ``ListOffsets(latest)`` and the high watermark of the

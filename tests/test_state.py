@@ -164,3 +164,15 @@ def test_ledger_budget_reads_spend_live() -> None:
     assert budget.remaining(row).tolist() == [10.0]
     s.apply("billing", 0, 0, ledger_line(), now=T)
     assert budget.remaining(row).tolist() == [9.6]
+
+
+def test_sent_clicks_are_remembered_before_they_are_billed() -> None:
+    s = state()
+    click = {"v": 1, "type": "click", "click_id": "c9", "query_id": "q1", "listing_id": 103, "shop_id": 7,
+             "user_id": 5, "ts": T + 1}
+    s.apply("clicks", 0, 0, orjson.dumps(click), now=T)
+    s.apply("clicks", 0, 1, b"{not json", now=T)
+    sent = s.clicks_sent.attribute(user_id=5, listing_id=103, ts=T + 2)
+    assert sent is not None and sent.click_id == "c9"
+    assert s.clicks.attribute(user_id=5, listing_id=103, ts=T + 2) is None  # not billed: not attributable yet
+    assert s.counts["clicks_unreadable"] == 1

@@ -79,6 +79,73 @@ def test_query_priced_and_click_charged_once(worker: Any, bootstrap: str, settin
     assert update["clicked"] == 1 and update["converted"] == 1 and update["click_id"] == click.click_id
 
 
+def test_purchase_right_after_its_click_is_attributed(worker: Any, bootstrap: str, settings: Settings,
+                                                      small_world: Any) -> None:
+    """A buyer who buys within a second of clicking: the purchase may reach its agent before the click's
+    ledger line exists. It waits for that click's decision instead of being refused as unattributed."""
+    tag = f"race-{time.time_ns()}"
+    queries = [make_query(small_world, f"{tag}-q{i}", seed=100 + i) for i in range(20)]
+    asyncio.run(send_raw(settings, bootstrap, [("queries", q.query_id.encode(), encode(q)) for q in queries]))
+    ids = {q.query_id for q in queries}
+    recs = asyncio.run(read_until(settings, bootstrap, ["auctions"],
+                                  lambda rs: ids <= {v.get("query_id") for _, v, _ in rs if v}))
+    outcomes = {v["query_id"]: v for _, v, _ in recs if v and v.get("query_id") in ids}
+    pairs: list[tuple[str, bytes | None, bytes | None]] = []
+    orders = set()
+    for i, q in enumerate(queries):
+        top = outcomes[q.query_id]["winners"][0]
+        user = 7000 + i
+        click = Click(click_id=f"{tag}-c{i}", query_id=q.query_id, listing_id=top["listing_id"],
+                      shop_id=top["shop_id"], user_id=user, ts=time.time())
+        order = Purchase(order_id=f"{tag}-o{i}", user_id=user, listing_id=top["listing_id"], ts=time.time() + 0.001,
+                         amount=12.0)
+        pairs += [("clicks", str(click.shop_id).encode(), encode(click)),
+                  ("purchases", str(user).encode(), encode(order))]
+        orders.add(order.order_id)
+
+    asyncio.run(send_raw(settings, bootstrap, pairs))
+
+    def settled(rs: list[tuple[str, Any, bytes | None]]) -> bool:
+        done = {v.get("order_id") for t, v, _ in rs if t == "labels" and v} | {
+            orjson.loads(base64.b64decode(v["value_b64"])).get("order_id")
+            for t, v, _ in rs if t == "dead-letters" and v and v.get("source_topic") == "purchases"
+            and tag.encode() in base64.b64decode(v["value_b64"])}
+        return orders <= done
+
+    out = asyncio.run(read_until(settings, bootstrap, ["labels", "dead-letters"], settled, timeout_s=60.0))
+    attributed = {v["order_id"] for t, v, _ in out if t == "labels" and v and v.get("order_id") in orders}
+    refused = [v["reason"] for t, v, _ in out if t == "dead-letters" and v and v.get("source_topic") == "purchases"
+               and tag.encode() in base64.b64decode(v["value_b64"])]
+    assert refused == [] and attributed == orders
+
+
+def test_click_after_the_click_window_is_refused_even_while_its_auction_is_kept(
+        worker: Any, bootstrap: str, settings: Settings, small_world: Any) -> None:
+    """The worker keeps two click windows of auctions (a lagging bill agent still finds them) and judges
+    the window from the click's and the auction's own timestamps."""
+    tag = f"late-{time.time_ns()}"
+    q = make_query(small_world, f"{tag}-q", seed=3)
+    q = Query(**{**{k: getattr(q, k) for k in Query.__slots__}, "ts": time.time() - settings.click_window_s - 60})
+    asyncio.run(send_raw(settings, bootstrap, [("queries", q.query_id.encode(), encode(q))]))
+    top = outcome_of(settings, bootstrap, q.query_id)["winners"][0]
+    late = Click(click_id=f"{tag}-late", query_id=q.query_id, listing_id=top["listing_id"], shop_id=top["shop_id"],
+                 user_id=42, ts=time.time())
+    in_time = Click(click_id=f"{tag}-ok", query_id=q.query_id, listing_id=top["listing_id"],
+                    shop_id=top["shop_id"], user_id=42, ts=q.ts + 5.0)
+    clicks = [("clicks", str(c.shop_id).encode(), encode(c)) for c in (late, in_time)]
+    asyncio.run(send_raw(settings, bootstrap, clicks))
+    recs = asyncio.run(read_until(settings, bootstrap, ["billing", "dead-letters"], lambda rs: (
+        any(t == "billing" and v and v.get("click_id") == in_time.click_id for t, v, _ in rs)
+        and any(t == "dead-letters" and v and late.click_id.encode() in base64.b64decode(v["value_b64"])
+                for t, v, _ in rs))))
+    refused = [v for t, v, _ in recs if t == "dead-letters" and v and late.click_id.encode() in
+               base64.b64decode(v["value_b64"])]
+    assert [v["reason"] for v in refused] == ["click_after_window"]
+    assert not any(t == "billing" and v and v.get("click_id") == late.click_id for t, v, _ in recs)
+    assert next(v for t, v, _ in recs if t == "billing" and v and v.get("click_id") == in_time.click_id)["status"] in (
+        "charged", "unbilled")
+
+
 def test_every_rejection_reaches_dead_letters_with_its_reason(worker: Any, bootstrap: str, settings: Settings,
                                                               small_world: Any) -> None:
     tag = f"dl-{time.time_ns()}"

@@ -78,7 +78,8 @@ class BidderState:
             elif topic == "labels" and value is not None and not value.startswith(_IMPRESSIONS_PREFIX):
                 # only conversions matter here; the large impression records are skipped unparsed
                 self._apply_label(orjson.loads(value))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, OverflowError):
+            # anything a producer could write there (a JSON list on labels, a string on auctions)
             self.counts[f"{topic}_unreadable"] += 1
 
     def _apply_catalog(self, topic: str, value: bytes | None, now: float) -> None:

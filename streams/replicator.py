@@ -59,6 +59,8 @@ class Replicator:
         self._round_event = asyncio.Event()
         self.ready = asyncio.Event()
         self.records = 0
+        self.fold_errors = 0
+        """records whose fold raised (a defect: ``BidderState.apply`` counts the unreadable ones itself)"""
         self.truncations = 0
         """partitions found truncated below this replica's position and re-read from the start"""
         self.truncation_confirm_s = 2.0
@@ -110,7 +112,11 @@ class Replicator:
             now = self._clock()
             for tp, records in batches.items():
                 for r in records:
-                    self.state.apply(tp.topic, tp.partition, r.offset, r.value, now=now)
+                    try:
+                        self.state.apply(tp.topic, tp.partition, r.offset, r.value, now=now)
+                    except Exception:  # a fold defect must not stop the replica (and with it every agent)
+                        self.fold_errors += 1
+                        log.exception("replica: cannot fold %s[%d]@%d; skipped", tp.topic, tp.partition, r.offset)
                     self._applied[tp] = r.offset + 1
                 self.records += len(records)
                 await asyncio.sleep(0)

@@ -16,7 +16,7 @@ from streams.simulate import tail_consumer
 async def read_until(settings: Settings, bootstrap: str, topics: list[str],
                      done: Callable[[list[tuple[str, Any, bytes | None]]], bool], *,
                      timeout_s: float = 30.0) -> list[tuple[str, Any, bytes | None]]:
-    """(topic, decoded JSON or None, key) of every record, from the start, until ``done`` or timeout."""
+    """(topic, decoded JSON object or None, key) of every record, from the start, until ``done`` or timeout."""
     consumer = await tail_consumer(settings, bootstrap, topics, from_beginning=True)
     out: list[tuple[str, Any, bytes | None]] = []
     deadline = time.monotonic() + timeout_s
@@ -28,6 +28,8 @@ async def read_until(settings: Settings, bootstrap: str, topics: list[str],
                     try:
                         value = orjson.loads(r.value) if r.value else None
                     except orjson.JSONDecodeError:
+                        value = None
+                    if not isinstance(value, dict):  # other tests write non-objects on purpose
                         value = None
                     out.append((tp.topic, value, r.key))
             if done(out):

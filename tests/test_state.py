@@ -176,3 +176,11 @@ def test_sent_clicks_are_remembered_before_they_are_billed() -> None:
     assert sent is not None and sent.click_id == "c9"
     assert s.clicks.attribute(user_id=5, listing_id=103, ts=T + 2) is None  # not billed: not attributable yet
     assert s.counts["clicks_unreadable"] == 1
+
+
+@pytest.mark.parametrize("value", [b"[1, 2]", b'"text"', b"3", b"null", b"{}", b'{"type": "label_update"}', None])
+def test_any_record_on_a_replicated_topic_is_folded_or_counted_never_raised(value: bytes | None) -> None:
+    s = state()
+    for i, topic in enumerate(("listings", "shops", "auctions", "billing", "labels", "clicks")):
+        s.apply(topic, 0, i, value, now=T)
+    assert not s.auctions.knows("q1") and s.ledger.counts["charged"] == 0

@@ -111,6 +111,8 @@ class Settings(BaseSettings):
 
     # --- worker ------------------------------------------------------------------------------------
     app_id: str = "bidder"
+    commit_stall_s: float = Field(default=30.0, gt=0, description="no offset committed this long while records "
+                                  "read wait for it: the worker exits to be restarted")
     batch_max: int = Field(default=16, ge=1)
     batch_within_s: float = Field(default=0.002, gt=0)
     web_port: int = Field(default=6066, ge=0, le=65535)

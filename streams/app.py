@@ -135,7 +135,7 @@ class Runtime:
         truncated partition to its beginning; ``group_past_end`` counts partitions that did not
         recover, and the timer exits the process right after failing this)."""
         age = self.replica.seconds_since_round()
-        stuck = self.counts["group_past_end"]
+        stuck = self.counts["group_past_end"] + self.counts["commit_stalled"]
         ok = age < 30.0 and not stuck
         return ok, {"event_loop": "responsive", "replica_round_age_s": round(age, 3),
                     "replica_truncations": self.replica.truncations,
@@ -644,6 +644,7 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
             return found
 
         suspects = past_end()
+        watch_commits(consumer)
         for topic, n in lag.items():
             rt.metrics.consumer_lag.labels(topic=topic).set(n)
         new = replica.truncations - rt.counts["replica_truncations_counted"]
@@ -673,6 +674,33 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
         rt.counts["group_truncations"] += len(confirmed)
         rt.counts["group_reset_at"] = int(time.monotonic())
         rt.metrics.log_truncations.labels(consumer="group").inc(len(confirmed))
+
+    commits: dict[str, Any] = {"offsets": None, "progress_at": time.monotonic()}
+
+    def watch_commits(consumer: Any) -> None:
+        """Exit when the group's commits stopped while the agents kept reading.
+
+        After a broker restart aiokafka's group coordinator sometimes never comes back (the member
+        neither heartbeats nor rejoins: aiokafka #1154; measured on noida-db in the t2 scenario, about one
+        run in four): fetching and the agents go on, but no offset is committed again, so a later restart
+        would reprocess everything since and the committed lag the autoscaler reads only grows. Only a
+        new consumer recovers, so past ``commit_stall_s`` without commit progress while records read are
+        uncommitted, ``/healthz`` fails and the process exits (70) for its supervisor to restart it
+        (effects are idempotent: the reprocessed records change nothing)."""
+        now = time.monotonic()
+        committed = {tp: int(v) for tp, v in consumer._committed_offset.items() if v is not None}
+        if committed != commits["offsets"]:
+            commits["offsets"], commits["progress_at"] = committed, now
+            return
+        read = {tp: int(v) + 1 for tp, v in consumer._read_offset.items() if v is not None}
+        behind = sorted(f"{tp.topic}[{tp.partition}]" for tp, n in read.items() if n > committed.get(tp, 0))
+        stalled = now - commits["progress_at"]
+        if behind and stalled > settings.commit_stall_s:
+            rt.counts["commit_stalled"] = 1
+            log.critical("no offset committed for %.0fs while %s have records read and not committed (the "
+                         "group coordinator did not come back: aiokafka #1154); exiting so the worker is "
+                         "restarted", stalled, behind)
+            os._exit(70)
 
     app.timer(interval=5.0)(consumer_lag)
 

@@ -507,7 +507,8 @@ class Traffic:
 # the drain rule
 
 
-async def committed_lag(cluster: Cluster, ends: dict[tuple[str, int], int], *, group: str) -> int | None:
+async def committed_lag(cluster: Cluster, ends: dict[tuple[str, int], int], *, group: str,
+                        detail: dict[str, tuple[int, int]] | None = None) -> int | None:
     """Input records the group has not committed yet (``ends`` from our own acknowledgements).
 
     Asked through a consumer of the group that never joins it (OffsetFetch through the coordinator):
@@ -525,6 +526,9 @@ async def committed_lag(cluster: Cluster, ends: dict[tuple[str, int], int], *, g
         with contextlib.suppress(Exception):
             await consumer.stop()
     committed = {(tp.topic, tp.partition): meta.offset for tp, meta in got.items()}
+    if detail is not None:  # (committed, end) of each partition behind, for the report
+        detail.update({f"{group}:{t}[{p}]": (committed.get((t, p), 0), end) for (t, p), end in ends.items()
+                       if committed.get((t, p), 0) < end})
     return int(sum(max(0, end - max(committed.get(tp, 0), 0)) for tp, end in ends.items()))
 
 
@@ -888,7 +892,8 @@ class Run:
             for topic, part, off in [*(w for w, _ in truth.acked[truth.acked_from:]), *truth.invalid]:
                 group = CATALOG_GROUP if topic in ("listings", "shops") else FAUST_GROUP
                 ends[group][(topic, part)] = max(ends[group].get((topic, part), 0), off + 1)
-            lags = [await committed_lag(self.cluster, e, group=self.cluster.app_id + suffix)
+            behind: dict[str, tuple[int, int]] = {}
+            lags = [await committed_lag(self.cluster, e, group=self.cluster.app_id + suffix, detail=behind)
                     for suffix, e in ends.items() if e]
             lag = None if any(x is None for x in lags) else sum(x for x in lags if x is not None)
             quiet = time.monotonic() - self.traffic.last_output >= self.cfg.quiet_s
@@ -899,6 +904,7 @@ class Run:
             await asyncio.sleep(0.5)
         self.drain_ok = False
         self.extra["lag_at_timeout"] = lag
+        self.extra["lag_at_timeout_by_partition"] = behind
 
     async def figures(self, latencies: Sequence[tuple[float, float]] | None = None) -> Figures:
         out = self.outputs = await read_outputs(self.cluster)
@@ -1314,10 +1320,10 @@ SCENARIOS: dict[str, Scenario] = {
         n_workers=2, rate_qps=15.0, duration_s=60.0), _t1),
     "t2": Scenario(ScenarioConfig(
         "t2", "noida", "the broker is stopped (SIGTERM) mid-stream and restarted on its data dir",
-        n_workers=1, rate_qps=15.0, duration_s=40.0, strict=False), _t2),
+        n_workers=1, rate_qps=15.0, duration_s=40.0, strict=False, supervise=True), _t2),
     "t2kill": Scenario(ScenarioConfig(
         "t2kill", "noida", "the broker is SIGKILLed mid-stream and restarted on its data dir (what it loses)",
-        n_workers=1, rate_qps=15.0, duration_s=40.0, strict=False), _t2),
+        n_workers=1, rate_qps=15.0, duration_s=40.0, strict=False, supervise=True), _t2),
     "t2tansu": Scenario(ScenarioConfig(
         "t2tansu", "tansu", "the memory-only broker restarts empty; topics, catalog and workers restarted",
         n_workers=1, rate_qps=15.0, duration_s=40.0, strict=False, supervise=True), _t2),

@@ -162,12 +162,13 @@ class AuctionLog:
             qid, (ts, ads) = self._by_query.popitem(last=False)
             versions, shadow = self._versions.pop(qid, ({}, {}))
             shown = list(ads.values())
-            clicked = [ad for ad in shown if (qid, ad.listing_id) in self._clicked]
+            flags = tuple(int((qid, ad.listing_id) in self._clicked) for ad in shown)
+            clicked = [ad for ad, f in zip(shown, flags, strict=True) if f]
             self._clicked.difference_update((qid, ad.listing_id) for ad in shown)
-            self._emit(Matured("ctr", versions.get("ctr", ""), ts, tuple(a.pctr for a in shown),
-                               tuple(int(a in clicked) for a in shown), shadow.get("ctr", ""),
-                               tuple(a.shadow_pctr for a in shown) if shadow else ()))
-            self._converted.difference_update((qid, ad.listing_id) for ad in shown if ad not in clicked)
+            self._emit(Matured("ctr", versions.get("ctr", ""), ts, tuple(a.pctr for a in shown), flags,
+                               shadow.get("ctr", ""), tuple(a.shadow_pctr for a in shown) if shadow else ()))
+            self._converted.difference_update((qid, ad.listing_id) for ad, f in zip(shown, flags, strict=True)
+                                              if not f)
             if clicked:
                 self._awaiting.update((qid, ad.listing_id) for ad in clicked)
                 self._pending.append(_Pending(ts + self.retain_s + self.conversion_window_s, qid, ts,

@@ -86,9 +86,10 @@ from bidder.auction import run_auction
 from bidder.autobid import bids as auto_bids
 from bidder.dataset import write_atomically
 from bidder.features import FEATURE_SPEC
-from bidder.scoring import Models, load_models
+from bidder.scoring import Models, family_in, load_models
 
-__all__ = ["Check", "Limits", "PromotionReport", "Replay", "compare", "find_champion", "main", "promote"]
+__all__ = ["Check", "Limits", "PromotionReport", "Replay", "compare", "find_champion", "install_release", "main",
+           "model_source", "promote", "release_name"]
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -343,11 +344,35 @@ def find_champion(model_dir: Path, family: str | None = None) -> tuple[Path, str
     return None
 
 
-def _family_of(model_dir: Path) -> str:
-    fams = sorted(p.name[: -len("_ctr.onnx")] for p in Path(model_dir).glob("*_ctr.onnx"))
-    if len(fams) != 1:
-        raise ValueError(f"{model_dir} must hold exactly one <family>_ctr.onnx, found {fams}")
-    return fams[0]
+def release_name(family: str, models: Models) -> str:
+    """``<family>-<ctr sha[:12]>-<cvr sha[:12]>``: a release directory's name (content-addressed)."""
+    return f"{family}-{models.ctr.meta.onnx_sha256[:12]}-{models.cvr.meta.onnx_sha256[:12]}"
+
+
+def install_release(src: Path, names: list[str], rel_dir: Path) -> None:
+    """Copy ``names`` from ``src`` into ``rel_dir`` whole or not at all (fsynced temp dir, then one
+    ``os.replace``); an existing ``rel_dir`` is kept (releases are content-addressed and immutable)."""
+    if rel_dir.exists():
+        return
+    rel_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=rel_dir.parent.parent, prefix=f".tmp-{rel_dir.name}-"))
+    try:
+        for n in names:
+            _fsync_copy(src / n, tmp / n)
+        os.replace(tmp, rel_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def model_source(model: str, runs: Path) -> Path:
+    """A CLI's MODEL argument: a directory with a model pair, or the artifacts of a run id under ``runs``."""
+    src = Path(model)
+    if src.is_dir():
+        return src
+    from bidder.tracking import RunStore
+
+    return RunStore(runs, clock=lambda: 0.0).get(model).artifacts
 
 
 def _sha(path: Path) -> str:
@@ -393,13 +418,12 @@ def promote(
     if force and not reason.strip():
         raise ValueError("a forced promotion needs a reason")
     challenger_dir, model_dir = Path(challenger_dir), Path(model_dir)
-    family = _family_of(challenger_dir)
+    family = family_in(challenger_dir)
     challenger = load_models(challenger_dir, family, "cpu", 1, 1)  # refuses bad files before anything else
     found = find_champion(model_dir, champion_family or family)
     champion = load_models(found[0], found[1], "cpu", 1, 1) if found is not None else None
     report = compare(challenger, champion, test, limits=limits, replay=replay, dataset_id=dataset_id)
-    ctr_sha, cvr_sha = challenger.ctr.meta.onnx_sha256, challenger.cvr.meta.onnx_sha256
-    release = f"{family}-{ctr_sha[:12]}-{cvr_sha[:12]}"
+    release = release_name(family, challenger)
     report.release = release
     report.decision = "promoted" if report.passed else ("forced" if force else "refused")
     report.reason = reason
@@ -417,16 +441,7 @@ def promote(
     if report.decision != "refused":
         names = [f"{family}_{t}{ext}" for t in TARGETS for ext in (".onnx", ".json")]
         rel_dir = model_dir / "releases" / release
-        if not rel_dir.exists():
-            (model_dir / "releases").mkdir(exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=model_dir, prefix=f".tmp-{release}-"))
-            try:
-                for n in names:
-                    _fsync_copy(challenger_dir / n, tmp / n)
-                os.replace(tmp, rel_dir)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
+        install_release(challenger_dir, names, rel_dir)
         load_models(rel_dir, family, "cpu", 1, 1)  # the installed copy must load before anything points at it
         _write_text(report_path.with_suffix(".json"), json.dumps(report.to_dict(), indent=1) + "\n")
         _write_text(report_path, report.render())
@@ -468,12 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.force and not args.reason.strip():
         ap.error("--force needs --reason TEXT")
     settings = Settings()
-    src = Path(args.model)
-    if not src.is_dir():
-        from bidder.tracking import RunStore
-
-        src = RunStore(args.runs, clock=lambda: 0.0).get(args.model).artifacts
-    family = _family_of(src)
+    src = model_source(args.model, args.runs)
+    family = family_in(src)
     dataset_id = args.dataset or str(ModelMeta.load(src / f"{family}_ctr.json").training.get("dataset_id", ""))
     if not dataset_id:
         ap.error("the challenger names no dataset: pass --dataset ID")

@@ -132,20 +132,18 @@ def build(dataset: Any, runs: list[Any], *, include_trials: bool = False) -> lis
 def model_rows(dataset: Any, model_dir: Path, family: str | None = None, *, name: str = "") -> list[Row]:
     """Score the ONNX pair of ``model_dir`` on the frozen test split (CPU, every load-time check).
     ``family`` defaults to the ``CHAMPION`` pointer's, else to the only ``<family>_ctr.onnx`` there."""
-    import json
-
-    from bidder.scoring import load_models
+    from bidder.promotion import find_champion
+    from bidder.scoring import family_in, load_models
 
     model_dir = Path(model_dir)
-    pointer = model_dir / "CHAMPION"
-    if family is None and pointer.exists():
-        info = json.loads(pointer.read_text())
-        model_dir, family = model_dir / str(info["path"]), str(info["family"])
+    champion = find_champion(model_dir) if family is None else None
+    if champion is not None:
+        model_dir, family = champion
     if family is None:
-        fams = sorted(p.name[: -len("_ctr.onnx")] for p in model_dir.glob("*_ctr.onnx"))
-        if len(fams) != 1:
-            raise ValueError(f"{model_dir} holds {fams or 'no'} model families: name one (DIR:FAMILY)")
-        family = fams[0]
+        try:
+            family = family_in(model_dir)
+        except ValueError as exc:
+            raise ValueError(f"{exc}: name one (DIR:FAMILY)") from exc
     models = load_models(model_dir, family, "cpu", 1, 1)
     rows: list[Row] = []
     for target in ("ctr", "cvr"):

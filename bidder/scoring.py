@@ -60,6 +60,7 @@ __all__ = [
     "OnnxScorer",
     "ProviderError",
     "Scorer",
+    "family_in",
     "load_models",
     "provider_readiness",
     "session_options",
@@ -416,6 +417,15 @@ class Models:
         """Both sessions on the provider asked for: ``(ok, message)``."""
         parts = [m.readiness() for m in (self.ctr, self.cvr)]
         return all(ok for ok, _ in parts), "; ".join(msg for _, msg in parts)
+
+
+def family_in(model_dir: Path) -> str:
+    """The one model family whose ``<family>_ctr.onnx`` is in ``model_dir`` (ValueError for none or several)."""
+    fams = sorted(p.name[: -len("_ctr.onnx")] for p in Path(model_dir).glob("*_ctr.onnx"))
+    if len(fams) != 1:
+        raise ValueError(f"{model_dir} must hold exactly one <family>_ctr.onnx (model families found: "
+                         f"{fams or 'none'})")
+    return fams[0]
 
 
 def load_models(

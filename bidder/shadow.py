@@ -29,10 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -43,7 +40,8 @@ import numpy as np
 
 from bidder.dataset import write_atomically
 from bidder.events import AuctionOutcome
-from bidder.scoring import Models, load_models
+from bidder.promotion import install_release, model_source, release_name
+from bidder.scoring import Models, family_in, load_models
 
 __all__ = ["SHADOW", "ShadowPointer", "read_pointer", "shadow_outcomes", "start", "stop"]
 
@@ -96,33 +94,14 @@ def read_pointer(model_dir: Path) -> ShadowPointer | None:
         return None
 
 
-def _family_of(directory: Path) -> str:
-    families = {p.name.rsplit("_", 1)[0] for p in directory.glob("*_ctr.onnx")}
-    if len(families) != 1:
-        raise ValueError(f"{directory} must hold exactly one <family>_ctr.onnx, found {sorted(families)}")
-    return families.pop()
-
-
 def start(challenger_dir: Path, *, model_dir: Path, clock: Callable[[], float], source: str = "") -> dict[str, Any]:
     """Install ``challenger_dir``'s pair as the shadow of ``model_dir``'s workers; returns the pointer."""
     challenger_dir, model_dir = Path(challenger_dir), Path(model_dir)
-    family = _family_of(challenger_dir)
+    family = family_in(challenger_dir)
     models = load_models(challenger_dir, family, "cpu", 1, 1)  # refuses bad files before anything is copied
-    release = f"{family}-{models.ctr.meta.onnx_sha256[:12]}-{models.cvr.meta.onnx_sha256[:12]}"
+    release = release_name(family, models)
     rel_dir = model_dir / "shadow" / release
-    if not rel_dir.exists():
-        rel_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=rel_dir.parent, prefix=f".tmp-{release}-"))
-        try:
-            for target in _TARGETS:
-                for ext in (".onnx", ".json"):
-                    shutil.copyfile(challenger_dir / f"{family}_{target}{ext}", tmp / f"{family}_{target}{ext}")
-                    with (tmp / f"{family}_{target}{ext}").open("rb") as f:
-                        os.fsync(f.fileno())
-            os.replace(tmp, rel_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    install_release(challenger_dir, [f"{family}_{t}{ext}" for t in _TARGETS for ext in (".onnx", ".json")], rel_dir)
     load_models(rel_dir, family, "cpu", 1, 1)  # the installed copy must load before the pointer names it
     pointer = {"release": release, "family": family, "path": f"shadow/{release}", "versions": models.versions,
                "started_at": datetime.fromtimestamp(clock(), UTC).isoformat(), "source": source}
@@ -155,12 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     model_dir = args.model_dir or Settings().model_dir
     if args.cmd == "start":
-        src = Path(args.model)
-        if not src.is_dir():
-            from bidder.tracking import RunStore
-
-            src = RunStore(args.runs, clock=lambda: 0.0).get(args.model).artifacts
-        pointer = start(src, model_dir=model_dir, clock=lambda: datetime.now(UTC).timestamp(), source=args.model)
+        pointer = start(model_source(args.model, args.runs), model_dir=model_dir,
+                        clock=lambda: datetime.now(UTC).timestamp(), source=args.model)
         print(json.dumps(pointer, indent=1))
         return 0
     if args.cmd == "stop":

@@ -884,6 +884,7 @@ class Run:
         await self.traffic.settle_sends()
         deadline = t0 + self.cfg.drain_timeout_s
         lag: int | None = None
+        behind: dict[str, tuple[int, int]] = {}
         while time.monotonic() < deadline:
             # the Faust group reads queries/clicks/purchases; the catalog checker's group
             # (``<app_id>-catalog``) listings/shops; ends come from our own acknowledgements
@@ -892,7 +893,7 @@ class Run:
             for topic, part, off in [*(w for w, _ in truth.acked[truth.acked_from:]), *truth.invalid]:
                 group = CATALOG_GROUP if topic in ("listings", "shops") else FAUST_GROUP
                 ends[group][(topic, part)] = max(ends[group].get((topic, part), 0), off + 1)
-            behind: dict[str, tuple[int, int]] = {}
+            behind = {}
             lags = [await committed_lag(self.cluster, e, group=self.cluster.app_id + suffix, detail=behind)
                     for suffix, e in ends.items() if e]
             lag = None if any(x is None for x in lags) else sum(x for x in lags if x is not None)

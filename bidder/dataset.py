@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     from bidder.settings import Settings
 
 __all__ = [
+    "SHADOW_COLUMNS",
     "DatasetCorruptError",
     "Fold",
     "Frame",
@@ -131,9 +132,15 @@ class Fold:
         return len(self.rows["ts"])
 
 
+SHADOW_COLUMNS: tuple[str, ...] = ("shadow_pctr", "shadow_pcvr", "shadow_ctr_version", "shadow_cvr_version")
+"""what ``fold_labels(..., shadow=True)`` adds (not frozen): a shadow model's predictions for the same
+impressions (NaN and "" where none ran), for :mod:`bidder.online_board`"""
+
+
 def fold_labels(records: Iterable[Mapping[str, Any]], *, as_of: float | None = None,
-                mature_after_s: float) -> Fold:
-    """Fold updates onto impressions (highest ``label_version`` wins), keep matured rows; see the header."""
+                mature_after_s: float, shadow: bool = False) -> Fold:
+    """Fold updates onto impressions (highest ``label_version`` wins), keep matured rows; see the header.
+    ``shadow`` also keeps :data:`SHADOW_COLUMNS`."""
     examples: dict[str, dict[str, Any]] = {}
     best: dict[str, tuple[int, int, int]] = {}  # impression_id -> (label_version, clicked, converted)
     latest = -np.inf
@@ -166,6 +173,12 @@ def fold_labels(records: Iterable[Mapping[str, Any]], *, as_of: float | None = N
                     "ctr_version": str(versions.get("ctr", "")),
                     "cvr_version": str(versions.get("cvr", "")),
                 }
+                if shadow:
+                    shadow_versions = rec.get("shadow_versions") or {}
+                    for t in ("ctr", "cvr"):
+                        p = ex.get(f"shadow_p{t}")
+                        examples[iid][f"shadow_p{t}"] = np.nan if p is None else float(p)
+                        examples[iid][f"shadow_{t}_version"] = "" if p is None else str(shadow_versions.get(t, ""))
                 _keep(best, iid, (int(rec.get("label_version", 0)), int(ex.get("clicked", 0)),
                                   int(ex.get("converted", 0))))
         elif kind == "label_update":
@@ -187,7 +200,12 @@ def fold_labels(records: Iterable[Mapping[str, Any]], *, as_of: float | None = N
     x = np.array([e["features"] for e in kept], np.float32).reshape(len(kept), len(FEATURES))
     for j, name in enumerate(FEATURES):
         rows[name] = np.ascontiguousarray(x[:, j])
-    return Fold(rows={c: rows[c] for c in COLUMNS}, as_of=float(latest if as_of is None else as_of),
+    columns = COLUMNS
+    if shadow:
+        columns = (*COLUMNS, *SHADOW_COLUMNS)
+        for col in SHADOW_COLUMNS:
+            rows[col] = np.array([e[col] for e in kept], object if col.endswith("version") else np.float64)
+    return Fold(rows={c: rows[c] for c in columns}, as_of=float(latest if as_of is None else as_of),
                 impressions=n_imp, updates=n_upd, orphan_updates=orphans, immature=len(examples) - len(kept))
 
 

@@ -2,8 +2,9 @@
 
 Every impression's labels record (:mod:`bidder.attribution`) names the model versions that priced it and,
 while a shadow ran (:mod:`bidder.shadow`), the shadow's versions and predictions for the same impression.
-:func:`fold_online` keeps per ``impression_id`` the provisional example and the highest label version
-(clicked, converted); only impressions older than ``mature_after_s`` (click window + attribution window:
+:func:`fold_online` (the frozen datasets' fold, :func:`bidder.dataset.fold_labels`, with the shadow columns)
+keeps per ``impression_id`` the provisional example and the highest label version (clicked, converted); only
+impressions older than ``mature_after_s`` (click window + attribution window:
 no click or purchase can still change them) are judged. :func:`online_rows` then evaluates, per target
 and model version, with the scoreboard's metrics (:func:`bidder.scoreboard.evaluate`):
 
@@ -15,8 +16,10 @@ the two rows differ only in the model. ``bidder scoreboard --online`` prints the
 
 >>> recs = [{"type": "impressions", "query_id": "q", "ts": 0.0, "model_versions": {"ctr": "a", "cvr": "b"},
 ...          "shadow_versions": {"ctr": "s", "cvr": "t"}, "examples": [
-...     {"impression_id": "q:0", "pctr": 0.9, "pcvr": 0.5, "shadow_pctr": 0.2, "shadow_pcvr": 0.5},
-...     {"impression_id": "q:1", "pctr": 0.1, "pcvr": 0.5, "shadow_pctr": 0.8, "shadow_pcvr": 0.5}]},
+...     {"impression_id": "q:0", "pctr": 0.9, "pcvr": 0.5, "shadow_pctr": 0.2, "shadow_pcvr": 0.5,
+...      "features": [0] * 18},
+...     {"impression_id": "q:1", "pctr": 0.1, "pcvr": 0.5, "shadow_pctr": 0.8, "shadow_pcvr": 0.5,
+...      "features": [0] * 18}]},
 ...         {"type": "label_update", "impression_id": "q:0", "label_version": 1, "clicked": 1, "converted": 0}]
 >>> fold = fold_online(recs, as_of=100.0, mature_after_s=10.0)
 >>> {(r.name, r.target): r.metrics["auc"] for r in online_rows(fold) if r.target == "ctr"}
@@ -25,87 +28,35 @@ the two rows differ only in the model. ``bidder scoreboard --online`` prints the
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from bidder.dataset import Fold, fold_labels
 from bidder.scoreboard import Row, evaluate
 
-__all__ = ["OnlineFold", "fold_online", "online_rows"]
-
-_NAN = math.nan
+__all__ = ["fold_online", "online_rows"]
 
 
-@dataclass
-class OnlineFold:
-    """Matured impressions as columns."""
-
-    ts: list[float] = field(default_factory=list)
-    version: dict[str, list[str]] = field(default_factory=lambda: {"ctr": [], "cvr": []})
-    p: dict[str, list[float]] = field(default_factory=lambda: {"ctr": [], "cvr": []})
-    shadow_version: dict[str, list[str]] = field(default_factory=lambda: {"ctr": [], "cvr": []})
-    shadow_p: dict[str, list[float]] = field(default_factory=lambda: {"ctr": [], "cvr": []})
-    clicked: list[int] = field(default_factory=list)
-    converted: list[int] = field(default_factory=list)
-    pending: int = 0
-    """impressions not matured yet (left out)"""
-    updates_without_impression: int = 0
-
-    @property
-    def n(self) -> int:
-        return len(self.ts)
+def fold_online(records: Iterable[Mapping[str, Any]], *, as_of: float, mature_after_s: float) -> Fold:
+    """Matured impressions as columns, with the shadow's predictions: :func:`bidder.dataset.fold_labels`
+    (the same fold a frozen dataset is made of) with its shadow columns."""
+    return fold_labels(records, as_of=as_of, mature_after_s=mature_after_s, shadow=True)
 
 
-def fold_online(records: Iterable[Mapping[str, Any]], *, as_of: float, mature_after_s: float) -> OnlineFold:
-    """Fold ``labels`` records (any order; repeats harmless) into matured impressions."""
-    shown: dict[str, tuple[float, Mapping[str, Any], Mapping[str, Any], Mapping[str, Any]]] = {}
-    best: dict[str, tuple[int, int, int]] = {}
-    for rec in records:
-        kind = rec.get("type")
-        if kind == "impressions":
-            versions = rec.get("model_versions") or {}
-            shadow = rec.get("shadow_versions") or {}
-            for ex in rec.get("examples", ()):
-                shown.setdefault(str(ex["impression_id"]), (float(rec["ts"]), versions, shadow, ex))
-        elif kind == "label_update":
-            iid = str(rec["impression_id"])
-            label = (int(rec.get("label_version", 0)), int(rec.get("clicked", 0)), int(rec.get("converted", 0)))
-            if label > best.get(iid, (-1, 0, 0)):
-                best[iid] = label
-    out = OnlineFold()
-    out.updates_without_impression = sum(1 for iid in best if iid not in shown)
-    for iid, (ts, versions, shadow, ex) in shown.items():
-        if as_of - ts < mature_after_s:
-            out.pending += 1
-            continue
-        _, clicked, converted = best.get(iid, (0, 0, 0))
-        out.ts.append(ts)
-        out.clicked.append(clicked)
-        out.converted.append(converted)
-        for t in ("ctr", "cvr"):
-            out.version[t].append(str(versions.get(t, "")))
-            out.p[t].append(float(ex.get(f"p{t}", _NAN)))
-            s = ex.get(f"shadow_p{t}")
-            out.shadow_version[t].append(str(shadow.get(t, "")) if s is not None else "")
-            out.shadow_p[t].append(_NAN if s is None else float(s))
-    return out
-
-
-def online_rows(fold: OnlineFold, *, min_examples: int = 1) -> list[Row]:
+def online_rows(fold: Fold, *, min_examples: int = 1) -> list[Row]:
     """Scoreboard rows (kind ``online``) per target and model version; serving vs shadow on shared rows."""
     rows: list[Row] = []
-    clicked = np.asarray(fold.clicked, np.int64)
-    converted = np.asarray(fold.converted, np.int64)
+    cols = fold.rows
+    clicked = cols["clicked"].astype(np.int64)
     for t in ("ctr", "cvr"):
         among = np.ones(fold.n, bool) if t == "ctr" else clicked == 1
-        y = (clicked if t == "ctr" else converted).astype(np.float64)
-        version = np.asarray(fold.version[t], object)
-        p = np.asarray(fold.p[t], np.float64)
-        s_version = np.asarray(fold.shadow_version[t], object)
-        s_p = np.asarray(fold.shadow_p[t], np.float64)
+        y = (cols["clicked"] if t == "ctr" else cols["converted"]).astype(np.float64)
+        version = np.asarray(cols[f"{t}_version"], object)
+        p = np.asarray(cols[f"p{t}"], np.float64)
+        s_version = np.asarray(cols[f"shadow_{t}_version"], object)
+        s_p = np.asarray(cols[f"shadow_p{t}"], np.float64)
         for v in sorted(set(version[among].tolist())):
             m = among & (version == v)
             if m.sum() >= min_examples:
@@ -162,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
               else args.mature_after_s)
     fold = fold_online(records, as_of=time.time() if args.as_of is None else args.as_of, mature_after_s=mature)
     rows = online_rows(fold)
-    title = (f"online: {fold.n} matured impressions ({sum(fold.clicked)} clicked, {sum(fold.converted)} "
-             f"converted), {fold.pending} not matured")
+    title = (f"online: {fold.n} matured impressions ({int(fold.rows['clicked'].sum())} clicked, "
+             f"{int(fold.rows['converted'].sum())} converted), {fold.immature} not matured")
     print(render(rows, title=title))
     if args.plot is not None and rows:
         print(f"plot: {plot(rows, args.plot, title=title)}")

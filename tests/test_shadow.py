@@ -143,7 +143,8 @@ def test_scoreboard_online_shows_serving_and_shadow_on_the_same_impressions(
             p = rng.uniform(0.01, 0.3, 24)
             y = rng.uniform(size=24) < p
             examples = [{"impression_id": f"q{q}:{i}", "pctr": p[i], "pcvr": 0.1,
-                         "shadow_pctr": min(1.0, p[i] + 0.15), "shadow_pcvr": 0.1} for i in range(24)]
+                         "shadow_pctr": min(1.0, p[i] + 0.15), "shadow_pcvr": 0.1, "features": [0.0] * 18}
+                        for i in range(24)]
             rec = {"type": "impressions", "query_id": f"q{q}", "ts": 100.0 + q, "model_versions":
                    {"ctr": "mlp-ctr-aaa", "cvr": "mlp-cvr-bbb"},
                    "shadow_versions": {"ctr": "lr-ctr-ccc", "cvr": "lr-cvr-ddd"}, "examples": examples}

@@ -475,23 +475,40 @@ def read_topic_snapshot(bootstrap: str, *, settings: Settings | None = None, top
                         idle_polls: int = 3) -> TopicSnapshot:
     """Every record of ``topic`` from the beginning up to the end it had when reading started (a synchronous
     wrapper around the group-less consumer of :func:`streams.simulate.tail_consumer`). Records written
-    meanwhile are left out, so the result is exactly the records below :attr:`TopicSnapshot.end_offsets`."""
+    meanwhile are left out, so the result is exactly the records below :attr:`TopicSnapshot.end_offsets`.
+    A record a fetch skipped (:mod:`bidder.offset_gaps`) is fetched again, so no label row goes missing."""
     import asyncio
 
     import orjson
 
+    from bidder.offset_gaps import GapTracker
     from bidder.settings import Settings
+    from streams.gap_repair import GapRepairer
     from streams.simulate import tail_consumer
 
+    settings = settings or Settings()
     loop = asyncio.new_event_loop()
     try:
-        consumer = loop.run_until_complete(
-            tail_consumer(settings or Settings(), bootstrap, [topic], from_beginning=True))
+        consumer = loop.run_until_complete(tail_consumer(settings, bootstrap, [topic], from_beginning=True))
+        repairer = GapRepairer(settings, bootstrap=bootstrap, name="dataset")
+        gaps = GapTracker()
         try:
             parts = list(consumer.assignment())
             end = loop.run_until_complete(consumer.end_offsets(parts))
             out: list[dict[str, Any]] = []
             skipped = idle = 0
+
+            def keep(value_bytes: bytes | None) -> None:
+                nonlocal skipped
+                try:
+                    value = orjson.loads(value_bytes) if value_bytes is not None else None
+                except orjson.JSONDecodeError:
+                    value = None
+                if isinstance(value, dict):
+                    out.append(value)
+                else:
+                    skipped += 1
+
             while idle < idle_polls and any(loop.run_until_complete(consumer.position(tp)) < end[tp]
                                             for tp in parts):
                 batches = loop.run_until_complete(consumer.getmany(timeout_ms=500))
@@ -500,17 +517,16 @@ def read_topic_snapshot(bootstrap: str, *, settings: Settings | None = None, top
                     for r in records:
                         if r.offset >= end[tp]:
                             continue
-                        try:
-                            value = orjson.loads(r.value) if r.value is not None else None
-                        except orjson.JSONDecodeError:
-                            value = None
-                        if isinstance(value, dict):
-                            out.append(value)
-                        else:
-                            skipped += 1
+                        gap = gaps.update(tp.topic, tp.partition, r.offset)
+                        if gap is not None:
+                            repair = loop.run_until_complete(repairer.fetch(gap, wait_s=settings.gap_repair_wait_s))
+                            for again in repair.records:
+                                keep(again.value)
+                        keep(r.value)
             return TopicSnapshot(topic, out, {tp.partition: int(end[tp]) for tp in sorted(parts)}, skipped)
         finally:
             loop.run_until_complete(consumer.stop())
+            loop.run_until_complete(repairer.stop())
     finally:
         loop.close()
 

@@ -113,6 +113,10 @@ class Settings(BaseSettings):
     app_id: str = "bidder"
     commit_stall_s: float = Field(default=30.0, gt=0, description="no offset committed this long while records "
                                   "read wait for it: the worker exits to be restarted")
+    gap_repair_wait_s: float = Field(
+        default=1.0, ge=0, description="records a fetch skipped (an offset gap in a non-compacted topic) are "
+                                       "fetched again for up to this long; 0 tries once (set it to 0 where "
+                                       "producers use transactions: their markers leave gaps)")
     batch_max: int = Field(default=16, ge=1)
     batch_within_s: float = Field(default=0.002, gt=0)
     web_port: int = Field(default=6066, ge=0, le=65535)

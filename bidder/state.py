@@ -62,17 +62,23 @@ class BidderState:
         self.counts: Counter[str] = Counter()
 
     # -- folding -----------------------------------------------------------------------------------
-    def apply(self, topic: str, partition: int, offset: int, value: bytes | None, *, now: float) -> None:
-        """Fold one record of a replicated topic. Invalid records are counted, never raised."""
+    def apply(self, topic: str, partition: int, offset: int, value: bytes | None, *, now: float,
+              repaired: bool = False) -> None:
+        """Fold one record of a replicated topic. Invalid records are counted, never raised.
+
+        ``repaired``: a record a fetch skipped, read again after later ones (``streams.gap_repair``);
+        a ledger line is folded even below ``ledger_applied`` (``Ledger.apply`` ignores a click id
+        already decided) and the mark is left where it is."""
         try:
             if topic in ("listings", "shops"):
                 self._apply_catalog(topic, value, now)
             elif topic == "auctions":
                 self._apply_outcome(orjson.loads(value or b"null"))
             elif topic == "billing":
-                if offset >= self.ledger_applied.get(partition, 0):
+                mark = self.ledger_applied.get(partition, 0)
+                if offset >= mark or repaired:
                     self._apply_ledger(LedgerEntry.from_dict(orjson.loads(value or b"null")))
-                    self.ledger_applied[partition] = offset + 1
+                    self.ledger_applied[partition] = max(mark, offset + 1)
             elif topic == "clicks":
                 self._apply_click(orjson.loads(value or b"null"))
             elif topic == "labels" and value is not None and not value.startswith(_IMPRESSIONS_PREFIX):

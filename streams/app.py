@@ -19,6 +19,7 @@ interval after every rebalance (faust-streaming #502).
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -43,6 +44,7 @@ from bidder.events import Click, Purchase, Query, to_json
 from bidder.features import Priors
 from bidder.kafka_config import faust_app_kwargs
 from bidder.microbatch import MicroBatcher
+from bidder.offset_gaps import GapTracker
 from bidder.pipeline import BidPipeline
 from bidder.profile import FeatureProfile
 from bidder.scoring import Models, load_models
@@ -52,6 +54,7 @@ from bidder.state import BidderState
 from bidder.topics import ALL_TOPICS
 from streams.catalog_check import CatalogChecker
 from streams.deadletter import dead_letter_record
+from streams.gap_repair import GapRepairer, Repair, RepairedEvent, RepairedMessage
 from streams.metrics import STAGES, WorkerMetrics
 from streams.model_watch import ModelWatcher, champion_dir
 from streams.replicator import Replicator
@@ -105,6 +108,9 @@ class Runtime:
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     counts: Counter[str] = field(default_factory=Counter)
     billing_ready: set[int] = field(default_factory=set)
+    group_gaps: GapTracker = field(default_factory=GapTracker)
+    """offsets the Faust group consumer delivered, per partition: a jump is a record a fetch skipped"""
+    repairer: GapRepairer | None = None
     _roles: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def swap_models(self, models: Models) -> None:
@@ -127,6 +133,30 @@ class Runtime:
         self.metrics.model.info({**{f"{k}_version": v for k, v in self.models.versions.items()},
                                  **{f"shadow_{k}_version": v for k, v in shadow.items()},
                                  "provider": self.settings.provider, "family": self.models.ctr.meta.family})
+
+    # -- records a fetch skipped ---------------------------------------------------------------------
+    async def with_skipped(self, events: Sequence[Any]) -> list[Any]:
+        """``events`` with, before each one that reveals an offset gap, the records of that gap fetched
+        again (``bidder.offset_gaps``). Faust itself treats a gap as done (``Consumer._add_gap`` commits
+        past it), so without this a record the broker skipped in a fetch (the embedded Tansu broker
+        does under concurrent producers) was never processed: a click never billed. On Kafka the inputs
+        have no gaps (not compacted, no transactions) and this is one dict lookup per event."""
+        out: list[Any] = []
+        for ev in events:
+            m = ev.message
+            gap = self.group_gaps.update(m.topic, m.partition, m.offset)
+            if gap is not None and self.repairer is not None:
+                repair = await self.repairer.fetch(gap, wait_s=self.settings.gap_repair_wait_s)
+                self.count_repair(repair, consumer="group")
+                out.extend(RepairedEvent(RepairedMessage.of(r)) for r in repair.records)
+            out.append(ev)
+        return out
+
+    def count_repair(self, repair: Repair, *, consumer: str) -> None:
+        self.counts[f"{consumer}_skipped_repaired"] += len(repair.records)
+        self.counts[f"{consumer}_skipped_absent"] += repair.absent
+        self.metrics.skipped_records.labels(consumer=consumer, outcome="repaired").inc(len(repair.records))
+        self.metrics.skipped_records.labels(consumer=consumer, outcome="absent").inc(repair.absent)
 
     # -- health --------------------------------------------------------------------------------------
     def health(self) -> tuple[bool, dict[str, Any]]:
@@ -569,7 +599,9 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
                      window_s=settings.calibration_window_s,
                      bucket_s=min(settings.calibration_bucket_s, settings.calibration_window_s),
                      low=settings.calibration_low, high=settings.calibration_high,
-                     min_positives=settings.calibration_min_positives))
+                     min_positives=settings.calibration_min_positives),
+                 repairer=GapRepairer(settings, bootstrap=bootstrap, name="group"))
+    replica.on_repair = functools.partial(rt.count_repair, consumer="replica")
 
     checker = CatalogChecker(settings, bootstrap=bootstrap, check=rt.handle_catalog)
     watcher = ModelWatcher(rt, settings)
@@ -589,6 +621,8 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
             await watcher.stop()
             await checker.stop()
             await replica.stop()
+            if rt.repairer is not None:
+                await rt.repairer.stop()
 
     rt.publish_model_info()
 
@@ -706,6 +740,8 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
 
     async def _revoked(app_: Any, revoked: Any, **_: Any) -> None:
         rt.billing_ready.difference_update(tp.partition for tp in revoked if tp.topic == "clicks")
+        # the next record of a partition assigned again starts at the committed offset, not after ours
+        rt.group_gaps.forget({(tp.topic, tp.partition) for tp in revoked})
 
     app.on_partitions_revoked.connect(_revoked)  # type: ignore[arg-type]
 
@@ -730,7 +766,7 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
             async for events in stream.take_events(size, within=within):
                 await ready()
                 try:
-                    await handler(events)
+                    await handler(await rt.with_skipped(events))
                 except Exception:  # see crashed()
                     crashed(topic)
 
@@ -742,7 +778,8 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
             async for ev in stream.events():
                 await ready()
                 try:
-                    await handler(ev.message)
+                    for one in await rt.with_skipped([ev]):
+                        await handler(one.message)
                 except Exception:  # see crashed()
                     crashed(topic)
 

@@ -34,8 +34,10 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -50,6 +52,7 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, OutOfOrderSequenceNumber, ProducerClosed
+from aiokafka.structs import ConsumerRecord
 from rich.console import Console
 from rich.table import Table
 
@@ -58,11 +61,13 @@ from bidder.events import AuctionOutcome, Click, Listing, Purchase, Shop, Winner
 from bidder.hostile import KINDS, HostileFactory, HostileRecord
 from bidder.kafka_config import aiokafka_consumer_kwargs
 from bidder.market import World, WorldConfig
+from bidder.offset_gaps import GapTracker
 from bidder.oracle import ClickFact, verify_ledger
 from bidder.producer import EventProducer, key_of, topic_of
 from bidder.settings import Settings
 from bidder.simulator import Simulator
 from streams.admin import create_topics
+from streams.gap_repair import GapRepairer
 from streams.process import WorkerProcess
 
 __all__ = ["SCENARIOS", "Cluster", "Figures", "Run", "ScenarioConfig", "Traffic", "main", "run_scenario",
@@ -71,6 +76,8 @@ __all__ = ["SCENARIOS", "Cluster", "Figures", "Run", "ScenarioConfig", "Traffic"
 INPUT_TOPICS = ("queries", "clicks", "purchases", "listings", "shops")
 OUTPUT_TOPICS = ("auctions", "billing", "dead-letters", "labels")
 FAUST_GROUP, CATALOG_GROUP = "", "-catalog"  # group id suffixes after the app id (streams/catalog_check.py)
+log = logging.getLogger(__name__)
+_SKIP_LINE = re.compile(r"skipped by a fetch; (\d+) fetched again, (\d+) absent")
 SLO_MS = 1000.0  # a query answered later than this counts towards recovery time
 
 
@@ -104,6 +111,16 @@ class Cluster:
 
     def settings(self) -> Settings:
         return Settings(broker_kind=self.kind, app_id=self.app_id)
+
+    def fetch_skips(self) -> tuple[int, int]:
+        """Records the workers' readers found skipped by a fetch: (fetched again, never found), from the
+        workers' logs (``streams/gap_repair.py`` logs each repair)."""
+        repaired = absent = 0
+        for path in self.workdir.glob("w*.log"):
+            for m in _SKIP_LINE.finditer(path.read_text(errors="replace")):
+                repaired += int(m.group(1))
+                absent += int(m.group(2))
+        return repaired, absent
 
     def log(self, what: str) -> None:
         self.events.append((time.monotonic(), what))
@@ -616,9 +633,23 @@ class Outputs:
     label_records: int = 0
     label_repeats: int = 0
     conversions: Counter[str] = field(default_factory=Counter)
+    unread: list[str] = field(default_factory=list)
+    """partitions not read to their high watermark within the timeout"""
 
 
-async def read_outputs(cluster: Cluster, *, quiet_s: float = 1.5, timeout_s: float = 60.0) -> Outputs:
+async def read_to_end(cluster: Cluster, topics: Sequence[str],
+                      on_record: Callable[[TopicPartition, ConsumerRecord[bytes, bytes]], None], *,
+                      timeout_s: float = 60.0) -> list[TopicPartition]:
+    """Read ``topics`` from the start until every partition's position reaches its fetch high
+    watermark; return the partitions that did not get there within ``timeout_s``.
+
+    A pause without records is not the end: a broker that polls fetches (Tansu) can leave one
+    partition silent for longer than any quiet period, and a reader that stopped there reported
+    records the workers had read as lost by the broker. ListOffsets(latest) is not used: Tansu
+    answers it wrongly; the high watermark comes with every fetch response. A record a fetch skipped
+    (Tansu, under concurrent producers: :mod:`bidder.offset_gaps`) is fetched again, as the workers
+    do: the verifier must not blame the bidder for what its own reader missed.
+    """
     settings = cluster.settings()
     kwargs = aiokafka_consumer_kwargs(settings, bootstrap=cluster.bootstrap)
     kwargs.pop("session_timeout_ms", None)
@@ -626,58 +657,66 @@ async def read_outputs(cluster: Cluster, *, quiet_s: float = 1.5, timeout_s: flo
     consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
                                 max_partition_fetch_bytes=8 * 1024 * 1024, **kwargs)
     await consumer.start()
-    out = Outputs()
+    repairer = GapRepairer(settings, bootstrap=cluster.bootstrap, name="verifier")
+    gaps = GapTracker()
     try:
-        parts = [TopicPartition(t, p) for t in OUTPUT_TOPICS
-                 for p in sorted(consumer.partitions_for_topic(t) or ())]
+        parts = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
+        for tp in parts:
+            gaps.expect(tp.topic, tp.partition, 0)  # nothing is deleted in a scenario's few minutes
         deadline = time.monotonic() + timeout_s
-        last = time.monotonic()
-        while time.monotonic() < deadline and time.monotonic() - last < quiet_s:
+        pending = set(parts)
+        while pending and time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=200, max_records=5000)
             for tp, records in batches.items():
-                if records:
-                    last = time.monotonic()
                 for r in records:
-                    _fold_output(out, tp, r.value)
+                    gap = gaps.update(tp.topic, tp.partition, r.offset)
+                    if gap is not None:
+                        for again in (await repairer.fetch(gap, wait_s=2.0)).records:
+                            on_record(tp, again)
+                    on_record(tp, r)
+            for tp in list(pending):
+                high = consumer.highwater(tp)
+                if high is not None and await consumer.position(tp) >= high:
+                    pending.discard(tp)
+        return sorted(pending)
     finally:
         await consumer.stop()
+        await repairer.stop()
+
+
+async def read_outputs(cluster: Cluster, *, timeout_s: float = 60.0) -> Outputs:
+    """Every output record, read to each partition's end (:func:`read_to_end`)."""
+    out = Outputs()
+
+    def fold(tp: TopicPartition, r: ConsumerRecord[bytes, bytes]) -> None:
+        _fold_output(out, tp, r.value)
+
+    out.unread = [f"{tp.topic}/{tp.partition}" for tp in await read_to_end(cluster, OUTPUT_TOPICS, fold,
+                                                                             timeout_s=timeout_s)]
     return out
 
 
-async def audit_inputs(cluster: Cluster, truth: Truth, *, quiet_s: float = 1.5) -> tuple[list[str], int]:
+async def audit_inputs(cluster: Cluster, truth: Truth, *, timeout_s: float = 60.0) -> tuple[list[str], int]:
     """Acknowledged input records the broker no longer holds (it lost them), and how many it holds at
-    another offset than the acknowledgement said."""
-    settings = cluster.settings()
-    kwargs = aiokafka_consumer_kwargs(settings, bootstrap=cluster.bootstrap)
-    kwargs.pop("session_timeout_ms", None)
-    kwargs.pop("heartbeat_interval_ms", None)
-    consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
-                                max_partition_fetch_bytes=8 * 1024 * 1024, **kwargs)
-    await consumer.start()
+    another offset than the acknowledgement said.
+
+    Every partition is read up to its high watermark, and skipped records fetched again
+    (:func:`read_to_end`): an acknowledged record missing then is lost by the broker.
+    """
     id_field = {"queries": "query_id", "clicks": "click_id", "purchases": "order_id"}
     held: defaultdict[str, set[tuple[str, int, int]]] = defaultdict(set)
     raw: set[tuple[str, bytes | None]] = set()
-    try:
-        parts = [TopicPartition(t, p) for t in id_field for p in sorted(consumer.partitions_for_topic(t) or ())]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        last = time.monotonic()
-        while time.monotonic() - last < quiet_s:
-            batches = await consumer.getmany(timeout_ms=200, max_records=5000)
-            for tp, records in batches.items():
-                if records:
-                    last = time.monotonic()
-                for r in records:
-                    raw.add((tp.topic, r.value))
-                    try:
-                        ident = str(orjson.loads(r.value or b"null")[id_field[tp.topic]])
-                    except (orjson.JSONDecodeError, TypeError, KeyError):
-                        continue
-                    held[ident].add((tp.topic, tp.partition, r.offset))
-    finally:
-        await consumer.stop()
+    def fold(tp: TopicPartition, r: ConsumerRecord[bytes, bytes]) -> None:
+        raw.add((tp.topic, r.value))
+        try:
+            ident = str(orjson.loads(r.value or b"null")[id_field[tp.topic]])
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            return
+        held[ident].add((tp.topic, tp.partition, r.offset))
+
+    unread = await read_to_end(cluster, list(id_field), fold, timeout_s=timeout_s)
     lost: list[str] = []
     moved = 0
     for where, ident in truth.acked:
@@ -687,6 +726,8 @@ async def audit_inputs(cluster: Cluster, truth: Truth, *, quiet_s: float = 1.5) 
             elif where not in held[ident]:
                 moved += 1
     lost += [rec.kind for w, rec in truth.invalid.items() if w[0] in id_field and (w[0], rec.value) not in raw]
+    if unread:
+        log.warning("audit: %d partitions not read to their high watermark: %s", len(unread), unread)
     return lost, moved
 
 
@@ -785,6 +826,8 @@ def verify(cfg: ScenarioConfig, truth: Truth, out: Outputs, *, latencies: Sequen
     if lost_q:
         f.extra["lost_queries_acked_at"] = [acked_at.get(q) for q in lost_q[:5]]
     lost_c = [c for c in verdict.missing if c not in rejected_ids]
+    if lost_c:  # every copy sent: a resent click is lost only if no copy was processed
+        f.extra["lost_clicks_acked_at"] = {c: [w for w, ident in truth.acked if ident == c] for c in lost_c[:5]}
     lost_p = [o for o in truth.purchases if o not in converted and o not in rejected_ids]
     f.lost += len(lost_q) + len(lost_c) + len(lost_p)
     if lost_q or lost_c or lost_p:
@@ -920,10 +963,13 @@ class Run:
         f.extra["producer_renewals"] = self.traffic.producer_renewals
         f.extra["acked_inputs_lost_by_broker"] = len(broker_lost)
         f.extra["acked_at_another_offset"] = moved
+        f.extra["fetch_skips_repaired"], f.extra["fetch_skips_absent"] = self.cluster.fetch_skips()
         f.extra.update(self.extra)
         f.check()
         if f.recovery_s is not None and f.recovery_s > self.cfg.max_recovery_s:
             f.problems.append(f"recovery {f.recovery_s}s > {self.cfg.max_recovery_s}s")
+        if out.unread:
+            f.problems.append(f"output partitions not read to their end: {out.unread}")
         if broker_lost:
             f.problems.append(f"the broker lost {len(broker_lost)} acknowledged input records, e.g. "
                               f"{broker_lost[:3]}")

@@ -49,6 +49,11 @@ class WorkerMetrics:
             "Partitions whose high watermark fell below this worker's position (the broker came back "
             "empty, an unclean leader election), re-read from the start, by consumer (replica, group)",
             ["consumer"], registry=r)
+        self.skipped_records = Counter(
+            "bidder_skipped_records_total",
+            "Records a fetch skipped (an offset gap), by consumer (replica, group) and outcome: fetched again "
+            "and processed (repaired), or never found (absent: a transaction marker, or a record the broker "
+            "lost)", ["consumer", "outcome"], registry=r)
         self.send_retries = Counter("bidder_send_retries_total", "Output records sent again after a failed "
                                     "delivery (same bytes), by topic", ["topic"], registry=r)
         self.model = Info("bidder_model", "Serving model versions and provider", registry=r)
@@ -73,3 +78,5 @@ class WorkerMetrics:
             self.clicks.labels(status=s)
         for c in ("replica", "group"):
             self.log_truncations.labels(consumer=c)
+            for outcome in ("repaired", "absent"):
+                self.skipped_records.labels(consumer=c, outcome=outcome)

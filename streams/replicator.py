@@ -20,6 +20,14 @@ conversions by order id; see :mod:`bidder.state`), so spend it already knew is n
 click the broker forgot cannot be charged against an emptied budget. The condition must hold for
 ``truncation_confirm_s``: right after a Kafka leader change the new leader's high watermark can lag
 the old one's for a moment, and a false alarm would only cost a re-read.
+
+**Skipped records.** A fetch that skips a record (the embedded Tansu broker does under concurrent
+producers; see :mod:`bidder.offset_gaps`) would leave a ledger line out of the fold: spend this worker
+never learns of. Every offset jump is fetched again (:class:`streams.gap_repair.GapRepairer`) and what
+is found folded before the record that revealed it, below the own-ledger mark too (folding is
+idempotent). Compacted topics (the catalog) are not repaired: holes are normal there, a catalog of
+100k listings would cost thousands of fetches at every start, and a listing or shop is written again
+whenever it changes.
 """
 
 from __future__ import annotations
@@ -33,8 +41,11 @@ from collections.abc import Callable, Iterable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bidder.kafka_config import aiokafka_consumer_kwargs
+from bidder.offset_gaps import Gap, GapTracker
 from bidder.settings import Settings
 from bidder.state import REPLICATED_TOPICS, BidderState
+from bidder.topics import TOPICS
+from streams.gap_repair import GapRepairer, Repair
 
 __all__ = ["Replicator"]
 
@@ -65,6 +76,11 @@ class Replicator:
         """partitions found truncated below this replica's position and re-read from the start"""
         self.truncation_confirm_s = 2.0
         self._past_end_since: dict[TopicPartition, float] = {}
+        self._gaps = GapTracker()
+        self._compacted = {t for t in self._topics if t in TOPICS and TOPICS[t].cleanup_policy == "compact"}
+        self._repairer = GapRepairer(settings, bootstrap=bootstrap, name="replica")
+        self.on_repair: Callable[[Repair], None] | None = None
+        """told of every repair (the worker counts them in its metrics)"""
 
     async def start(self) -> None:
         kwargs = aiokafka_consumer_kwargs(self._settings, bootstrap=self._bootstrap)
@@ -87,6 +103,7 @@ class Replicator:
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         self._applied = dict.fromkeys(parts, 0)
+
         self._consumer = consumer
         self._task = asyncio.create_task(self._run(), name="replicator")
         await self.wait_caught_up()
@@ -100,6 +117,27 @@ class Replicator:
                 await self._task
         if self._consumer is not None:
             await self._consumer.stop()
+        await self._repairer.stop()
+
+    @property
+    def gap_records(self) -> tuple[int, int]:
+        """Records a fetch skipped: (fetched again and folded, never found)."""
+        return self._repairer.repaired, self._repairer.absent
+
+    async def _repair(self, gap: Gap, now: float) -> None:
+        repair = await self._repairer.fetch(gap, wait_s=self._settings.gap_repair_wait_s)
+        for r in repair.records:
+            self._fold(TopicPartition(gap.topic, gap.partition), r.offset, r.value, now, repaired=True)
+        if self.on_repair is not None:
+            self.on_repair(repair)
+
+    def _fold(self, tp: TopicPartition, offset: int, value: bytes | None, now: float, *,
+              repaired: bool = False) -> None:
+        try:
+            self.state.apply(tp.topic, tp.partition, offset, value, now=now, repaired=repaired)
+        except Exception:  # a fold defect must not stop the replica (and with it every agent)
+            self.fold_errors += 1
+            log.exception("replica: cannot fold %s[%d]@%d; skipped", tp.topic, tp.partition, offset)
 
     async def _run(self) -> None:
         assert self._consumer is not None
@@ -112,11 +150,10 @@ class Replicator:
             now = self._clock()
             for tp, records in batches.items():
                 for r in records:
-                    try:
-                        self.state.apply(tp.topic, tp.partition, r.offset, r.value, now=now)
-                    except Exception:  # a fold defect must not stop the replica (and with it every agent)
-                        self.fold_errors += 1
-                        log.exception("replica: cannot fold %s[%d]@%d; skipped", tp.topic, tp.partition, r.offset)
+                    gap = self._gaps.update(tp.topic, tp.partition, r.offset)
+                    if gap is not None and tp.topic not in self._compacted:
+                        await self._repair(gap, now)
+                    self._fold(tp, r.offset, r.value, now)
                     self._applied[tp] = r.offset + 1
                 self.records += len(records)
                 await asyncio.sleep(0)
@@ -141,6 +178,7 @@ class Replicator:
                         "from the start and keeping the fold", tp.topic, tp.partition, hw, applied)
             del self._past_end_since[tp]
             consumer.seek(tp, 0)
+            self._gaps.forget({(tp.topic, tp.partition)})
             self._applied[tp] = 0
             if tp.topic == "billing":
                 # the fold skips ledger lines below this mark; the re-read must reach the new lines

@@ -184,3 +184,18 @@ def test_any_record_on_a_replicated_topic_is_folded_or_counted_never_raised(valu
     for i, topic in enumerate(("listings", "shops", "auctions", "billing", "labels", "clicks")):
         s.apply(topic, 0, i, value, now=T)
     assert not s.auctions.knows("q1") and s.ledger.counts["charged"] == 0
+
+
+def test_a_skipped_ledger_line_fetched_again_is_folded_below_the_own_ledger_mark() -> None:
+    s = state()
+    # this worker's own line at offset 5 moved the mark; another worker's line at 3 was skipped by a
+    # fetch and comes back from the gap repair after it
+    s.apply_own_ledger(s.ledger.decide(click_id="c5", shop_id=7, listing_id=103, query_id="q1", user_id=5,
+                                       slot=0, ts=T + 2, price=0.4, budget=10.0), partition=0, offset=5)
+    s.apply("billing", 0, 3, ledger_line("c3"), now=T)
+    assert s.ledger.spend(7, int(T // 86_400)) == pytest.approx(0.4)  # below the mark: skipped
+    s.apply("billing", 0, 3, ledger_line("c3"), now=T, repaired=True)
+    assert s.ledger.spend(7, int(T // 86_400)) == pytest.approx(0.8)
+    assert s.ledger_applied[0] == 6  # the mark stays where it was
+    s.apply("billing", 0, 3, ledger_line("c3"), now=T, repaired=True)  # a second repair: nothing twice
+    assert s.ledger.spend(7, int(T // 86_400)) == pytest.approx(0.8)

@@ -1,0 +1,135 @@
+"""Fetch again the records a reader skipped (:mod:`bidder.offset_gaps` names the holes).
+
+One plain aiokafka consumer without a group, assigned one partition at a time: it seeks to the first
+missing offset and reads up to the end of the hole, again every 50 ms until ``wait_s`` has passed,
+because on the embedded Tansu broker the skipped record becomes visible a moment after the later
+one. What it finds is handed back in offset order; what it never finds is ``absent``: on Kafka that
+is a transaction marker or a record compacted away (nothing to do), on Tansu a record the broker
+acknowledged and lost. Compacted topics are not repaired: holes are normal there (the caller skips
+them).
+
+Used by the Faust agents (:mod:`streams.app`), the replica (:mod:`streams.replicator`) and the
+chaos harness's readers (:mod:`streams.chaos`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from bidder.kafka_config import aiokafka_consumer_kwargs
+from bidder.offset_gaps import Gap
+from bidder.settings import Settings
+
+__all__ = ["GapRepairer", "Repair", "RepairedEvent", "RepairedMessage"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RepairedMessage:
+    """The fields of a Faust ``Message`` the agents read, for a record fetched by the repairer."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+    @classmethod
+    def of(cls, record: ConsumerRecord[bytes, bytes]) -> RepairedMessage:
+        return cls(record.topic, record.partition, record.offset, record.key, record.value)
+
+
+@dataclass(frozen=True, slots=True)
+class RepairedEvent:
+    """Stands in for a Faust ``EventT`` in a batch handed to an agent's handler."""
+
+    message: RepairedMessage
+
+
+@dataclass
+class Repair:
+    """What one repair of a :class:`Gap` found."""
+
+    gap: Gap
+    records: list[ConsumerRecord[bytes, bytes]] = field(default_factory=list)
+    absent: int = 0
+    """offsets of the gap never found"""
+    absent_sample: list[int] = field(default_factory=list)
+    attempts: int = 0
+
+
+class GapRepairer:
+    """Re-reads skipped offset ranges with its own consumer (started on first use)."""
+
+    def __init__(self, settings: Settings, *, bootstrap: str | None, name: str) -> None:
+        self._settings = settings
+        self._bootstrap = bootstrap
+        self.name = name
+        self._consumer: AIOKafkaConsumer | None = None
+        self._lock = asyncio.Lock()
+        self.repaired = 0
+        """records fetched again and handed back"""
+        self.absent = 0
+        """offsets never found (a transaction marker, a compacted record, a record the broker lost)"""
+
+    async def _ensure(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            kwargs = aiokafka_consumer_kwargs(self._settings, bootstrap=self._bootstrap)
+            for k in ("session_timeout_ms", "heartbeat_interval_ms", "fetch_max_wait_ms"):
+                kwargs.pop(k, None)
+            consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+                                        fetch_max_wait_ms=50, **kwargs)
+            await consumer.start()
+            self._consumer = consumer
+        return self._consumer
+
+    async def fetch(self, gap: Gap, *, wait_s: float) -> Repair:
+        """The records of ``gap`` the broker holds, trying again until ``wait_s`` has passed."""
+        async with self._lock:
+            consumer = await self._ensure()
+            tp = TopicPartition(gap.topic, gap.partition)
+            consumer.assign([tp])
+            found: dict[int, ConsumerRecord[bytes, bytes]] = {}
+            deadline = time.monotonic() + wait_s
+            repair = Repair(gap)
+            first_missing = gap.start
+            while True:
+                while first_missing < gap.end and first_missing in found:
+                    first_missing += 1
+                if first_missing >= gap.end:
+                    break
+                repair.attempts += 1
+                consumer.seek(tp, first_missing)
+                while True:
+                    batch = await consumer.getmany(tp, timeout_ms=200, max_records=max(gap.size, 1))
+                    records = batch.get(tp, [])
+                    for r in records:
+                        if gap.start <= r.offset < gap.end:
+                            found[r.offset] = r
+                    if not records or await consumer.position(tp) >= gap.end:
+                        break
+                if time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(0.05)
+            repair.records = [found[o] for o in sorted(found)]
+            repair.absent = gap.size - len(found)
+            repair.absent_sample = [o for o in range(gap.start, min(gap.end, gap.start + 1000))
+                                    if o not in found][:10]
+        self.repaired += len(repair.records)
+        self.absent += repair.absent
+        log.warning("%s: %s[%d] offsets %d..%d were skipped by a fetch; %d fetched again, %d absent %s "
+                    "(%d attempts)", self.name, gap.topic, gap.partition, gap.start, gap.end - 1,
+                    len(repair.records), repair.absent, repair.absent_sample, repair.attempts)
+        return repair
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None

@@ -1,0 +1,116 @@
+"""Records a fetch skipped are fetched again from the broker and handed to the agents in order.
+
+The embedded Tansu broker skips records under concurrent producers (``bidder/offset_gaps.py``); that
+cannot be produced on demand, so these tests drop records from what a real consumer read and let the
+repair fetch them from the real broker (the session broker: noida-db, or ``BIDDER_KAFKA_BOOTSTRAP``).
+A transaction marker is a real gap on every broker: the repair must report it absent and go on.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from bidder.kafka_config import aiokafka_admin_kwargs, aiokafka_consumer_kwargs, aiokafka_producer_kwargs
+from bidder.settings import Settings
+from streams.app import Runtime
+from streams.gap_repair import GapRepairer, RepairedEvent
+
+pytestmark = pytest.mark.broker
+
+
+async def new_topic(settings: Settings, bootstrap: str) -> str:
+    name = f"gap-test-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(**aiokafka_admin_kwargs(settings, bootstrap=bootstrap))
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, 1, 1)])
+    finally:
+        await admin.close()
+    return name
+
+
+async def read_all(settings: Settings, bootstrap: str, topic: str, n: int) -> list[Any]:
+    kwargs = aiokafka_consumer_kwargs(settings, bootstrap=bootstrap)
+    consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest", **kwargs)
+    await consumer.start()
+    tp = TopicPartition(topic, 0)
+    consumer.assign([tp])
+    await consumer.seek_to_beginning(tp)
+    out: list[Any] = []
+    deadline = time.monotonic() + 20
+    try:
+        while len(out) < n and time.monotonic() < deadline:
+            out.extend((await consumer.getmany(tp, timeout_ms=200)).get(tp, []))
+    finally:
+        await consumer.stop()
+    assert len(out) == n
+    return out
+
+
+def runtime(settings: Settings, bootstrap: str) -> Runtime:
+    # with_skipped needs the settings, the tracker, the repairer and the counters only
+    return Runtime(settings=settings, state=None, replica=None, models=None, pipeline=None,  # type: ignore[arg-type]
+                   limits=None, topics={},  # type: ignore[arg-type]
+                   repairer=GapRepairer(settings, bootstrap=bootstrap, name="group"))
+
+
+async def test_records_a_fetch_skipped_are_fetched_again_in_order(settings: Settings, bootstrap: str) -> None:
+    topic = await new_topic(settings, bootstrap)
+    producer = AIOKafkaProducer(acks="all", **aiokafka_producer_kwargs(settings, bootstrap=bootstrap))
+    await producer.start()
+    try:
+        for i in range(12):
+            await producer.send_and_wait(topic, f"v{i}".encode(), key=f"k{i}".encode(), partition=0)
+    finally:
+        await producer.stop()
+    records = await read_all(settings, bootstrap, topic, 12)
+    rt = runtime(settings, bootstrap)
+    try:
+        # the consumer "skipped" 4 and 5 (one batch) and 9 (the next batch)
+        first = await rt.with_skipped([SimpleNamespace(message=r) for r in records[:8] if r.offset not in (4, 5)])
+        second = await rt.with_skipped([SimpleNamespace(message=r) for r in records[8:] if r.offset != 9])
+    finally:
+        assert rt.repairer is not None
+        await rt.repairer.stop()
+    got = first + second
+    assert [e.message.offset for e in got] == list(range(12))
+    assert [e.message.value for e in got] == [f"v{i}".encode() for i in range(12)]
+    assert [e.message.key for e in got] == [f"k{i}".encode() for i in range(12)]
+    assert {e.message.offset for e in got if isinstance(e, RepairedEvent)} == {4, 5, 9}
+    assert all(e.message.topic == topic and e.message.partition == 0 for e in got)
+    assert rt.counts["group_skipped_repaired"] == 3 and rt.counts["group_skipped_absent"] == 0
+    assert rt.metrics.skipped_records.labels(consumer="group", outcome="repaired")._value.get() == 3
+
+
+async def test_a_transaction_marker_is_a_gap_with_nothing_to_fetch(settings: Settings, bootstrap: str) -> None:
+    topic = await new_topic(settings, bootstrap)
+    kwargs = aiokafka_producer_kwargs(settings, bootstrap=bootstrap)
+    tx = AIOKafkaProducer(transactional_id=f"gap-test-{uuid.uuid4().hex[:6]}", acks="all", **kwargs)
+    await tx.start()
+    try:
+        async with tx.transaction():
+            await tx.send_and_wait(topic, b"in-a-transaction", partition=0)
+        async with tx.transaction():  # its own transaction: record at 2, marker at 3
+            await tx.send_and_wait(topic, b"after-the-marker", partition=0)
+        await tx.stop()
+    except BaseException:
+        await tx.stop()
+        raise
+    records = await read_all(settings, bootstrap, topic, 2)
+    assert [r.offset for r in records] == [0, 2]  # the marker at 1 is never delivered
+    rt = runtime(settings.model_copy(update={"gap_repair_wait_s": 0.3}), bootstrap)
+    try:
+        got = await rt.with_skipped([SimpleNamespace(message=r) for r in records])
+    finally:
+        assert rt.repairer is not None
+        await rt.repairer.stop()
+    assert [e.message.offset for e in got] == [0, 2]  # nothing invented, nothing held back
+    assert rt.counts["group_skipped_absent"] == 1 and rt.counts["group_skipped_repaired"] == 0
+

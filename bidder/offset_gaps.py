@@ -10,9 +10,9 @@ never billed, a skipped ledger line is spend a replica never knew.
 
 :class:`GapTracker` is the pure half of the repair: it follows the offsets one reader delivers per
 partition and names each hole ``[start, end)`` the moment a later record shows it. The reader
-(``streams.gap_repair``) then fetches that range again; on a real cluster it finds nothing to do,
-because holes only appear where records were compacted away or where transaction markers sit, and
-those are legitimate: the repair reports them ``absent`` and moves on.
+(``streams.gap_repair``) then fetches that range again. On a real cluster this does not happen on our
+topics: holes appear only where records were compacted away (the catalog topics, which readers do not
+track) or where transaction markers sit (our producers use none); a marker is reported ``absent``.
 
 >>> t = GapTracker()
 >>> t.update("clicks", 0, 7) is None      # the first offset seen sets the start

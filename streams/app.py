@@ -169,7 +169,9 @@ class Runtime:
         ok = age < 30.0 and not stuck
         return ok, {"event_loop": "responsive", "replica_round_age_s": round(age, 3),
                     "replica_truncations": self.replica.truncations,
-                    "group_truncations": self.counts["group_truncations"], "group_past_end": stuck}
+                    "group_truncations": self.counts["group_truncations"], "group_past_end": stuck,
+                    "skipped_records": {c: {o: self.counts[f"{c}_skipped_{o}"] for o in ("repaired", "absent")}
+                                        for c in ("group", "replica")}}
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready: models loaded on the requested provider, broker reachable, replica recovered."""

@@ -103,7 +103,6 @@ class Replicator:
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         self._applied = dict.fromkeys(parts, 0)
-
         self._consumer = consumer
         self._task = asyncio.create_task(self._run(), name="replicator")
         await self.wait_caught_up()
@@ -118,11 +117,6 @@ class Replicator:
         if self._consumer is not None:
             await self._consumer.stop()
         await self._repairer.stop()
-
-    @property
-    def gap_records(self) -> tuple[int, int]:
-        """Records a fetch skipped: (fetched again and folded, never found)."""
-        return self._repairer.repaired, self._repairer.absent
 
     async def _repair(self, gap: Gap, now: float) -> None:
         repair = await self._repairer.fetch(gap, wait_s=self._settings.gap_repair_wait_s)

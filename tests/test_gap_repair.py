@@ -13,14 +13,23 @@ import uuid
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from bidder.billing import Ledger
+from bidder.broker import embedded_broker
+from bidder.decoding import Limits
+from bidder.events import Listing, Shop, encode
 from bidder.kafka_config import aiokafka_admin_kwargs, aiokafka_consumer_kwargs, aiokafka_producer_kwargs
+from bidder.offset_gaps import Gap
 from bidder.settings import Settings
+from bidder.state import BidderState
+from streams.admin import create_topics
 from streams.app import Runtime
 from streams.gap_repair import GapRepairer, RepairedEvent
+from streams.replicator import Replicator
 
 pytestmark = pytest.mark.broker
 
@@ -114,3 +123,42 @@ async def test_a_transaction_marker_is_a_gap_with_nothing_to_fetch(settings: Set
     assert [e.message.offset for e in got] == [0, 2]  # nothing invented, nothing held back
     assert rt.counts["group_skipped_absent"] == 1 and rt.counts["group_skipped_repaired"] == 0
 
+
+
+async def test_the_replica_folds_a_skipped_ledger_line_fetched_again(settings: Settings) -> None:
+    # a broker of its own: a ledger line on the session broker's ``billing`` would be folded by the
+    # session worker's replica and spend a shop's budget behind other tests' backs
+    if settings.kafka_bootstrap:
+        pytest.skip("writes to billing: runs on an embedded broker only")
+    with embedded_broker("noida") as broker:
+        await create_topics(settings, bootstrap=broker.bootstrap)
+        await replica_repairs_a_ledger_line(settings, broker.bootstrap)
+
+
+async def replica_repairs_a_ledger_line(settings: Settings, bootstrap: str) -> None:
+
+    t = time.time()
+    state = BidderState(half_life_s=3600.0, click_window_s=600.0, attribution_window_s=300.0, limits=Limits())
+    state.apply("shops", 0, 0, encode(Shop(7, 10.0, 0.05, t)), now=t)
+    state.apply("listings", 0, 0, encode(Listing(103, 7, 20.0, 1, t)), now=t)
+    click_id = f"c-gap-{uuid.uuid4().hex[:8]}"
+    line = Ledger().decide(click_id=click_id, shop_id=7, listing_id=103, query_id="q-gap", user_id=5, slot=0,
+                           ts=t, price=0.4, budget=10.0)
+    producer = AIOKafkaProducer(acks="all", **aiokafka_producer_kwargs(settings, bootstrap=bootstrap))
+    await producer.start()
+    try:
+        meta = await producer.send_and_wait("billing", orjson.dumps(line.to_dict()), key=b"7", partition=0)
+    finally:
+        await producer.stop()
+    # this worker's own later lines already moved the mark past the skipped one
+    state.ledger_applied[0] = meta.offset + 5
+    replica = Replicator(state, settings, bootstrap=bootstrap)
+    seen: list[Any] = []
+    replica.on_repair = seen.append
+    try:
+        await replica._repair(Gap("billing", 0, meta.offset, meta.offset + 1), t)
+    finally:
+        await replica.stop()
+    assert state.ledger.spend(7, line.day) == pytest.approx(0.4)
+    assert state.clicks.attribute(user_id=5, listing_id=103, ts=t + 1) is not None
+    assert len(seen) == 1 and len(seen[0].records) == 1 and seen[0].absent == 0

@@ -481,7 +481,6 @@ def read_topic_snapshot(bootstrap: str, *, settings: Settings | None = None, top
 
     import orjson
 
-    from bidder.offset_gaps import GapTracker
     from bidder.settings import Settings
     from streams.gap_repair import GapRepairer
     from streams.simulate import tail_consumer
@@ -491,7 +490,6 @@ def read_topic_snapshot(bootstrap: str, *, settings: Settings | None = None, top
     try:
         consumer = loop.run_until_complete(tail_consumer(settings, bootstrap, [topic], from_beginning=True))
         repairer = GapRepairer(settings, bootstrap=bootstrap, name="dataset")
-        gaps = GapTracker()
         try:
             parts = list(consumer.assignment())
             end = loop.run_until_complete(consumer.end_offsets(parts))
@@ -517,11 +515,9 @@ def read_topic_snapshot(bootstrap: str, *, settings: Settings | None = None, top
                     for r in records:
                         if r.offset >= end[tp]:
                             continue
-                        gap = gaps.update(tp.topic, tp.partition, r.offset)
-                        if gap is not None:
-                            repair = loop.run_until_complete(repairer.fetch(gap, wait_s=settings.gap_repair_wait_s))
-                            for again in repair.records:
-                                keep(again.value)
+                        for again in loop.run_until_complete(
+                                repairer.missed_before(tp.topic, tp.partition, r.offset)):
+                            keep(again.value)
                         keep(r.value)
             return TopicSnapshot(topic, out, {tp.partition: int(end[tp]) for tp in sorted(parts)}, skipped)
         finally:

@@ -44,7 +44,6 @@ from bidder.events import Click, Purchase, Query, to_json
 from bidder.features import Priors
 from bidder.kafka_config import faust_app_kwargs
 from bidder.microbatch import MicroBatcher
-from bidder.offset_gaps import GapTracker
 from bidder.pipeline import BidPipeline
 from bidder.profile import FeatureProfile
 from bidder.scoring import Models, load_models
@@ -108,10 +107,13 @@ class Runtime:
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     counts: Counter[str] = field(default_factory=Counter)
     billing_ready: set[int] = field(default_factory=set)
-    group_gaps: GapTracker = field(default_factory=GapTracker)
-    """offsets the Faust group consumer delivered, per partition: a jump is a record a fetch skipped"""
     repairer: GapRepairer | None = None
+    """re-reads what a fetch skipped for the Faust group consumer (``with_skipped``)"""
     _roles: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.repairer is not None:
+            self.repairer.on_repair = functools.partial(self.count_repair, consumer="group")
 
     def swap_models(self, models: Models) -> None:
         """Serve ``models`` from the next batch on (called on the event loop, between batches)."""
@@ -141,14 +143,13 @@ class Runtime:
         past it), so without this a record the broker skipped in a fetch (the embedded Tansu broker
         does under concurrent producers) was never processed: a click never billed. On Kafka the inputs
         have no gaps (not compacted, no transactions) and this is one dict lookup per event."""
+        if self.repairer is None:
+            return list(events)
         out: list[Any] = []
         for ev in events:
             m = ev.message
-            gap = self.group_gaps.update(m.topic, m.partition, m.offset)
-            if gap is not None and self.repairer is not None:
-                repair = await self.repairer.fetch(gap, wait_s=self.settings.gap_repair_wait_s)
-                self.count_repair(repair, consumer="group")
-                out.extend(RepairedEvent(RepairedMessage.of(r)) for r in repair.records)
+            out.extend(RepairedEvent(RepairedMessage.of(r))
+                       for r in await self.repairer.missed_before(m.topic, m.partition, m.offset))
             out.append(ev)
         return out
 
@@ -603,7 +604,7 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
                      low=settings.calibration_low, high=settings.calibration_high,
                      min_positives=settings.calibration_min_positives),
                  repairer=GapRepairer(settings, bootstrap=bootstrap, name="group"))
-    replica.on_repair = functools.partial(rt.count_repair, consumer="replica")
+    replica.repairer.on_repair = functools.partial(rt.count_repair, consumer="replica")
 
     checker = CatalogChecker(settings, bootstrap=bootstrap, check=rt.handle_catalog)
     watcher = ModelWatcher(rt, settings)
@@ -743,7 +744,8 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
     async def _revoked(app_: Any, revoked: Any, **_: Any) -> None:
         rt.billing_ready.difference_update(tp.partition for tp in revoked if tp.topic == "clicks")
         # the next record of a partition assigned again starts at the committed offset, not after ours
-        rt.group_gaps.forget({(tp.topic, tp.partition) for tp in revoked})
+        if rt.repairer is not None:
+            rt.repairer.gaps.forget({(tp.topic, tp.partition) for tp in revoked})
 
     app.on_partitions_revoked.connect(_revoked)  # type: ignore[arg-type]
 

@@ -61,7 +61,6 @@ from bidder.events import AuctionOutcome, Click, Listing, Purchase, Shop, Winner
 from bidder.hostile import KINDS, HostileFactory, HostileRecord
 from bidder.kafka_config import aiokafka_consumer_kwargs
 from bidder.market import World, WorldConfig
-from bidder.offset_gaps import GapTracker
 from bidder.oracle import ClickFact, verify_ledger
 from bidder.producer import EventProducer, key_of, topic_of
 from bidder.settings import Settings
@@ -657,24 +656,21 @@ async def read_to_end(cluster: Cluster, topics: Sequence[str],
     consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
                                 max_partition_fetch_bytes=8 * 1024 * 1024, **kwargs)
     await consumer.start()
-    repairer = GapRepairer(settings, bootstrap=cluster.bootstrap, name="verifier")
-    gaps = GapTracker()
+    repairer = GapRepairer(settings, bootstrap=cluster.bootstrap, name="verifier", wait_s=2.0)
     try:
         parts = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         for tp in parts:
-            gaps.expect(tp.topic, tp.partition, 0)  # nothing is deleted in a scenario's few minutes
+            repairer.gaps.expect(tp.topic, tp.partition, 0)  # nothing is deleted in a scenario's few minutes
         deadline = time.monotonic() + timeout_s
         pending = set(parts)
         while pending and time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=200, max_records=5000)
             for tp, records in batches.items():
                 for r in records:
-                    gap = gaps.update(tp.topic, tp.partition, r.offset)
-                    if gap is not None:
-                        for again in (await repairer.fetch(gap, wait_s=2.0)).records:
-                            on_record(tp, again)
+                    for again in await repairer.missed_before(tp.topic, tp.partition, r.offset):
+                        on_record(tp, again)
                     on_record(tp, r)
             for tp in list(pending):
                 high = consumer.highwater(tp)

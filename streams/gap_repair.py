@@ -8,8 +8,10 @@ is a transaction marker or a record compacted away (nothing to do), on Tansu a r
 acknowledged and lost. Compacted topics are not repaired: holes are normal there (the caller skips
 them).
 
-Used by the Faust agents (:mod:`streams.app`), the replica (:mod:`streams.replicator`) and the
-chaos harness's readers (:mod:`streams.chaos`).
+Each reader owns one repairer and asks it, for every record it reads, what was skipped before it
+(:meth:`GapRepairer.missed_before`): normally nothing, one dict lookup. Used by the Faust agents
+(:mod:`streams.app`), the replica (:mod:`streams.replicator`), the demo monitor, ``dataset freeze`` and
+the chaos harness's readers (:mod:`streams.chaos`).
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from bidder.kafka_config import aiokafka_consumer_kwargs
-from bidder.offset_gaps import Gap
+from bidder.offset_gaps import Gap, GapTracker
 from bidder.settings import Settings
 
 __all__ = ["GapRepairer", "Repair", "RepairedEvent", "RepairedMessage"]
@@ -66,12 +69,19 @@ class Repair:
 
 
 class GapRepairer:
-    """Re-reads skipped offset ranges with its own consumer (started on first use)."""
+    """Re-reads skipped offset ranges with its own consumer (started on first use).
 
-    def __init__(self, settings: Settings, *, bootstrap: str | None, name: str) -> None:
+    ``gaps`` follows the offsets its reader delivered (the reader ``forget``s partitions whose
+    assignment changed); ``wait_s`` defaults to ``settings.gap_repair_wait_s``; ``on_repair`` is told
+    of every repair (the worker counts them in its metrics)."""
+
+    def __init__(self, settings: Settings, *, bootstrap: str | None, name: str, wait_s: float | None = None) -> None:
         self._settings = settings
         self._bootstrap = bootstrap
         self.name = name
+        self.wait_s = settings.gap_repair_wait_s if wait_s is None else wait_s
+        self.gaps = GapTracker()
+        self.on_repair: Callable[[Repair], None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
         self.repaired = 0
@@ -90,14 +100,19 @@ class GapRepairer:
             self._consumer = consumer
         return self._consumer
 
-    async def fetch(self, gap: Gap, *, wait_s: float) -> Repair:
+    async def missed_before(self, topic: str, partition: int, offset: int) -> list[ConsumerRecord[bytes, bytes]]:
+        """The records a fetch skipped before the one at ``offset`` (fetched again), in offset order."""
+        gap = self.gaps.update(topic, partition, offset)
+        return [] if gap is None else (await self.fetch(gap)).records
+
+    async def fetch(self, gap: Gap) -> Repair:
         """The records of ``gap`` the broker holds, trying again until ``wait_s`` has passed."""
         async with self._lock:
             consumer = await self._ensure()
             tp = TopicPartition(gap.topic, gap.partition)
             consumer.assign([tp])
             found: dict[int, ConsumerRecord[bytes, bytes]] = {}
-            deadline = time.monotonic() + wait_s
+            deadline = time.monotonic() + self.wait_s
             repair = Repair(gap)
             first_missing = gap.start
             while True:
@@ -127,6 +142,8 @@ class GapRepairer:
         log.warning("%s: %s[%d] offsets %d..%d were skipped by a fetch; %d fetched again, %d absent %s "
                     "(%d attempts)", self.name, gap.topic, gap.partition, gap.start, gap.end - 1,
                     len(repair.records), repair.absent, repair.absent_sample, repair.attempts)
+        if self.on_repair is not None:
+            self.on_repair(repair)
         return repair
 
     async def stop(self) -> None:

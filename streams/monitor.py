@@ -15,7 +15,6 @@ from typing import Any
 
 import orjson
 
-from bidder.offset_gaps import GapTracker
 from bidder.settings import Settings
 from streams.gap_repair import GapRepairer
 from streams.simulate import tail_consumer
@@ -111,7 +110,6 @@ class TopicMonitor:
         consumer = await tail_consumer(self._settings, self._bootstrap, OUTPUT_TOPICS, from_beginning=True)
         # a record a fetch skipped would make the printed numbers disagree with the topics
         repairer = GapRepairer(self._settings, bootstrap=self._bootstrap, name="monitor")
-        gaps = GapTracker()
 
         async def run() -> None:
             try:
@@ -119,11 +117,8 @@ class TopicMonitor:
                     batches = await consumer.getmany(timeout_ms=100, max_records=5000)
                     for tp, records in batches.items():
                         for r in records:
-                            gap = gaps.update(tp.topic, tp.partition, r.offset)
-                            if gap is not None:
-                                repair = await repairer.fetch(gap, wait_s=self._settings.gap_repair_wait_s)
-                                for again in repair.records:
-                                    self.tally.add(tp.topic, again.value)
+                            for again in await repairer.missed_before(tp.topic, tp.partition, r.offset):
+                                self.tally.add(tp.topic, again.value)
                             self.tally.add(tp.topic, r.value)
             finally:
                 await consumer.stop()

@@ -41,11 +41,10 @@ from collections.abc import Callable, Iterable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bidder.kafka_config import aiokafka_consumer_kwargs
-from bidder.offset_gaps import Gap, GapTracker
 from bidder.settings import Settings
 from bidder.state import REPLICATED_TOPICS, BidderState
 from bidder.topics import TOPICS
-from streams.gap_repair import GapRepairer, Repair
+from streams.gap_repair import GapRepairer
 
 __all__ = ["Replicator"]
 
@@ -76,11 +75,8 @@ class Replicator:
         """partitions found truncated below this replica's position and re-read from the start"""
         self.truncation_confirm_s = 2.0
         self._past_end_since: dict[TopicPartition, float] = {}
-        self._gaps = GapTracker()
         self._compacted = {t for t in self._topics if t in TOPICS and TOPICS[t].cleanup_policy == "compact"}
-        self._repairer = GapRepairer(settings, bootstrap=bootstrap, name="replica")
-        self.on_repair: Callable[[Repair], None] | None = None
-        """told of every repair (the worker counts them in its metrics)"""
+        self.repairer = GapRepairer(settings, bootstrap=bootstrap, name="replica")
 
     async def start(self) -> None:
         kwargs = aiokafka_consumer_kwargs(self._settings, bootstrap=self._bootstrap)
@@ -116,14 +112,13 @@ class Replicator:
                 await self._task
         if self._consumer is not None:
             await self._consumer.stop()
-        await self._repairer.stop()
+        await self.repairer.stop()
 
-    async def _repair(self, gap: Gap, now: float) -> None:
-        repair = await self._repairer.fetch(gap, wait_s=self._settings.gap_repair_wait_s)
-        for r in repair.records:
-            self._fold(TopicPartition(gap.topic, gap.partition), r.offset, r.value, now, repaired=True)
-        if self.on_repair is not None:
-            self.on_repair(repair)
+    async def _fold_missed(self, tp: TopicPartition, offset: int, now: float) -> None:
+        """Fold what a fetch skipped before ``offset`` (compacted topics have holes by design)."""
+        if tp.topic not in self._compacted:
+            for r in await self.repairer.missed_before(tp.topic, tp.partition, offset):
+                self._fold(tp, r.offset, r.value, now, repaired=True)
 
     def _fold(self, tp: TopicPartition, offset: int, value: bytes | None, now: float, *,
               repaired: bool = False) -> None:
@@ -144,9 +139,7 @@ class Replicator:
             now = self._clock()
             for tp, records in batches.items():
                 for r in records:
-                    gap = self._gaps.update(tp.topic, tp.partition, r.offset)
-                    if gap is not None and tp.topic not in self._compacted:
-                        await self._repair(gap, now)
+                    await self._fold_missed(tp, r.offset, now)
                     self._fold(tp, r.offset, r.value, now)
                     self._applied[tp] = r.offset + 1
                 self.records += len(records)
@@ -172,7 +165,7 @@ class Replicator:
                         "from the start and keeping the fold", tp.topic, tp.partition, hw, applied)
             del self._past_end_since[tp]
             consumer.seek(tp, 0)
-            self._gaps.forget({(tp.topic, tp.partition)})
+            self.repairer.gaps.forget({(tp.topic, tp.partition)})
             self._applied[tp] = 0
             if tp.topic == "billing":
                 # the fold skips ledger lines below this mark; the re-read must reach the new lines

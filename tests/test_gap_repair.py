@@ -23,7 +23,6 @@ from bidder.broker import embedded_broker
 from bidder.decoding import Limits
 from bidder.events import Listing, Shop, encode
 from bidder.kafka_config import aiokafka_admin_kwargs, aiokafka_consumer_kwargs, aiokafka_producer_kwargs
-from bidder.offset_gaps import Gap
 from bidder.settings import Settings
 from bidder.state import BidderState
 from streams.admin import create_topics
@@ -64,7 +63,7 @@ async def read_all(settings: Settings, bootstrap: str, topic: str, n: int) -> li
 
 
 def runtime(settings: Settings, bootstrap: str) -> Runtime:
-    # with_skipped needs the settings, the tracker, the repairer and the counters only
+    # with_skipped needs the settings, the repairer and the counters only
     return Runtime(settings=settings, state=None, replica=None, models=None, pipeline=None,  # type: ignore[arg-type]
                    limits=None, topics={},  # type: ignore[arg-type]
                    repairer=GapRepairer(settings, bootstrap=bootstrap, name="group"))
@@ -154,9 +153,11 @@ async def replica_repairs_a_ledger_line(settings: Settings, bootstrap: str) -> N
     state.ledger_applied[0] = meta.offset + 5
     replica = Replicator(state, settings, bootstrap=bootstrap)
     seen: list[Any] = []
-    replica.on_repair = seen.append
+    replica.repairer.on_repair = seen.append
     try:
-        await replica._repair(Gap("billing", 0, meta.offset, meta.offset + 1), t)
+        # the replica read offset - 1, then a fetch skipped the line at offset
+        replica.repairer.gaps.expect("billing", 0, meta.offset)
+        await replica._fold_missed(TopicPartition("billing", 0), meta.offset + 1, t)
     finally:
         await replica.stop()
     assert state.ledger.spend(7, line.day) == pytest.approx(0.4)

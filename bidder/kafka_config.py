@@ -51,6 +51,7 @@ __all__ = [
     "bootstrap_servers",
     "faust_app_kwargs",
     "faust_credentials",
+    "pace_fetches",
     "ssl_context",
 ]
 
@@ -150,8 +151,19 @@ def aiokafka_auth_kwargs(settings: Settings) -> dict[str, Any]:
     return kwargs
 
 
+def pace_fetches(settings: Settings) -> None:
+    """Pace this process's consumers against a broker that answers empty fetches at once
+    (:mod:`bidder.fetch_pacing`); called by the consumer and Faust factories below."""
+    from bidder.fetch_pacing import FetchPacing, install
+
+    install(FetchPacing(max_wait_s=settings.fetch_max_wait_ms / 1000.0,
+                        ceiling_s=settings.fetch_idle_ceiling_ms / 1000.0, ratio=settings.fetch_idle_ratio))
+
+
 def aiokafka_consumer_kwargs(settings: Settings, *, bootstrap: str | None = None) -> dict[str, Any]:
-    """kwargs for ``aiokafka.AIOKafkaConsumer``: servers, auth and the consumer timing settings."""
+    """kwargs for ``aiokafka.AIOKafkaConsumer``: servers, auth and the consumer timing settings (and
+    the process's consumers paced, :func:`pace_fetches`)."""
+    pace_fetches(settings)
     return {
         "bootstrap_servers": bootstrap_servers(settings, bootstrap=bootstrap),
         **aiokafka_auth_kwargs(settings),
@@ -207,8 +219,9 @@ def faust_app_kwargs(settings: Settings, *, bootstrap: str | None = None) -> dic
 
     Broker URLs, credentials (only when the protocol has any), session/heartbeat/commit timing,
     producer linger, topic partitions/replication and the data directory. Web and agent options
-    belong to the caller.
+    belong to the caller. The app's consumers are paced (:func:`pace_fetches`).
     """
+    pace_fetches(settings)
     kwargs: dict[str, Any] = {
         "broker": [f"kafka://{server}" for server in bootstrap_servers(settings, bootstrap=bootstrap)],
         "broker_session_timeout": settings.session_timeout_ms / 1000.0,

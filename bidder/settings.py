@@ -46,6 +46,15 @@ class Settings(BaseSettings):
     # Client timing. Faust's defaults (session 60 s, heartbeat 3 s, fetch wait 1500 ms) made every
     # group join wait 30 s and the median delivery 388 ms on the embedded broker; see README "Latency".
     fetch_max_wait_ms: int = Field(default=10, ge=1, le=5000)
+    fetch_idle_ceiling_ms: float = Field(
+        default=100.0, ge=1, description="a broker that answers empty fetches at once (noida-db) is polled at "
+                                         "most this often by an idle consumer (bidder/fetch_pacing.py)")
+    replica_fetch_floor_ms: float = Field(
+        default=20.0, ge=0, description="the replica and the catalog check, off the query path, poll a broker "
+                                        "that does not hold fetches at most this often even while busy")
+    fetch_idle_ratio: float = Field(
+        default=0.5, gt=0, le=1, description="a busy consumer polls such a broker again after this share of "
+                                             "its quiet time (bounds the delay a poll adds to a record)")
     session_timeout_ms: int = Field(default=6000, ge=1000)
     heartbeat_interval_ms: int = Field(default=1000, ge=100)
     commit_interval_s: float = Field(default=1.0, gt=0)
@@ -118,7 +127,9 @@ class Settings(BaseSettings):
                                        "fetched again for up to this long; 0 tries once (set it to 0 where "
                                        "producers use transactions: their markers leave gaps)")
     batch_max: int = Field(default=16, ge=1)
-    batch_within_s: float = Field(default=0.002, gt=0)
+    batch_within_s: float = Field(
+        default=0.0, ge=0, description="after taking the queries already waiting, wait this long once for more "
+                                       "(0: no wait; streams/batching.py)")
     web_port: int = Field(default=6066, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     data_dir: Path = Path(".bidder")

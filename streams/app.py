@@ -41,8 +41,9 @@ from bidder.calibration import CalibrationAlert, CalibrationMonitor
 from bidder.decoding import Limits, Rejection, decode
 from bidder.drift import DriftMonitor, DriftSettings
 from bidder.events import Click, Purchase, Query, to_json
-from bidder.features import Priors
+from bidder.features import Priors, QueryContext
 from bidder.kafka_config import faust_app_kwargs
+from bidder.market import DEVICES, PAGES
 from bidder.microbatch import MicroBatcher
 from bidder.pipeline import BidPipeline
 from bidder.profile import FeatureProfile
@@ -51,6 +52,7 @@ from bidder.settings import Settings
 from bidder.shadow import shadow_outcomes
 from bidder.state import BidderState
 from bidder.topics import ALL_TOPICS
+from streams.batching import batches
 from streams.catalog_check import CatalogChecker
 from streams.deadletter import dead_letter_record
 from streams.gap_repair import GapRepairer, Repair, RepairedEvent, RepairedMessage
@@ -110,10 +112,34 @@ class Runtime:
     repairer: GapRepairer | None = None
     """re-reads what a fetch skipped for the Faust group consumer (``with_skipped``)"""
     _roles: dict[tuple[str, str], str] = field(default_factory=dict)
+    warmed: bool = False
+    """start-up work done (replica recovered, catalog checked, hot path warmed): part of readiness"""
 
     def __post_init__(self) -> None:
         if self.repairer is not None:
             self.repairer.on_repair = functools.partial(self.count_repair, consumer="group")
+
+    def warm_up(self, *, rounds: int = 20) -> int:
+        """Run the hot path on synthetic queries over the catalog before the worker says it is ready:
+        the first ONNX Runtime calls allocate their arenas and the first numpy calls fault pages in, and
+        they cost the first real queries ~100 ms each (measured at the start of ``bench e2e``). Nothing
+        is sent and no state changes (the pipeline only reads); returns the queries run (0 without a
+        catalog)."""
+        cat = self.state.catalog
+        n = cat.n_listings
+        if n == 0:
+            return 0
+        rng = np.random.default_rng(0)
+        ids = cat.listing_ids[:n]
+        size = min(n, self.settings.max_candidates, 600)
+        for i in range(rounds):
+            q = Query(query_id=f"warm-up-{i}", ts=self.clock(), user_id=0,
+                      context=QueryContext(device=DEVICES[0], page=PAGES[0], hour=12, category=0), text="",
+                      listing_ids=rng.choice(ids, size=size, replace=False),
+                      relevance=rng.random(size), latency_budget_ms=None)
+            self.pipeline.process([q], score=self.batch_score if self.batcher is not None else None)
+        self.pipeline.last_scored = None
+        return rounds
 
     def swap_models(self, models: Models) -> None:
         """Serve ``models`` from the next batch on (called on the event loop, between batches)."""
@@ -182,6 +208,7 @@ class Runtime:
             "models": all(p == want for p in providers.values()),
             "broker": self.replica.seconds_since_round() < 10.0,
             "recovered": self.replica.ready.is_set(),
+            "warmed": self.warmed,
         }
         return all(checks.values()), {**checks, "providers": providers, "model_versions": self.models.versions,
                                       "replica_lag": self.replica.lag()}
@@ -607,6 +634,12 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
     replica.repairer.on_repair = functools.partial(rt.count_repair, consumer="replica")
 
     checker = CatalogChecker(settings, bootstrap=bootstrap, check=rt.handle_catalog)
+
+    async def warm_producer() -> None:
+        """Fetch the output topics' metadata now: the first send to a topic waits for it otherwise."""
+        producer: Any = app.producer._ensure_producer()  # type: ignore[attr-defined]  # the aiokafka producer Faust wraps
+        for topic in ("auctions", "labels", "billing", "dead-letters", "drift-alerts", "calibration-alerts"):
+            await producer.partitions_for(topic)
     watcher = ModelWatcher(rt, settings)
 
     @app.service
@@ -616,7 +649,11 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
         async def on_start(self) -> None:
             await replica.start()
             await checker.start()
+            await checker.wait_caught_up()
             await watcher.start()
+            log.info("warm-up: %d synthetic queries through the hot path", rt.warm_up())
+            await warm_producer()
+            rt.warmed = True
             # the recovered state is long-lived: keep the cyclic GC from walking it on the hot path
             gc.freeze()
 
@@ -767,7 +804,7 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
     def batch_agent(topic: str, size: int, within: float,
                     handler: Callable[[Sequence[Any]], Awaitable[None]]) -> None:
         async def agent(stream: Any) -> None:
-            async for events in stream.take_events(size, within=within):
+            async for events in batches(stream, size, within_s=within):
                 await ready()
                 try:
                     await handler(await rt.with_skipped(events))
@@ -791,7 +828,7 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
         app.agent(topics[topic], name=f"bidder.{topic}", concurrency=1)(agent)
 
     batch_agent("queries", settings.batch_max, settings.batch_within_s, rt.handle_queries)
-    batch_agent("clicks", 200, 0.005, rt.handle_clicks)
+    batch_agent("clicks", 200, 0.0, rt.handle_clicks)
     event_agent("purchases", rt.handle_purchase)
 
     return app, rt

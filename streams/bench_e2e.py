@@ -4,7 +4,13 @@ For each offered rate: queries are produced at fixed times (open loop), a worker
 time from produce to the outcome being consumed is measured (``e2e``). In the same run, an echo agent
 with the bidder's exact client settings moves same-sized messages through Kafka and back (``echo``):
 the floor the Kafka path sets. ``model`` is the in-worker pipeline time from each outcome.
-``--sweep`` repeats at rising rates and reports the highest whose e2e p99 stays <= 50 ms.
+``--sweep`` repeats at rising rates and reports the highest whose e2e p99 stays <= 50 ms with nothing lost.
+
+Each rate also reports where every query went, read from the topics (``accounting``: answered,
+dead-lettered, still in flight behind the worker group's committed offsets, lost) and the CPU each
+process spent per answered query over the traffic window (``cpu_ms_per_query``: worker, broker, and
+the driver, this process). ``kernel`` is ``bidder bench kernel`` of the worker's family, run in the same
+invocation before any traffic: ``kernel_qps`` = 1000 / pipeline p50 is what one core does in-process.
 """
 
 from __future__ import annotations
@@ -20,11 +26,14 @@ from typing import Any
 
 import numpy as np
 
+from bidder.bench_kernel import run_bench as run_kernel_bench
 from bidder.events import encode
 from bidder.market import World, WorldConfig
 from bidder.producer import EventProducer
 from bidder.settings import Settings
 from bidder.simulator import Simulator
+from streams.accounting import account_queries, topic_marks
+from streams.cpu_meter import CpuMeter, listener_pid
 from streams.echo import ECHO_IN, ECHO_OUT
 from streams.process import WorkerProcess
 from streams.simulate import run_simulation, tail_consumer
@@ -106,10 +115,23 @@ async def _echo(settings: Settings, bootstrap: str, *, rate: float, seconds: flo
 
 
 async def _bidder(settings: Settings, bootstrap: str, *, rate: float, seconds: float, first: bool,
-                  after_catalog: Any) -> dict[str, Any]:
+                  start_worker: Any, worker_pid: Any) -> dict[str, Any]:
+    marks = await topic_marks(settings, bootstrap)
+    meter: dict[str, CpuMeter] = {}
+
+    async def traffic_starts() -> None:
+        if first:
+            await start_worker()
+        port = int(bootstrap.rsplit(":", 1)[1]) if bootstrap.startswith(("127.0.0.1:", "localhost:")) else None
+        meter["m"] = CpuMeter({"worker": worker_pid(), "broker": listener_pid(port) if port else None,
+                               "driver": os.getpid()}).start()
+
     r = await run_simulation(settings, bootstrap=bootstrap, rate=rate, duration_s=seconds, seed=7,
-                             send_catalog=first, after_catalog=after_catalog if first else None, drain_s=10.0)
+                             send_catalog=first, after_catalog=traffic_starts, drain_s=10.0)
+    cpu = meter["m"]
+    cpu.stop()
     sent = r.sent.get("queries", 0)
+    acct = await account_queries(settings, bootstrap, marks=marks, sent=sent, group=settings.app_id)
     return {
         "e2e": percentiles(r.latencies_ms),
         "model": percentiles(r.pipeline_ms),
@@ -117,6 +139,11 @@ async def _bidder(settings: Settings, bootstrap: str, *, rate: float, seconds: f
         "rate_achieved": round(len(r.latencies_ms) / max(r.elapsed_s, 1e-9), 1),
         "sent": sent,
         "received": len(r.latencies_ms),
+        "first_10s": percentiles(r.window(0.0, 10.0)),
+        "last_10s": percentiles(r.window(seconds - 10.0, seconds)),
+        "accounting": acct.as_dict(),
+        "cpu_ms_per_query": cpu.ms_per(acct.answered),
+        "cpu_share_of_core": cpu.share_of_core(),
     }
 
 
@@ -125,6 +152,12 @@ def run_bench(settings: Settings, *, bootstrap: str, rates: list[float], seconds
               progress: Any = None) -> dict[str, Any]:
     """Echo floor, then the bidder at each rate; one dict per rate plus the summary."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="bidder-bench-"))
+    if progress:
+        progress(f"kernel ({settings.model_family}, in-process, one core)")
+    kernel = run_kernel_bench(family=settings.model_family, iterations=1000, warmup=100,
+                              intra_op_threads=settings.intra_op_threads,
+                              inter_op_threads=settings.inter_op_threads)
+    kernel_qps = round(1000.0 / kernel["pipeline"]["p50_ms"], 1)
     env = {**os.environ, "BIDDER_KAFKA_BOOTSTRAP": bootstrap}
     asyncio.run(_ensure_echo_topics(settings, bootstrap))
     world = World.generate(WorldConfig(), seed=7)
@@ -152,12 +185,14 @@ def run_bench(settings: Settings, *, bootstrap: str, rates: list[float], seconds
             if progress:
                 progress(f"bidder at {rate:g} q/s")
             runs.append(asyncio.run(_bidder(settings, bootstrap, rate=rate, seconds=seconds, first=i == 0,
-                                            after_catalog=start_worker)))
+                                            start_worker=start_worker,
+                                            worker_pid=lambda: workers[0].process.pid)))
     finally:
         for w in workers:
             w.stop()
     ok = [r["rate_offered"] for r in runs if r["e2e"]["p99_ms"] is not None
-          and r["e2e"]["p99_ms"] <= P99_LIMIT_MS and r["received"] >= 0.99 * r["sent"]]
+          and r["e2e"]["p99_ms"] <= P99_LIMIT_MS and r["accounting"]["lost"] == 0
+          and r["accounting"]["in_flight"] == 0 and r["received"] >= 0.99 * r["sent"]]
     head = runs[0]
     e2e_p99, model_p99, echo_p99 = head["e2e"]["p99_ms"], head["model"]["p99_ms"], echo["p99_ms"]
     return {
@@ -165,6 +200,9 @@ def run_bench(settings: Settings, *, bootstrap: str, rates: list[float], seconds
         "echo": echo,
         "runs": runs,
         "max_rate_p99_le_50ms": max(ok) if ok else None,
+        "kernel": {"family": kernel["family"], "pipeline_p50_ms": kernel["pipeline"]["p50_ms"],
+                   "pipeline_p99_ms": kernel["pipeline"]["p99_ms"], "bare_p50_ms": kernel["bare"]["p50_ms"]},
+        "kernel_qps": kernel_qps,
         "overhead_vs_echo": (None if None in (e2e_p99, model_p99, echo_p99)
                              else round((e2e_p99 - model_p99) / echo_p99, 3)),
         "load_average": list(os.getloadavg()),

@@ -1,6 +1,6 @@
 """An echo agent with the bidder's exact client settings: the floor the Kafka path puts under latency.
 
-``bench-echo-in`` -> take(batch_max, within) -> ``bench-echo-out``, same Faust app options, same fetch
+``bench-echo-in`` -> batches(batch_max, within) -> ``bench-echo-out``, same Faust app options, same fetch
 wait, same producer settings as the bidder's ``bid`` agent, and no work in between.
 Run as ``python -m streams.echo`` with ``BIDDER_KAFKA_BOOTSTRAP`` set.
 """
@@ -15,6 +15,7 @@ import faust
 from bidder.kafka_config import faust_app_kwargs
 from bidder.settings import Settings
 from streams.app import use_fetch_max_wait
+from streams.batching import batches
 
 __all__ = ["ECHO_IN", "ECHO_OUT", "build_echo_app"]
 
@@ -32,7 +33,7 @@ def build_echo_app(settings: Settings, *, bootstrap: str | None) -> faust.App:
     dst = app.topic(ECHO_OUT, value_serializer="raw", key_serializer="raw")
 
     async def echo(stream: Any) -> None:
-        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+        async for events in batches(stream, settings.batch_max, within_s=settings.batch_within_s):
             futs = [await dst.send(key=ev.message.key, value=ev.message.value, force=True) for ev in events]
             await asyncio.gather(*futs)
 

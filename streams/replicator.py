@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from bidder.fetch_pacing import pace_consumer
 from bidder.kafka_config import aiokafka_consumer_kwargs
 from bidder.settings import Settings
 from bidder.state import REPLICATED_TOPICS, BidderState
@@ -85,6 +86,7 @@ class Replicator:
         consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
                                     max_partition_fetch_bytes=4 * 1024 * 1024, **kwargs)
         await consumer.start()
+        pace_consumer(consumer, floor_s=self._settings.replica_fetch_floor_ms / 1000.0)
         parts: list[TopicPartition] = []
         for topic in self._topics:
             for _ in range(50):  # metadata for a just-created topic may take a moment

@@ -35,6 +35,8 @@ class SimulationReport:
     sent: dict[str, int] = field(default_factory=dict)
     outcomes: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    sent_at_s: list[float] = field(default_factory=list)
+    """for each latency, when its query was sent (seconds after traffic started)"""
     pipeline_ms: list[float] = field(default_factory=list)
     """in-worker pipeline time of each outcome (``timings_ms.total``)"""
     send_errors: int = 0
@@ -43,6 +45,10 @@ class SimulationReport:
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+    def window(self, start_s: float, end_s: float) -> list[float]:
+        """Latencies of the queries sent between ``start_s`` and ``end_s`` after traffic started."""
+        return [lat for lat, at in zip(self.latencies_ms, self.sent_at_s, strict=True) if start_s <= at < end_s]
 
 
 def malformed_query(query: Any, i: int) -> tuple[str, bytes]:
@@ -102,6 +108,7 @@ async def run_simulation(
                     n_candidates=n_candidates, purchase_delay_mean_s=purchase_delay_mean_s)
     report = SimulationReport(simulator=sim)
     sent_at: dict[str, float] = {}
+    t_traffic = {"t0": 0.0}
     producer = EventProducer(settings, bootstrap=bootstrap)
     await producer.start()
     consumer = await tail_consumer(settings, bootstrap, ["auctions"])
@@ -121,6 +128,7 @@ async def run_simulation(
                     if t_sent is None:
                         continue
                     report.latencies_ms.append((time.perf_counter() - t_sent) * 1000.0)
+                    report.sent_at_s.append(t_sent - t_traffic["t0"])
                     report.pipeline_ms.append(float(outcome.get("timings_ms", {}).get("total", 0.0)))
                     report.outcomes += 1
                     for click in sim.answer(outcome, now=now):
@@ -138,7 +146,7 @@ async def run_simulation(
         if after_catalog is not None:
             await after_catalog()
         answering = asyncio.create_task(answer_outcomes())
-        t0 = time.perf_counter()
+        t0 = t_traffic["t0"] = time.perf_counter()
         n = int(rate * duration_s)
         next_tick = t0
         for i in range(n):

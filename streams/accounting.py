@@ -1,0 +1,129 @@
+"""Where every query of a run went, read from the topics: answered, dead-lettered, in flight or lost.
+
+A run that reports only what its driver saw cannot tell a slow worker from a lost record. This reads,
+after the run, from offsets taken before it started:
+
+* ``answered``: distinct query ids on ``auctions`` (whether or not the driver saw them in time);
+* ``dead_lettered``: records on ``dead-letters`` whose source is ``queries``;
+* ``backlog``: records on ``queries`` past the worker group's committed offsets (not yet taken);
+* ``in_flight`` = the unanswered queries the backlog explains; ``lost`` = the rest (must be 0).
+
+The committed offset lags what the agents have already answered by up to one commit interval, so the
+backlog may count answered queries too; ``in_flight`` never counts more than are unanswered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from bidder.kafka_config import aiokafka_admin_kwargs
+from bidder.settings import Settings
+from streams.simulate import tail_consumer
+
+__all__ = ["QueryAccount", "TopicMarks", "account_queries", "group_backlog", "topic_marks"]
+
+_TOPICS = ("queries", "auctions", "dead-letters")
+
+
+@dataclass(frozen=True)
+class TopicMarks:
+    """End offsets of ``queries``, ``auctions`` and ``dead-letters`` before a run."""
+
+    ends: dict[TopicPartition, int]
+
+
+@dataclass(frozen=True)
+class QueryAccount:
+    """Where the ``sent`` queries of a run went."""
+
+    sent: int
+    answered: int
+    dead_lettered: int
+    in_flight: int
+    lost: int
+    backlog: int
+    """records on ``queries`` past the group's committed offsets at the end"""
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+async def _ends(consumer: AIOKafkaConsumer, topics: tuple[str, ...]) -> dict[TopicPartition, int]:
+    tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+    return {tp: int(o) for tp, o in (await consumer.end_offsets(tps)).items()}
+
+
+async def topic_marks(settings: Settings, bootstrap: str) -> TopicMarks:
+    consumer = await tail_consumer(settings, bootstrap, list(_TOPICS))
+    try:
+        return TopicMarks(await _ends(consumer, _TOPICS))
+    finally:
+        await consumer.stop()
+
+
+async def group_backlog(settings: Settings, bootstrap: str, *, group: str, topic: str) -> int:
+    """Records on ``topic`` past ``group``'s committed offsets (all of a partition it never committed)."""
+    admin = AIOKafkaAdminClient(**aiokafka_admin_kwargs(settings, bootstrap=bootstrap))
+    await admin.start()
+    consumer = await tail_consumer(settings, bootstrap, [topic])
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+        ends = await _ends(consumer, (topic,))
+        return sum(max(end - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0), 0)
+                   for tp, end in ends.items())
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+async def _read_between(consumer: AIOKafkaConsumer, start: dict[TopicPartition, int],
+                        end: dict[TopicPartition, int], *, timeout_s: float = 30.0) -> list[Any]:
+    """Every record of ``start``'s partitions from its start offset up to ``end`` (exclusive)."""
+    consumer.assign(list(start))
+    for tp, off in start.items():
+        consumer.seek(tp, off)
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for tp, records in (await consumer.getmany(timeout_ms=200, max_records=5000)).items():
+            out.extend(r for r in records if r.offset < end.get(tp, 0))
+        positions = [(await consumer.position(tp), end.get(tp, 0)) for tp in start]
+        if all(pos >= e for pos, e in positions):
+            break
+    return out
+
+
+async def account_queries(settings: Settings, bootstrap: str, *, marks: TopicMarks, sent: int,
+                          group: str) -> QueryAccount:
+    """Account for the ``sent`` queries produced after ``marks`` were taken."""
+    consumer = await tail_consumer(settings, bootstrap, ["auctions", "dead-letters"])
+    try:
+        ends = await _ends(consumer, ("auctions", "dead-letters"))
+        start = {tp: off for tp, off in marks.ends.items() if tp.topic in ("auctions", "dead-letters")}
+        records = await _read_between(consumer, start, ends)
+    finally:
+        await consumer.stop()
+    answered: set[str] = set()
+    dead = 0
+    for r in records:
+        if r.topic == "auctions":
+            answered.add(str(orjson.loads(r.value)["query_id"]))
+        elif r.key == b"queries":
+            dead += 1
+    backlog = await group_backlog(settings, bootstrap, group=group, topic="queries")
+    unanswered = max(sent - len(answered) - dead, 0)
+    in_flight = min(unanswered, backlog)
+    return QueryAccount(sent=sent, answered=len(answered), dead_lettered=dead, in_flight=in_flight,
+                        lost=unanswered - in_flight, backlog=backlog)
+
+
+def account(settings: Settings, bootstrap: str, *, marks: TopicMarks, sent: int, group: str) -> QueryAccount:
+    """:func:`account_queries` from synchronous code."""
+    return asyncio.run(account_queries(settings, bootstrap, marks=marks, sent=sent, group=group))

@@ -1,0 +1,71 @@
+"""CPU time of named processes over a measured window (psutil): CPU per query, idle cost.
+
+A latency figure alone hides a process that spins: on a 2-core machine the broker, the traffic driver
+and the worker share the cores, so a benchmark reports each one's CPU seconds over the window, divided
+by what it served (``bidder bench e2e``'s ``cpu_ms_per_query``, ``bidder bench idle``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import psutil
+
+__all__ = ["CpuMeter", "listener_pid"]
+
+
+def listener_pid(port: int) -> int | None:
+    """The process listening on TCP ``port`` on this machine (the embedded broker), or None."""
+    with contextlib.suppress(psutil.AccessDenied):
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                return int(conn.pid)
+    return None
+
+
+def _cpu_s(proc: psutil.Process) -> float | None:
+    try:
+        t = proc.cpu_times()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    return float(t.user + t.system)
+
+
+class CpuMeter:
+    """CPU seconds (user + system, all threads) each process used between :meth:`start` and :meth:`stop`.
+
+    ``pids`` maps a name to a process id (None: not measured, e.g. a broker on another machine).
+    """
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self._procs = {name: psutil.Process(pid)
+                       for name, pid in pids.items() if pid is not None}
+        self._names = list(pids)
+        self._start: dict[str, float | None] = {}
+        self._t0 = 0.0
+        self.wall_s = 0.0
+        self.seconds: dict[str, float | None] = {}
+
+    def start(self) -> CpuMeter:
+        self._start = {name: _cpu_s(p) for name, p in self._procs.items()}
+        self._t0 = time.monotonic()
+        return self
+
+    def stop(self) -> dict[str, float | None]:
+        """CPU seconds per name over the window (None where unmeasured or the process is gone)."""
+        self.wall_s = time.monotonic() - self._t0
+        out: dict[str, float | None] = dict.fromkeys(self._names)
+        for name, p in self._procs.items():
+            end, begin = _cpu_s(p), self._start.get(name)
+            out[name] = None if end is None or begin is None else end - begin
+        self.seconds = out
+        return out
+
+    def share_of_core(self) -> dict[str, float | None]:
+        """CPU seconds / wall seconds per name (1.0 = one core busy)."""
+        return {k: None if v is None else round(v / max(self.wall_s, 1e-9), 4) for k, v in self.seconds.items()}
+
+    def ms_per(self, n: int) -> dict[str, float | None]:
+        """CPU milliseconds per unit of work (e.g. per answered query)."""
+        return {k: None if v is None or n <= 0 else round(v * 1000.0 / n, 3) for k, v in self.seconds.items()}

@@ -23,7 +23,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ClickIndex", "ClickRef", "impression_id", "label_update", "provisional_labels"]
+__all__ = ["IMPRESSIONS_PREFIX", "ClickIndex", "ClickRef", "impression_id", "label_update", "provisional_labels"]
 
 
 def impression_id(query_id: str, slot: int) -> str:
@@ -65,6 +65,11 @@ class ClickIndex:
             if ref.ts <= ts and ts - ref.ts <= self.window_s:
                 best = ref
         return best
+
+
+IMPRESSIONS_PREFIX = b'{"v":1,"type":"impressions"'
+"""how ``orjson.dumps(provisional_labels(...))`` starts (key order is insertion order): readers that need
+only label updates skip the large impression records unparsed"""
 
 
 def provisional_labels(outcome: dict[str, Any]) -> dict[str, Any]:

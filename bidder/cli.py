@@ -191,6 +191,8 @@ def demo(settings: Settings, seconds: float, rate: float, seed: int, as_json: bo
     else:
         console.print(summary_table(summary))
     if not summary.ok:
+        for reason in summary.numbers.get("failed_checks", []):
+            click.echo(f"demo failed: {reason}", err=True)
         raise SystemExit(1)
 
 

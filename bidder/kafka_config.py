@@ -156,7 +156,7 @@ def pace_fetches(settings: Settings) -> None:
     (:mod:`bidder.fetch_pacing`); called by the consumer and Faust factories below."""
     from bidder.fetch_pacing import FetchPacing, install
 
-    install(FetchPacing(max_wait_s=settings.fetch_max_wait_ms / 1000.0,
+    install(FetchPacing(max_wait_s=settings.fetch_max_wait_ms / 1000.0, floor_s=settings.fetch_floor_ms / 1000.0,
                         ceiling_s=settings.fetch_idle_ceiling_ms / 1000.0, ratio=settings.fetch_idle_ratio))
 
 

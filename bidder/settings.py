@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     fetch_idle_ceiling_ms: float = Field(
         default=100.0, ge=1, description="a broker that answers empty fetches at once (noida-db) is polled at "
                                          "most this often by an idle consumer (bidder/fetch_pacing.py)")
+    fetch_floor_ms: float = Field(
+        default=1.0, ge=0, description="a busy consumer polls a broker that does not hold fetches at most this often "
+                                       "(bidder/fetch_pacing.py)")
     replica_fetch_floor_ms: float = Field(
         default=20.0, ge=0, description="the replica and the catalog check, off the query path, poll a broker "
                                         "that does not hold fetches at most this often even while busy")

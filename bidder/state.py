@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from bidder.attribution import ClickIndex
+from bidder.attribution import IMPRESSIONS_PREFIX, ClickIndex
 from bidder.auction_log import AuctionLog
 from bidder.billing import Ledger, LedgerEntry
 from bidder.catalog import Catalog
@@ -32,8 +32,6 @@ from bidder.rolling import RollingStats
 __all__ = ["REPLICATED_TOPICS", "BidderState"]
 
 REPLICATED_TOPICS: tuple[str, ...] = ("listings", "shops", "auctions", "billing", "labels", "clicks")
-_IMPRESSIONS_PREFIX = b'{"v":1,"type":"impressions"'
-"""how ``orjson.dumps(provisional_labels(...))`` starts (key order is insertion order)"""
 
 
 class BidderState:
@@ -81,7 +79,7 @@ class BidderState:
                     self.ledger_applied[partition] = max(mark, offset + 1)
             elif topic == "clicks":
                 self._apply_click(orjson.loads(value or b"null"))
-            elif topic == "labels" and value is not None and not value.startswith(_IMPRESSIONS_PREFIX):
+            elif topic == "labels" and value is not None and not value.startswith(IMPRESSIONS_PREFIX):
                 # only conversions matter here; the large impression records are skipped unparsed
                 self._apply_label(orjson.loads(value))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, OverflowError):

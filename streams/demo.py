@@ -6,6 +6,9 @@ The summary's checks, all read from the topics:
 * clicks sent (resends included) = ledger lines (charged + unbilled + duplicate) + clicks dead-lettered
 * no click id is charged twice; every shop's charges <= its daily budget
 * purchases sent = conversions attributed + purchases dead-lettered
+* kept up: the queries sent in the last 10 s of traffic were answered about as fast as those of the
+  first 10 s (p50 at most 1.5x + 10 ms): a worker that falls behind builds a backlog, and its latency
+  grows through the run. A failed check is named in one line (``failed_checks``) and exits 1.
 """
 
 from __future__ import annotations
@@ -42,7 +45,36 @@ class DemoSummary:
         return all(self.checks.values())
 
 
-def summarize(report: SimulationReport, tally: OutputTally, budgets: dict[int, float]) -> DemoSummary:
+KEPT_UP_RATIO = 1.5
+KEPT_UP_SLACK_MS = 10.0
+
+
+def _p(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    return round(v[min(len(v) - 1, int(len(v) * q))], 2)
+
+
+def kept_up(first_10s: list[float], last_10s: list[float]) -> tuple[bool, str]:
+    """Whether the last 10 s of traffic were answered about as fast as the first 10 s, and why not.
+
+    >>> kept_up([10.0] * 50, [12.0] * 50)
+    (True, '')
+    >>> kept_up([10.0] * 50, [900.0] * 50)[1]
+    'fell behind: latency p50 of the last 10 s 900.0 ms > 1.5 x 10.0 ms of the first 10 s + 10 ms'
+    """
+    first, last = _p(first_10s, 0.5), _p(last_10s, 0.5)
+    if first is None or last is None:
+        return False, "fell behind: no query of the first or last 10 s was answered"
+    if last > KEPT_UP_RATIO * first + KEPT_UP_SLACK_MS:
+        return False, (f"fell behind: latency p50 of the last 10 s {last} ms > {KEPT_UP_RATIO} x {first} ms "
+                       f"of the first 10 s + {KEPT_UP_SLACK_MS:.0f} ms")
+    return True, ""
+
+
+def summarize(report: SimulationReport, tally: OutputTally, budgets: dict[int, float],
+              seconds: float | None = None) -> DemoSummary:
     sent = report.sent
     invalid_queries = sum(v for k, v in sent.items() if k.startswith("invalid_queries"))
     queries_sent = sent.get("queries", 0) + invalid_queries
@@ -51,6 +83,9 @@ def summarize(report: SimulationReport, tally: OutputTally, budgets: dict[int, f
                  if c > budgets.get(s, 0.0) + 1e-6}
     lat = sorted(report.latencies_ms)
     impressions = max(tally.impressions, 1)
+    span = seconds if seconds is not None else max(report.sent_at_s, default=0.0)
+    first_10s, last_10s = report.window(0.0, 10.0), report.window(span - 10.0, span)
+    up, behind = kept_up(first_10s, last_10s)
     n: dict[str, Any] = {
         "queries_sent": queries_sent,
         "queries_invalid_sent": invalid_queries,
@@ -76,6 +111,10 @@ def summarize(report: SimulationReport, tally: OutputTally, budgets: dict[int, f
         "latency_p50_ms": round(lat[len(lat) // 2], 2) if lat else None,
         "latency_p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 2) if lat else None,
         "rate_achieved_qps": round(len(lat) / max(report.elapsed_s, 1e-9), 1),
+        "latency_first_10s_p50_ms": _p(first_10s, 0.5),
+        "latency_first_10s_p99_ms": _p(first_10s, 0.99),
+        "latency_last_10s_p50_ms": _p(last_10s, 0.5),
+        "latency_last_10s_p99_ms": _p(last_10s, 0.99),
         "dead_letters": {f"{t}:{r}": c for (t, r), c in sorted(tally.dead_letters.items())},
         "model_versions": dict(tally.model_versions),
         "drift_alerts_open": sorted(k for k, v in tally.drift_alerts.items() if v > 0),
@@ -91,7 +130,22 @@ def summarize(report: SimulationReport, tally: OutputTally, budgets: dict[int, f
         "within_budgets": not overspend,
         "purchases_reconcile": n["purchases_sent"] == n["conversions"] + n["purchases_dead_lettered"],
         "no_send_errors": report.send_errors == 0,
+        "kept_up": up,
     }
+    reasons = {
+        "queries_reconcile": f"queries: {queries_sent} sent != {n['outcomes']} outcomes + "
+                             f"{n['queries_dead_lettered']} dead-lettered",
+        "clicks_reconcile": f"clicks: {clicks_sent} sent != {n['clicks_charged']} charged + {n['clicks_unbilled']} "
+                            f"unbilled + {n['clicks_duplicate_ignored']} duplicates + {n['clicks_dead_lettered']} "
+                            "dead-lettered",
+        "no_double_charge": f"{n['clicks_double_entries']} clicks charged twice",
+        "within_budgets": f"{len(overspend)} shops over budget",
+        "purchases_reconcile": f"purchases: {n['purchases_sent']} sent != {n['conversions']} conversions + "
+                               f"{n['purchases_dead_lettered']} dead-lettered",
+        "no_send_errors": f"{report.send_errors} sends failed",
+        "kept_up": behind,
+    }
+    n["failed_checks"] = [reasons[k] for k, ok in checks.items() if not ok]
     return DemoSummary(numbers=n, checks=checks)
 
 
@@ -181,7 +235,7 @@ async def _run(settings: Settings, *, bootstrap: str, seconds: float, rate: floa
     assert report.simulator is not None
     wd = report.simulator.world
     budgets = {int(s): float(b) for s, b in zip(wd.shop_ids, wd.shop_budget, strict=True)}
-    return summarize(report, monitor.tally, budgets)
+    return summarize(report, monitor.tally, budgets, seconds)
 
 
 def run_demo(settings: Settings, *, bootstrap: str, seconds: float, rate: float, seed: int = 7,

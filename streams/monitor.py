@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from bidder.attribution import IMPRESSIONS_PREFIX
 from bidder.settings import Settings
 from streams.gap_repair import GapRepairer
 from streams.simulate import tail_consumer
@@ -52,6 +53,9 @@ class OutputTally:
     def add(self, topic: str, value: bytes) -> None:
         self.records += 1
         self.last_record_at = time.monotonic()
+        if topic == "labels" and value.startswith(IMPRESSIONS_PREFIX):
+            self.label_records += 1  # only conversions are added up from labels: skip the large record unparsed
+            return
         rec: dict[str, Any] = orjson.loads(value)
         if topic == "auctions":
             qid = str(rec["query_id"])

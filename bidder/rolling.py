@@ -31,8 +31,6 @@ I64 = npt.NDArray[np.int64]
 Counter = Literal["impressions", "clicks", "conversions", "spend"]
 COUNTERS: tuple[Counter, ...] = ("impressions", "clicks", "conversions", "spend")
 NEVER = -np.inf
-_UPDATED, _LAST_IMPRESSION, _LAST_CLICK = len(COUNTERS), len(COUNTERS) + 1, len(COUNTERS) + 2
-_WIDTH = len(COUNTERS) + 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,53 +51,30 @@ class RollingStats:
 
     def __init__(self, *, half_life_s: float, capacity: int = 1024) -> None:
         self.half_life_s = half_life_s
-        self._table = self._empty(capacity)
-
-    @staticmethod
-    def _empty(capacity: int) -> F64:
-        table = np.zeros((capacity, _WIDTH), np.float64)
-        table[:, _UPDATED:] = NEVER
-        return table
-
-    # one row per listing, its seven numbers side by side: a query's 600 candidates are 600 random rows,
-    # and reading them from one row-major table touches ~2 cache lines each where seven separate arrays
-    # touched seven (the hot path reads them right after an ONNX call has evicted the caches)
-    @property
-    def _values(self) -> F64:
-        """the four counters, ``(4, capacity)`` (a view)"""
-        v: F64 = self._table[:, :_UPDATED].T
-        return v
-
-    @property
-    def _updated_at(self) -> F64:
-        v: F64 = self._table[:, _UPDATED]
-        return v
-
-    @property
-    def _last_impression_at(self) -> F64:
-        v: F64 = self._table[:, _LAST_IMPRESSION]
-        return v
-
-    @property
-    def _last_click_at(self) -> F64:
-        v: F64 = self._table[:, _LAST_CLICK]
-        return v
+        self._values = np.zeros((len(COUNTERS), capacity), np.float64)
+        self._updated_at = np.full(capacity, NEVER, np.float64)
+        self._last_impression_at = np.full(capacity, NEVER, np.float64)
+        self._last_click_at = np.full(capacity, NEVER, np.float64)
 
     @property
     def capacity(self) -> int:
-        return int(self._table.shape[0])
+        return int(self._values.shape[1])
 
     def _ensure(self, max_row: int) -> None:
         if max_row < self.capacity:
             return
         size = max(2 * self.capacity, max_row + 1)
-        table = self._empty(size)
-        table[: self.capacity] = self._table
-        self._table = table
+        values = np.zeros((len(COUNTERS), size), np.float64)
+        values[:, : self.capacity] = self._values
+        self._values = values
+        for name in ("_updated_at", "_last_impression_at", "_last_click_at"):
+            old = getattr(self, name)
+            new = np.full(size, NEVER, np.float64)
+            new[: len(old)] = old
+            setattr(self, name, new)
 
-    def _decay(self, rows: I64, now: F64 | float, updated_at: F64 | None = None) -> F64:
-        last = self._updated_at[rows] if updated_at is None else updated_at
-        dt = np.maximum(np.asarray(now, np.float64) - last, 0.0)
+    def _decay(self, rows: I64, now: F64 | float) -> F64:
+        dt = np.maximum(np.asarray(now, np.float64) - self._updated_at[rows], 0.0)
         factor: F64 = np.where(np.isfinite(dt), np.exp2(-dt / self.half_life_s), 0.0)
         return factor
 
@@ -116,32 +91,30 @@ class RollingStats:
         uniq, inv = np.unique(rows, return_inverse=True)
         t_max = np.full(len(uniq), NEVER)
         np.maximum.at(t_max, inv, t)
-        table = self._table
-        t_row = np.maximum(table[uniq, _UPDATED], t_max)
-        table[uniq, :_UPDATED] *= self._decay(uniq, t_row)[:, None]
-        table[uniq, _UPDATED] = t_row
+        t_row = np.maximum(self._updated_at[uniq], t_max)
+        self._values[:, uniq] *= self._decay(uniq, t_row)
+        self._updated_at[uniq] = t_row
         # an amount that happened before the row's time is decayed by how late it is
         late = np.exp2(-(t_row[inv] - t) / self.half_life_s)
-        np.add.at(table[:, COUNTERS.index(kind)], rows, np.asarray(amount, np.float64) * late)
+        np.add.at(self._values[COUNTERS.index(kind)], rows, np.asarray(amount, np.float64) * late)
         if kind == "impressions":
-            np.maximum.at(table[:, _LAST_IMPRESSION], rows, t)
+            np.maximum.at(self._last_impression_at, rows, t)
         elif kind == "clicks":
-            np.maximum.at(table[:, _LAST_CLICK], rows, t)
+            np.maximum.at(self._last_click_at, rows, t)
 
     def view(self, rows: I64, *, now: float) -> StatsView:
         """Counters of ``rows`` decayed to ``now`` (rows beyond capacity read as never seen)."""
         rows = np.asarray(rows, np.int64)
         self._ensure(int(rows.max()) if len(rows) else 0)
-        r = self._table[rows]  # one gather of every candidate's row
-        f = self._decay(rows, now, r[:, _UPDATED])
-        v = r[:, :_UPDATED].T * f
+        f = self._decay(rows, now)
+        v = self._values[:, rows] * f
         return StatsView(
             impressions=v[0],
             clicks=v[1],
             conversions=v[2],
             spend=v[3],
-            last_impression_at=r[:, _LAST_IMPRESSION],
-            last_click_at=r[:, _LAST_CLICK],
+            last_impression_at=self._last_impression_at[rows],
+            last_click_at=self._last_click_at[rows],
         )
 
     def snapshot(self) -> dict[str, list[float]]:
@@ -156,9 +129,8 @@ class RollingStats:
     @classmethod
     def from_snapshot(cls, snap: dict[str, list[float]], *, half_life_s: float) -> RollingStats:
         out = cls(half_life_s=half_life_s, capacity=len(snap["updated_at"]))
-        table = out._table
-        table[:, :_UPDATED] = np.asarray(snap["values"], np.float64).reshape(len(COUNTERS), -1).T
-        table[:, _UPDATED] = np.asarray(snap["updated_at"], np.float64)
-        table[:, _LAST_IMPRESSION] = np.asarray(snap["last_impression_at"], np.float64)
-        table[:, _LAST_CLICK] = np.asarray(snap["last_click_at"], np.float64)
+        out._values = np.asarray(snap["values"], np.float64).reshape(len(COUNTERS), -1)
+        out._updated_at = np.asarray(snap["updated_at"], np.float64)
+        out._last_impression_at = np.asarray(snap["last_impression_at"], np.float64)
+        out._last_click_at = np.asarray(snap["last_click_at"], np.float64)
         return out

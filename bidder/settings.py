@@ -50,7 +50,7 @@ class Settings(BaseSettings):
         default=100.0, ge=1, description="a broker that answers empty fetches at once (noida-db) is polled at "
                                          "most this often by an idle consumer (bidder/fetch_pacing.py)")
     fetch_floor_ms: float = Field(
-        default=1.0, ge=0, description="a busy consumer polls a broker that does not hold fetches at most this often "
+        default=4.0, ge=0, description="a busy consumer polls a broker that does not hold fetches at most this often "
                                        "(bidder/fetch_pacing.py)")
     replica_fetch_floor_ms: float = Field(
         default=20.0, ge=0, description="the replica and the catalog check, off the query path, poll a broker "

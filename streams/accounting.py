@@ -15,6 +15,7 @@ backlog may count answered queries too; ``in_flight`` never counts more than are
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -101,8 +102,9 @@ async def _read_between(consumer: AIOKafkaConsumer, start: dict[TopicPartition, 
 
 
 async def account_queries(settings: Settings, bootstrap: str, *, marks: TopicMarks, sent: int,
-                          group: str) -> QueryAccount:
-    """Account for the ``sent`` queries produced after ``marks`` were taken."""
+                          group: str, ids: set[str] | None = None) -> QueryAccount:
+    """Account for the ``sent`` queries produced after ``marks`` were taken (only those in ``ids``,
+    when given: other producers may share the topics)."""
     consumer = await tail_consumer(settings, bootstrap, ["auctions", "dead-letters"])
     try:
         ends = await _ends(consumer, ("auctions", "dead-letters"))
@@ -114,14 +116,25 @@ async def account_queries(settings: Settings, bootstrap: str, *, marks: TopicMar
     dead = 0
     for r in records:
         if r.topic == "auctions":
-            answered.add(str(orjson.loads(r.value)["query_id"]))
-        elif r.key == b"queries":
+            qid = str(orjson.loads(r.value)["query_id"])
+            if ids is None or qid in ids:
+                answered.add(qid)
+        elif r.key == b"queries" and (ids is None or _dead_key(r.value) in ids):
             dead += 1
     backlog = await group_backlog(settings, bootstrap, group=group, topic="queries")
     unanswered = max(sent - len(answered) - dead, 0)
     in_flight = min(unanswered, backlog)
     return QueryAccount(sent=sent, answered=len(answered), dead_lettered=dead, in_flight=in_flight,
                         lost=unanswered - in_flight, backlog=backlog)
+
+
+def _dead_key(value: bytes | None) -> str | None:
+    """The original record key of a dead letter (``streams/deadletter.py``)."""
+    try:
+        key = orjson.loads(value or b"null").get("key_b64")
+        return None if key is None else base64.b64decode(key).decode()
+    except (orjson.JSONDecodeError, AttributeError, ValueError):
+        return None
 
 
 def account(settings: Settings, bootstrap: str, *, marks: TopicMarks, sent: int, group: str) -> QueryAccount:

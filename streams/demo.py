@@ -14,6 +14,7 @@ The summary's checks, all read from the topics:
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from rich.table import Table
 
 from bidder.market import WorldConfig
 from bidder.settings import Settings
+from streams.cpu_meter import CpuMeter, listener_pid
 from streams.monitor import OutputTally, TopicMonitor
 from streams.process import WorkerProcess
 from streams.simulate import SimulationReport, run_simulation
@@ -197,10 +199,15 @@ async def _run(settings: Settings, *, bootstrap: str, seconds: float, rate: floa
     workers: list[WorkerProcess] = []
     started = time.monotonic()
 
+    meter: dict[str, CpuMeter] = {}
+
     async def start_worker() -> None:
         w = WorkerProcess.start(bootstrap=bootstrap, log_path=workdir / "worker-1.log")
         workers.append(w)
         info = await asyncio.to_thread(w.wait_ready)
+        port = int(bootstrap.rsplit(":", 1)[1]) if bootstrap.startswith(("127.0.0.1:", "localhost:")) else None
+        meter["m"] = CpuMeter({"worker": w.process.pid, "broker": listener_pid(port) if port else None,
+                               "demo": os.getpid()}).start()
         if console is not None:
             console.log(f"worker ready: {info.get('model_versions')} on {info.get('providers')}")
 
@@ -223,6 +230,8 @@ async def _run(settings: Settings, *, bootstrap: str, seconds: float, rate: floa
         report = await run_simulation(settings, bootstrap=bootstrap, rate=rate, duration_s=seconds, seed=seed,
                                       world=world, after_catalog=start_worker, invalid_every=97, on_tick=tick,
                                       drain_s=45.0)
+        if "m" in meter:
+            meter["m"].stop()
         await monitor.settle()
         if live is not None:
             live.update(live_table(report, monitor.tally, started, budgets))
@@ -235,7 +244,11 @@ async def _run(settings: Settings, *, bootstrap: str, seconds: float, rate: floa
     assert report.simulator is not None
     wd = report.simulator.world
     budgets = {int(s): float(b) for s, b in zip(wd.shop_ids, wd.shop_budget, strict=True)}
-    return summarize(report, monitor.tally, budgets, seconds)
+    summary = summarize(report, monitor.tally, budgets, seconds)
+    if "m" in meter:  # CPU of each process over the traffic and its drain: the demo must leave the worker a core
+        summary.numbers["cpu_share_of_core"] = meter["m"].share_of_core()
+        summary.numbers["cpu_ms_per_query"] = meter["m"].ms_per(summary.numbers["outcomes"])
+    return summary
 
 
 def run_demo(settings: Settings, *, bootstrap: str, seconds: float, rate: float, seed: int = 7,

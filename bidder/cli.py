@@ -228,10 +228,10 @@ def drift_watch(settings: Settings, bootstrap: str | None, from_beginning: bool,
 
 
 @bench.command("e2e")
-@click.option("--rate", type=float, default=200.0, show_default=True, help="queries/s offered (open loop)")
+@click.option("--rate", type=float, default=50.0, show_default=True, help="queries/s offered (open loop)")
 @click.option("--seconds", type=float, default=20.0, show_default=True, help="seconds per rate")
 @click.option("--sweep", is_flag=True, help="also try rising rates; report the highest with p99 <= 50 ms")
-@click.option("--rates", default="100,200,300,450,650,800", show_default=True, help="rates for --sweep")
+@click.option("--rates", default="25,75,100,150,200,300", show_default=True, help="rates for --sweep")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def bench_e2e(settings: Settings, rate: float, seconds: float, sweep: bool, rates: str, as_json: bool) -> None:
@@ -251,17 +251,21 @@ def bench_e2e(settings: Settings, rate: float, seconds: float, sweep: bool, rate
         click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
         return
     table = Table(title="bench e2e (ms)")
-    for col in ("run", "offered q/s", "achieved q/s", "p50", "p99", "p999", "model p99", "received/sent"):
+    for col in ("run", "offered q/s", "achieved q/s", "p50", "p99", "p999", "model p99", "received/sent",
+                "in flight", "lost", "CPU ms/query worker/broker/driver"):
         table.add_column(col, justify="right")
     echo = result["echo"]
     table.add_row("echo", f"{rate:g}", "-", str(echo["p50_ms"]), str(echo["p99_ms"]), str(echo["p999_ms"]), "-",
-                  f"{echo['received']}/{echo['sent']}")
+                  f"{echo['received']}/{echo['sent']}", "-", "-", "-")
     for r in result["runs"]:
+        a, cpu = r["accounting"], r["cpu_ms_per_query"]
         table.add_row("bidder", f"{r['rate_offered']:g}", f"{r['rate_achieved']:g}", str(r["e2e"]["p50_ms"]),
                       str(r["e2e"]["p99_ms"]), str(r["e2e"]["p999_ms"]), str(r["model"]["p99_ms"]),
-                      f"{r['received']}/{r['sent']}")
+                      f"{r['received']}/{r['sent']}", str(a["in_flight"]), str(a["lost"]),
+                      " / ".join("-" if cpu[k] is None else f"{cpu[k]:.1f}" for k in ("worker", "broker", "driver")))
     Console().print(table)
-    click.echo(f"highest rate with p99 <= 50 ms: {result['max_rate_p99_le_50ms']}; "
+    click.echo(f"kernel ({result['kernel']['family']}, one core): {result['kernel_qps']} q/s; "
+               f"highest rate with p99 <= 50 ms and nothing lost: {result['max_rate_p99_le_50ms']}; "
                f"(e2e p99 - model p99) / echo p99 = {result['overhead_vs_echo']}")
 
 

@@ -232,7 +232,9 @@ async def _run(settings: Settings, *, bootstrap: str, seconds: float, rate: floa
                                       drain_s=45.0)
         if "m" in meter:
             meter["m"].stop()
-        await monitor.settle()
+        # a purchase may wait up to purchase_click_wait_s for its click's ledger line before its label is
+        # written: a quieter spell than that is not the end of the output
+        await monitor.settle(quiet_s=settings.purchase_click_wait_s + 2.0, timeout_s=60.0)
         if live is not None:
             live.update(live_table(report, monitor.tally, started, budgets))
     finally:

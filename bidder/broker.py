@@ -186,5 +186,6 @@ def embedded_broker(
         broker.stop()
         if own_dir and broker.data_dir is not None:
             shutil.rmtree(broker.data_dir, ignore_errors=True)
-        if sys.exc_info()[0] is None:
+        exc = sys.exc_info()[0]
+        if exc is None or issubclass(exc, KeyboardInterrupt):  # kept only to explain a failure
             broker.log_path.unlink(missing_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import signal
 import sys
 import time
@@ -15,7 +16,7 @@ import click
 
 from bidder.settings import Settings
 
-__all__ = ["kafka_bootstrap", "main"]
+__all__ = ["kafka_bootstrap", "main", "stop_children_on_signals"]
 
 
 @contextlib.contextmanager
@@ -34,6 +35,15 @@ def kafka_bootstrap(settings: Settings, *, override: str | None = None, create: 
         if create:
             asyncio.run(create_topics(settings, bootstrap=broker.bootstrap))
         yield broker.bootstrap
+
+
+def stop_children_on_signals() -> None:
+    """SIGTERM and SIGHUP stop this command the way Ctrl-C does: ``KeyboardInterrupt`` unwinds every
+    ``finally`` and context manager, which stop the worker and broker processes it started and remove
+    their temporary data. ``timeout``, CI runners, systemd and Kubernetes send SIGTERM; without this the
+    default action ended the process at once and left its children running."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.default_int_handler)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -61,15 +71,18 @@ def broker(settings: Settings, port: int | None, kind: str | None, data_dir: Pat
     def _stop(*_: Any) -> None:
         stop["now"] = True
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _stop)
     try:
         while not stop["now"]:
             time.sleep(0.2)
             if b.process.poll() is not None:
                 raise click.ClickException(f"broker exited with {b.process.returncode}; log: {b.log_path}")
     finally:
-        b.stop()
+        b.stop(timeout_s=5.0)
+        if data_dir is None and b.data_dir is not None:  # a temporary directory of its own
+            shutil.rmtree(b.data_dir, ignore_errors=True)
+            b.log_path.unlink(missing_ok=True)
         click.echo("broker stopped")
 
 
@@ -176,6 +189,7 @@ def bench_kernel(ctx: click.Context) -> None:
 @click.pass_obj
 def demo(settings: Settings, seconds: float, rate: float, seed: int, as_json: bool) -> None:
     """Broker, topics, a worker and the simulator, with a live table and a reconciled summary."""
+    stop_children_on_signals()
     import orjson
     from rich.console import Console
 
@@ -236,6 +250,7 @@ def drift_watch(settings: Settings, bootstrap: str | None, from_beginning: bool,
 @click.pass_obj
 def bench_e2e(settings: Settings, rate: float, seconds: float, sweep: bool, rates: str, as_json: bool) -> None:
     """Query produced -> outcome consumed, open loop, beside an echo agent with the same client settings."""
+    stop_children_on_signals()
     import orjson
     from rich.console import Console
     from rich.table import Table
@@ -275,6 +290,8 @@ def chaos(ctx: click.Context) -> None:
     """Run one fault scenario (t1 worker kill, t2 broker restart, t4 hostile, t5 clicks, t6 redelivery)
     and print its figure table (options: `bidder chaos -- --help`)."""
     from streams.chaos import main as chaos_main
+
+    stop_children_on_signals()
 
     ctx.exit(chaos_main(list(ctx.args)))
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -151,7 +152,18 @@ def run_bench(settings: Settings, *, bootstrap: str, rates: list[float], seconds
               echo_rate: float | None = None, workdir: Path | None = None,
               progress: Any = None) -> dict[str, Any]:
     """Echo floor, then the bidder at each rate; one dict per rate plus the summary."""
+    own_workdir = workdir is None
     workdir = workdir or Path(tempfile.mkdtemp(prefix="bidder-bench-"))
+    try:
+        return _run_bench(settings, bootstrap=bootstrap, rates=rates, seconds=seconds, echo_rate=echo_rate,
+                          workdir=workdir, progress=progress)
+    finally:  # logs of the echo agent and the worker
+        if own_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_bench(settings: Settings, *, bootstrap: str, rates: list[float], seconds: float,
+               echo_rate: float | None, workdir: Path, progress: Any) -> dict[str, Any]:
     if progress:
         progress(f"kernel ({settings.model_family}, in-process, one core)")
     kernel = run_kernel_bench(family=settings.model_family, iterations=1000, warmup=100,
@@ -171,7 +183,11 @@ def run_bench(settings: Settings, *, bootstrap: str, rates: list[float], seconds
         echo = asyncio.run(_echo(settings, bootstrap, rate=echo_rate or rates[0], seconds=seconds, payload=payload))
     finally:
         echo_proc.terminate()
-        echo_proc.wait(timeout=30)
+        try:
+            echo_proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            echo_proc.kill()
+            echo_proc.wait(timeout=10)
     workers: list[WorkerProcess] = []
 
     async def start_worker() -> None:
@@ -189,7 +205,7 @@ def run_bench(settings: Settings, *, bootstrap: str, rates: list[float], seconds
                                             worker_pid=lambda: workers[0].process.pid)))
     finally:
         for w in workers:
-            w.stop()
+            w.stop(timeout_s=10.0)
     ok = [r["rate_offered"] for r in runs if r["e2e"]["p99_ms"] is not None
           and r["e2e"]["p99_ms"] <= P99_LIMIT_MS and r["accounting"]["lost"] == 0
           and r["accounting"]["in_flight"] == 0 and r["received"] >= 0.99 * r["sent"]]

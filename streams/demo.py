@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -241,7 +242,7 @@ async def _run(settings: Settings, *, bootstrap: str, seconds: float, rate: floa
         if live is not None:
             live.stop()
         for w in workers:
-            await asyncio.to_thread(w.stop)
+            await asyncio.to_thread(w.stop, timeout_s=10.0)
         await monitor.stop()
     assert report.simulator is not None
     wd = report.simulator.world
@@ -257,5 +258,8 @@ def run_demo(settings: Settings, *, bootstrap: str, seconds: float, rate: float,
              world: WorldConfig | None = None, console: Console | None = None) -> DemoSummary:
     """Run a worker and the simulator against ``bootstrap`` and reconcile the topics."""
     workdir = Path(tempfile.mkdtemp(prefix="bidder-demo-"))
-    return asyncio.run(_run(settings, bootstrap=bootstrap, seconds=seconds, rate=rate, seed=seed,
-                            world=world or WorldConfig(), workdir=workdir, console=console))
+    try:
+        return asyncio.run(_run(settings, bootstrap=bootstrap, seconds=seconds, rate=rate, seed=seed,
+                                world=world or WorldConfig(), workdir=workdir, console=console))
+    finally:  # the worker's log; everything the demo prints comes from the topics
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -3,7 +3,7 @@
 =================  =============  ==========================================================  ===========
 agent              topic in       does                                                         out
 =================  =============  ==========================================================  ===========
-``bid``            queries        take(batch_max, within) -> decode -> BidPipeline.process    auctions, labels
+``bid``            queries        batches(batch_max) -> decode -> BidPipeline.process         auctions, labels
 ``bill``           clicks         charge once by click_id, clamp to budget (concurrency=1)     billing, labels
 ``attribute``      purchases      last click by buyer on listing within the window             labels
 (catalog check)     listings/shops validate, outside Faust (``streams/catalog_check.py``)        dead-letters
@@ -120,11 +120,10 @@ class Runtime:
             self.repairer.on_repair = functools.partial(self.count_repair, consumer="group")
 
     def warm_up(self, *, rounds: int = 20) -> int:
-        """Run the hot path on synthetic queries over the catalog before the worker says it is ready:
-        the first ONNX Runtime calls allocate their arenas and the first numpy calls fault pages in, and
-        they cost the first real queries ~100 ms each (measured at the start of ``bench e2e``). Nothing
-        is sent and no state changes (the pipeline only reads); returns the queries run (0 without a
-        catalog)."""
+        """Run the hot path on synthetic queries over the catalog before the worker says it is ready, so
+        that the first ONNX Runtime calls (which allocate their arenas) and the first touches of the
+        catalog and rolling arrays happen here rather than on the first real queries. Nothing is sent
+        and no state changes (the pipeline only reads); returns the queries run (0 without a catalog)."""
         cat = self.state.catalog
         n = cat.n_listings
         if n == 0:

@@ -10,19 +10,18 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import uuid
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.protocol.fetch import FetchRequest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bidder.fetch_pacing import FetchPacing, installed
-from bidder.kafka_config import aiokafka_admin_kwargs, aiokafka_consumer_kwargs, aiokafka_producer_kwargs
+from bidder.kafka_config import aiokafka_consumer_kwargs, aiokafka_producer_kwargs
 from bidder.settings import Settings
+from tests.test_gap_repair import new_topic
 
 # --- the rule ----------------------------------------------------------------------------------------
 
@@ -59,17 +58,6 @@ def test_the_delay_added_to_a_record_is_bounded_by_the_ratio_of_the_quiet_time()
 # --- against the broker ------------------------------------------------------------------------------
 
 
-async def _topic(settings: Settings, bootstrap: str) -> str:
-    name = f"pacing-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(**aiokafka_admin_kwargs(settings, bootstrap=bootstrap))
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, 1, 1)])
-    finally:
-        await admin.close()
-    return name
-
-
 async def _consumer(settings: Settings, bootstrap: str, topic: str) -> AIOKafkaConsumer:
     kwargs = aiokafka_consumer_kwargs(settings, bootstrap=bootstrap)  # installs the pacing
     kwargs.pop("session_timeout_ms")
@@ -99,7 +87,7 @@ async def _empty_fetch_seconds(consumer: AIOKafkaConsumer, topic: str, *, max_wa
 def test_broker_behaviour_and_an_idle_consumer_polls_at_most_once_per_ceiling(settings: Settings,
                                                                               bootstrap: str) -> None:
     async def run() -> tuple[float, int, float]:
-        topic = await _topic(settings, bootstrap)
+        topic = await new_topic(settings, bootstrap)
         consumer = await _consumer(settings, bootstrap, topic)
         fetcher: Any = consumer._fetcher
         calls = {"n": 0}
@@ -137,7 +125,7 @@ def test_broker_behaviour_and_an_idle_consumer_polls_at_most_once_per_ceiling(se
 @pytest.mark.broker
 def test_a_record_reaches_an_idle_paced_consumer(settings: Settings, bootstrap: str) -> None:
     async def run() -> list[bytes]:
-        topic = await _topic(settings, bootstrap)
+        topic = await new_topic(settings, bootstrap)
         consumer = await _consumer(settings, bootstrap, topic)
         producer = AIOKafkaProducer(**aiokafka_producer_kwargs(settings, bootstrap=bootstrap))
         await producer.start()

@@ -77,9 +77,10 @@ def installed() -> FetchPacing | None:
 
 def pace_consumer(consumer: Any, *, floor_s: float) -> None:
     """Give one started aiokafka consumer a higher floor than the process's policy: for readers that
-    are not on a query's path (the replica, the catalog check), polling a busy broker every
-    millisecond costs a fetch round of every assigned partition each time (measured: the replica's
-    1,000 fetches a second of 24 partitions were most of the broker's CPU at 50 queries/s)."""
+    are not on a query's path (the replica, the catalog check), each poll of a busy broker is a fetch
+    round of every assigned partition through aiokafka's Python protocol code. Measured at 50
+    queries/s: a 100 ms replica floor used ~15 % less worker CPU than 20 ms, but the attribute agent
+    waits for replica rounds one purchase at a time, so the default is 20 ms (``docs/realtime.md``)."""
     consumer._fetcher._bidder_floor_s = floor_s
 
 

@@ -100,8 +100,8 @@ class CatalogChecker:
                 for i, r in enumerate(records, 1):
                     await self._check(r)
                     if i % 100 == 0:
-                        # checking is synchronous: 2,000 catalog records at a worker's start held the event
-                        # loop ~400 ms, and every query with it (measured at the start of bench e2e)
+                        # checking is synchronous: a 2,000-record batch would hold the event loop, and every
+                        # query with it, for the whole batch (catalog records arrive in bulk at any time)
                         await asyncio.sleep(0)
                 self.records += len(records)
             if batches:

@@ -34,7 +34,7 @@ from bidder.producer import EventProducer
 from bidder.settings import Settings
 from bidder.simulator import Simulator
 from streams.accounting import account_queries, topic_marks
-from streams.cpu_meter import CpuMeter, listener_pid
+from streams.cpu_meter import CpuMeter, local_broker_pid
 from streams.echo import ECHO_IN, ECHO_OUT
 from streams.process import WorkerProcess
 from streams.simulate import run_simulation, tail_consumer
@@ -123,8 +123,7 @@ async def _bidder(settings: Settings, bootstrap: str, *, rate: float, seconds: f
     async def traffic_starts() -> None:
         if first:
             await start_worker()
-        port = int(bootstrap.rsplit(":", 1)[1]) if bootstrap.startswith(("127.0.0.1:", "localhost:")) else None
-        meter["m"] = CpuMeter({"worker": worker_pid(), "broker": listener_pid(port) if port else None,
+        meter["m"] = CpuMeter({"worker": worker_pid(), "broker": local_broker_pid(bootstrap),
                                "driver": os.getpid()}).start()
 
     r = await run_simulation(settings, bootstrap=bootstrap, rate=rate, duration_s=seconds, seed=7,

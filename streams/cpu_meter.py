@@ -12,7 +12,7 @@ import time
 
 import psutil
 
-__all__ = ["CpuMeter", "listener_pid"]
+__all__ = ["CpuMeter", "listener_pid", "local_broker_pid"]
 
 
 def listener_pid(port: int) -> int | None:
@@ -22,6 +22,13 @@ def listener_pid(port: int) -> int | None:
             if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
                 return int(conn.pid)
     return None
+
+
+def local_broker_pid(bootstrap: str) -> int | None:
+    """The process of a broker on this machine's loopback (``127.0.0.1:PORT``), else None."""
+    if not bootstrap.startswith(("127.0.0.1:", "localhost:")):
+        return None
+    return listener_pid(int(bootstrap.rsplit(":", 1)[1]))
 
 
 def _cpu_s(proc: psutil.Process) -> float | None:

@@ -28,7 +28,7 @@ from rich.table import Table
 
 from bidder.market import WorldConfig
 from bidder.settings import Settings
-from streams.cpu_meter import CpuMeter, listener_pid
+from streams.cpu_meter import CpuMeter, local_broker_pid
 from streams.monitor import OutputTally, TopicMonitor
 from streams.process import WorkerProcess
 from streams.simulate import SimulationReport, run_simulation
@@ -111,8 +111,8 @@ def summarize(report: SimulationReport, tally: OutputTally, budgets: dict[int, f
         "ctr": round(tally.clicks_decided / impressions, 5),
         "cvr": round(len(tally.conversions) / max(tally.clicks_decided, 1), 5),
         "mean_pctr": round(tally.pctr_sum / impressions, 5),
-        "latency_p50_ms": round(lat[len(lat) // 2], 2) if lat else None,
-        "latency_p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 2) if lat else None,
+        "latency_p50_ms": _p(lat, 0.5),
+        "latency_p99_ms": _p(lat, 0.99),
         "rate_achieved_qps": round(len(lat) / max(report.elapsed_s, 1e-9), 1),
         "latency_first_10s_p50_ms": _p(first_10s, 0.5),
         "latency_first_10s_p99_ms": _p(first_10s, 0.99),
@@ -206,8 +206,7 @@ async def _run(settings: Settings, *, bootstrap: str, seconds: float, rate: floa
         w = WorkerProcess.start(bootstrap=bootstrap, log_path=workdir / "worker-1.log")
         workers.append(w)
         info = await asyncio.to_thread(w.wait_ready)
-        port = int(bootstrap.rsplit(":", 1)[1]) if bootstrap.startswith(("127.0.0.1:", "localhost:")) else None
-        meter["m"] = CpuMeter({"worker": w.process.pid, "broker": listener_pid(port) if port else None,
+        meter["m"] = CpuMeter({"worker": w.process.pid, "broker": local_broker_pid(bootstrap),
                                "demo": os.getpid()}).start()
         if console is not None:
             console.log(f"worker ready: {info.get('model_versions')} on {info.get('providers')}")

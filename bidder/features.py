@@ -26,6 +26,7 @@ log_spend                 log1p(decayed spend on the listing)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -122,8 +123,25 @@ class QueryContext:
     """the query's category from query understanding; -1 if unknown"""
 
 
-def _recency(now: float, last: F64) -> F64:
-    out: F64 = np.log1p(np.clip(now - last, 0.0, RECENCY_CAP_S))
+_COLUMN = {name: i for i, name in enumerate(FEATURE_SPEC.names)}
+_CONTEXT_FIRST = _COLUMN["hour_sin"]
+_CONTEXT_NAMES = ("hour_sin", "hour_cos", *(f"device_{d}" for d in DEVICES), *(f"page_{p}" for p in PAGES))
+assert FEATURE_SPEC.names[:_CONTEXT_FIRST] == (
+    "relevance", "ctr_smoothed", "cvr_smoothed", "log_impressions", "log_clicks", "impression_recency",
+    "click_recency", "log_price", "category_match",
+), "gather writes these columns by position"
+assert tuple(FEATURE_SPEC.names[_CONTEXT_FIRST : _CONTEXT_FIRST + len(_CONTEXT_NAMES)]) == _CONTEXT_NAMES
+
+
+@functools.lru_cache(maxsize=1024)
+def _context_columns(device: str, page: str, hour: int) -> F64:
+    """The features that are the same for every candidate of a query (hour, device, page), in spec
+    order from ``hour_sin``; cached: a marketplace has a few hundred distinct contexts."""
+    angle = 2.0 * math.pi * (hour % 24) / 24.0
+    values = [math.sin(angle), math.cos(angle)]
+    values += [float(device == d) for d in DEVICES] + [float(page == p) for p in PAGES]
+    out: F64 = np.asarray(values, np.float64)
+    out.flags.writeable = False
     return out
 
 
@@ -141,30 +159,31 @@ def gather(
     """The ``(len(rows), FEATURE_SPEC.n_features)`` float32 matrix for one query's known candidates.
 
     ``out`` may be a preallocated buffer with at least ``len(rows)`` rows; the returned matrix is a
-    view into it.
+    view into it. Columns are computed in float64 into one contiguous ``(features, n)`` block (each
+    feature a contiguous row, written in place) and cast into ``out`` with one transposing copy: a
+    third of the time of writing 18 strided float32 columns one by one.
     """
     n = len(rows)
     x = np.empty((n, FEATURE_SPEC.n_features), np.float32) if out is None else out[:n]
-    s = stats.view(rows, now=now)
+    c = np.empty((FEATURE_SPEC.n_features, n), np.float64)
+    s = stats.columns(rows, now=now)  # impressions, clicks, conversions, spend, last impression, last click
     m = priors.strength
     m_clicks = m * priors.prior_ctr
-    x[:, 0] = relevance
-    x[:, 1] = (s.clicks + m * priors.prior_ctr) / (s.impressions + m)
-    x[:, 2] = (s.conversions + m_clicks * priors.prior_cvr) / (s.clicks + m_clicks)
-    x[:, 3] = np.log1p(s.impressions)
-    x[:, 4] = np.log1p(s.clicks)
-    x[:, 5] = _recency(now, s.last_impression_at)
-    x[:, 6] = _recency(now, s.last_click_at)
-    x[:, 7] = np.log(np.maximum(catalog.price[rows], 1e-6))
-    x[:, 8] = catalog.category[rows] == context.category
-    angle = 2.0 * math.pi * (context.hour % 24) / 24.0
-    x[:, 9] = math.sin(angle)
-    x[:, 10] = math.cos(angle)
-    base = 11
-    for i, d in enumerate(DEVICES):
-        x[:, base + i] = float(context.device == d)
-    base += len(DEVICES)
-    for i, p in enumerate(PAGES):
-        x[:, base + i] = float(context.page == p)
-    x[:, base + len(PAGES)] = np.log1p(s.spend)
+    c[0] = relevance
+    np.add(s[1], m_clicks, out=c[1])
+    c[1] /= s[0] + m
+    np.add(s[2], m_clicks * priors.prior_cvr, out=c[2])
+    c[2] /= s[1] + m_clicks
+    np.log1p(s[0:2], out=c[3:5])
+    recency = c[5:7]
+    np.subtract(now, s[4:6], out=recency)
+    np.clip(recency, 0.0, RECENCY_CAP_S, out=recency)
+    np.log1p(recency, out=recency)
+    np.maximum(np.take(catalog.price, rows), 1e-6, out=c[7])
+    np.log(c[7], out=c[7])
+    np.equal(np.take(catalog.category, rows), context.category, out=c[8])
+    ctx = _context_columns(context.device, context.page, context.hour)
+    c[_CONTEXT_FIRST : _CONTEXT_FIRST + len(ctx)] = ctx[:, None]
+    np.log1p(s[3], out=c[_COLUMN["log_spend"]])
+    x[...] = c.T
     return x

@@ -176,27 +176,72 @@ def test_budget_views() -> None:
     assert b.remaining(np.array([1])).tolist() == [0.0]
 
 
-def test_row_index_matches_catalog_rows() -> None:
-    """Same answers as Catalog.rows, also after listings are added or withdrawn behind its back."""
+@pytest.mark.parametrize(("id_span", "dense"), [(10**9, False), (60_000, True)])
+def test_row_index_matches_catalog_rows(id_span: int, dense: bool) -> None:
+    """Same answers as Catalog.rows in both snapshot forms (sorted ids, dense table), also after
+    listings are added or withdrawn behind its back and for ids below, between and above the known."""
     from bidder.catalog import Catalog
     from bidder.pipeline import RowIndex
 
     rng = np.random.default_rng(0)
     cat = Catalog(capacity=8)
     cat.upsert_shop(1, daily_budget=1.0, target_share=0.1)
-    ids = rng.choice(10**9, 3000, replace=False).astype(np.int64)
+    ids = (rng.choice(id_span, 3000, replace=False) + id_span).astype(np.int64)
     for i in ids[:1000].tolist():
         cat.upsert_listing(i, shop_id=1, price=1.0, category=0)
     index = RowIndex(cat, rebuild_after=300)
+    assert index.dense is dense
     for step in range(1, 9):
         for i in ids[1000 + (step - 1) * 200 : 1000 + step * 200].tolist():  # grows behind the index
             cat.upsert_listing(i, shop_id=1, price=1.0, category=0)
         for i in rng.choice(ids, 20).tolist():
             cat.remove_listing(i)
-        ask = np.concatenate([rng.choice(ids, 500), rng.integers(0, 10**9, 100)]).astype(np.int64)
+        ask = np.concatenate([rng.choice(ids, 500), rng.integers(0, 3 * id_span, 100), [-1, 0]]).astype(np.int64)
         want_rows, want_known = cat.rows(ask)
         got_rows, got_known = index.rows(ask)
         np.testing.assert_array_equal(got_known, want_known)
         np.testing.assert_array_equal(got_rows, want_rows)
     empty = RowIndex(Catalog())
     assert empty.rows(np.array([5], np.int64))[1].tolist() == [False]
+
+
+def test_gather_matches_the_feature_definitions(world: World, stats: RollingStats) -> None:
+    """Every column as the feature table in ``bidder.features`` defines it, computed plainly per
+    candidate, including a listing never seen (no history) and one beyond the stats' capacity."""
+    catalog = build_catalog(world)
+    q = _queries(world, 1, seed=4, candidates=50)[0]
+    rows = np.concatenate([catalog.rows(q.listing_ids)[0], [0, len(world.listing_ids) - 1]])
+    fresh = RollingStats(half_life_s=stats.half_life_s, capacity=8)  # rows past 8 never seen
+    for s in (stats, fresh):
+        rel = np.linspace(0.0, 1.0, len(rows))
+        now = NOW + 120.0
+        x = gather(rows=rows, relevance=rel, context=q.context, catalog=catalog, stats=s, priors=Priors(), now=now)
+        assert x.dtype == np.float32 and x.shape == (len(rows), FEATURE_SPEC.n_features)
+        p = Priors()
+        for i, r in enumerate(rows.tolist()):
+            v = s.view(np.array([r]), now=now)
+            imp, clk, conv, spend = (float(a[0]) for a in (v.impressions, v.clicks, v.conversions, v.spend))
+            angle = 2 * np.pi * (q.context.hour % 24) / 24
+            want = {
+                "relevance": rel[i],
+                "ctr_smoothed": (clk + p.strength * p.prior_ctr) / (imp + p.strength),
+                "cvr_smoothed": (conv + p.strength * p.prior_ctr * p.prior_cvr) / (clk + p.strength * p.prior_ctr),
+                "log_impressions": np.log1p(imp),
+                "log_clicks": np.log1p(clk),
+                "impression_recency": np.log1p(min(max(now - float(v.last_impression_at[0]), 0), 7 * 86_400)),
+                "click_recency": np.log1p(min(max(now - float(v.last_click_at[0]), 0), 7 * 86_400)),
+                "log_price": np.log(max(float(catalog.price[r]), 1e-6)),
+                "category_match": float(catalog.category[r] == q.context.category),
+                "hour_sin": np.sin(angle),
+                "hour_cos": np.cos(angle),
+                "device_mobile": float(q.context.device == "mobile"),
+                "device_desktop": float(q.context.device == "desktop"),
+                "device_app": float(q.context.device == "app"),
+                "page_search": float(q.context.page == "search"),
+                "page_category": float(q.context.page == "category"),
+                "page_market": float(q.context.page == "market"),
+                "log_spend": np.log1p(spend),
+            }
+            assert set(want) == set(FEATURE_SPEC.names)
+            got = dict(zip(FEATURE_SPEC.names, x[i].tolist(), strict=True))
+            assert got == pytest.approx(want, rel=1e-6, abs=1e-7), (s is fresh, r)

@@ -200,6 +200,18 @@ class MicroBatcher:
         self._staging: F32 = np.empty((0, 0), np.float32)
         self._empty: list[_Entry] = []
 
+    def replace_primary(self, primary: Sequence[Scorer]) -> None:
+        """Score with ``primary`` from the next call on (a promoted model). Only between flushes: a
+        block queued now would otherwise be scored partly by the old scorers and partly by the new.
+        The cost model starts over (a new model, maybe a new family, has its own cost)."""
+        if self.pending_queries:
+            raise RuntimeError(f"{self.pending_queries} queries are queued: swap scorers between flushes")
+        if not primary or (self.fallback is not None and len(self.fallback) != len(primary)):
+            raise ValueError(f"need {len(self.fallback or primary) or 'at least one'} primary scorers")
+        self.primary = list(primary)
+        old = self.primary_cost
+        self.primary_cost = CallCost(decay=old.decay, fixed_s=old.fixed_s, per_row_s=old.per_row_s)
+
     # -- queue ---------------------------------------------------------------------------------------
     @property
     def pending_rows(self) -> int:

@@ -39,14 +39,13 @@ from bidder.billing import LedgerEntry, day_of
 from bidder.budget import LedgerBudget
 from bidder.calibration import CalibrationAlert, CalibrationMonitor
 from bidder.decoding import Limits, Rejection, decode
-from bidder.drift import DriftMonitor, DriftSettings
+from bidder.drift import DriftMonitor
 from bidder.events import Click, Purchase, Query, to_json
 from bidder.features import Priors, QueryContext
 from bidder.kafka_config import faust_app_kwargs
 from bidder.market import DEVICES, PAGES
 from bidder.microbatch import MicroBatcher
 from bidder.pipeline import BidPipeline
-from bidder.profile import FeatureProfile
 from bidder.scoring import Models, load_models
 from bidder.settings import Settings
 from bidder.shadow import shadow_outcomes
@@ -59,8 +58,9 @@ from streams.gap_repair import GapRepairer, Repair, RepairedEvent, RepairedMessa
 from streams.metrics import STAGES, WorkerMetrics
 from streams.model_watch import ModelWatcher, champion_dir
 from streams.replicator import Replicator
+from streams.serving import Serving
 
-__all__ = ["Runtime", "build_app", "drift_monitor", "use_fetch_max_wait"]
+__all__ = ["Runtime", "build_app", "use_fetch_max_wait"]
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +96,13 @@ class Runtime:
     settings: Settings
     state: BidderState
     replica: Replicator
-    models: Models
     pipeline: BidPipeline
     limits: Limits
     topics: dict[str, faust.TopicT]
+    serving: Serving | None = None
+    """the models serving now and every place that scores with them (``streams/serving.py``)"""
     clock: Callable[[], float] = time.time
-    drift: DriftMonitor | None = None
-    batcher: MicroBatcher | None = None
     calibration: CalibrationMonitor = field(default_factory=lambda: CalibrationMonitor(window_s=3600.0))
-    shadow: Models | None = None
-    """a challenger scoring the winners beside the champion (``bidder/shadow.py``), or None"""
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     counts: Counter[str] = field(default_factory=Counter)
     billing_ready: set[int] = field(default_factory=set)
@@ -118,6 +115,35 @@ class Runtime:
     def __post_init__(self) -> None:
         if self.repairer is not None:
             self.repairer.on_repair = functools.partial(self.count_repair, consumer="group")
+
+    # -- the models serving now (all owned by ``self.serving``) --------------------------------------
+    @property
+    def models(self) -> Models:
+        assert self.serving is not None
+        return self.serving.champion
+
+    @property
+    def shadow(self) -> Models | None:
+        """a challenger scoring the winners beside the champion (``bidder/shadow.py``), or None"""
+        return None if self.serving is None else self.serving.shadow
+
+    @property
+    def batcher(self) -> MicroBatcher | None:
+        return None if self.serving is None else self.serving.batcher
+
+    @property
+    def drift(self) -> DriftMonitor | None:
+        return None if self.serving is None else self.serving.drift
+
+    def swap_models(self, models: Models) -> None:
+        """Serve ``models`` from the next batch on, everywhere (called on the event loop, between batches)."""
+        assert self.serving is not None
+        self.serving.swap(models)
+
+    def set_shadow(self, models: Models | None) -> None:
+        """Start (or stop, with None) shadow scoring from the next batch on."""
+        assert self.serving is not None
+        self.serving.set_shadow(models)
 
     def warm_up(self, *, rounds: int = 20) -> int:
         """Run the hot path on synthetic queries over the catalog before the worker says it is ready, so
@@ -139,27 +165,6 @@ class Runtime:
             self.pipeline.process([q], score=self.batch_score if self.batcher is not None else None)
         self.pipeline.last_scored = None
         return rounds
-
-    def swap_models(self, models: Models) -> None:
-        """Serve ``models`` from the next batch on (called on the event loop, between batches)."""
-        self.models = models
-        self.pipeline.ctr, self.pipeline.cvr = models.ctr, models.cvr
-        self.pipeline.model_versions = dict(models.versions)
-        self.publish_model_info()
-        if self.drift is not None:
-            self.drift = drift_monitor(self.settings, models, rng=np.random.default_rng())
-
-    def set_shadow(self, models: Models | None) -> None:
-        """Start (or stop, with None) shadow scoring from the next batch on."""
-        self.shadow = models
-        self.publish_model_info()
-
-    def publish_model_info(self) -> None:
-        """``bidder_model_info``: serving versions, family and provider, and the shadow's versions."""
-        shadow = self.shadow.versions if self.shadow is not None else {}
-        self.metrics.model.info({**{f"{k}_version": v for k, v in self.models.versions.items()},
-                                 **{f"shadow_{k}_version": v for k, v in shadow.items()},
-                                 "provider": self.settings.provider, "family": self.models.ctr.meta.family})
 
     # -- records a fetch skipped ---------------------------------------------------------------------
     async def with_skipped(self, events: Sequence[Any]) -> list[Any]:
@@ -209,7 +214,10 @@ class Runtime:
             "recovered": self.replica.ready.is_set(),
             "warmed": self.warmed,
         }
+        consistent = self.serving.check() if self.serving is not None else {}
+        checks["models_consistent"] = all(consistent.values())
         return all(checks.values()), {**checks, "providers": providers, "model_versions": self.models.versions,
+                                      "serving": consistent,
                                       "replica_lag": self.replica.lag()}
 
     # -- helpers -------------------------------------------------------------------------------------
@@ -549,29 +557,6 @@ class Runtime:
             await self.dead_letter(message, ev)
 
 
-def drift_monitor(settings: Settings, models: Models, *, rng: np.random.Generator) -> DriftMonitor | None:
-    """The monitor over served features (the CTR model's reference) and both models' outputs."""
-    if not settings.drift_enabled:
-        return None
-    ctr, cvr = models.metas["ctr"], models.metas["cvr"]
-    if not ctr.reference:
-        log.warning("model %s has no reference profile: feature drift is not monitored", ctr.version)
-        return None
-    preds = tuple(replace(FeatureProfile.from_dict(m.prediction_reference), name=name)
-                  for name, m in (("pctr", ctr), ("pcvr", cvr)) if m.prediction_reference)
-    return DriftMonitor(
-        tuple(FeatureProfile.from_dict(r) for r in ctr.reference), preds,
-        settings=DriftSettings(
-            sample_rate=settings.drift_sample_rate, window=settings.drift_window,
-            min_count=min(settings.drift_min_count, settings.drift_window),
-            # judge a fifth of a window of new rows at a time: each evaluation sorts the whole window
-            eval_every=max(50, settings.drift_window // 5),
-            psi_threshold=settings.drift_psi_threshold, js_threshold=settings.drift_js_threshold,
-            scale_factor=settings.drift_scale_factor, mean_threshold=settings.drift_mean_threshold,
-            missing_threshold=settings.drift_missing_threshold),
-        rng=rng, model_version=f"{ctr.version}/{cvr.version}")
-
-
 def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], float] = time.time,
               rng_seed: int | None = None) -> tuple[faust.App, Runtime]:
     """The Faust app and its runtime for one worker process."""
@@ -600,13 +585,13 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
     models = load_models(model_dir, family or settings.model_family, settings.provider,
                          settings.intra_op_threads, settings.inter_op_threads)
     batcher = None
+    fallback: Models | None = None
     if settings.microbatch_enabled:
-        fallback = None
         if settings.overload_policy == "fallback":
-            fb = load_models(settings.model_dir, settings.fallback_family, "cpu", settings.intra_op_threads,
-                             settings.inter_op_threads)
-            fallback = [fb.ctr, fb.cvr]
-        batcher = MicroBatcher(primary=[models.ctr, models.cvr], fallback=fallback,
+            fallback = load_models(settings.model_dir, settings.fallback_family, "cpu", settings.intra_op_threads,
+                                   settings.inter_op_threads)
+        batcher = MicroBatcher(primary=[models.ctr, models.cvr],
+                               fallback=None if fallback is None else [fallback.ctr, fallback.cvr],
                                max_rows=settings.microbatch_max_rows,
                                max_wait_ms=settings.microbatch_max_wait_ms,
                                default_budget_ms=settings.latency_budget_ms, clock=time.perf_counter)
@@ -621,9 +606,11 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
         model_versions=models.versions,
     )
     replica = Replicator(state, settings, bootstrap=bootstrap, clock=clock)
-    rt = Runtime(settings=settings, state=state, replica=replica, models=models, pipeline=pipeline,
-                 limits=limits, topics=topics, clock=clock,
-                 drift=drift_monitor(settings, models, rng=np.random.default_rng(rng_seed)), batcher=batcher,
+    worker_metrics = WorkerMetrics()
+    serving = Serving(settings=settings, pipeline=pipeline, champion=models, batcher=batcher, fallback=fallback,
+                      model_info=worker_metrics.model, rng=np.random.default_rng(rng_seed))
+    rt = Runtime(settings=settings, state=state, replica=replica, pipeline=pipeline, serving=serving,
+                 limits=limits, topics=topics, clock=clock, metrics=worker_metrics,
                  calibration=CalibrationMonitor(
                      window_s=settings.calibration_window_s,
                      bucket_s=min(settings.calibration_bucket_s, settings.calibration_window_s),
@@ -662,8 +649,6 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
             await replica.stop()
             if rt.repairer is not None:
                 await rt.repairer.stop()
-
-    rt.publish_model_info()
 
     @app.page("/healthz")
     async def healthz(view: Any, request: Any) -> Any:

@@ -64,7 +64,7 @@ async def read_all(settings: Settings, bootstrap: str, topic: str, n: int) -> li
 
 def runtime(settings: Settings, bootstrap: str) -> Runtime:
     # with_skipped needs the settings, the repairer and the counters only
-    return Runtime(settings=settings, state=None, replica=None, models=None, pipeline=None,  # type: ignore[arg-type]
+    return Runtime(settings=settings, state=None, replica=None, pipeline=None,  # type: ignore[arg-type]
                    limits=None, topics={},  # type: ignore[arg-type]
                    repairer=GapRepairer(settings, bootstrap=bootstrap, name="group"))
 

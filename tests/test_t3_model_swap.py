@@ -185,3 +185,75 @@ def run_swaps(bootstrap: str, settings: Settings, small_world: Any, tmp_path: Pa
         assert swapper.process.poll() is None
     finally:
         swapper.stop()
+
+
+def test_promotion_reaches_the_micro_batcher(settings: Settings, small_world: Any, tmp_path: Path) -> None:
+    """With micro-batching on (the chart's GPU profile), a promoted model with other predictions prices
+    every query after the swap, and every outcome names the model that priced it: each winner's pCTR and
+    pCVR on the ``auctions`` topic are what the named version predicts for the features it served."""
+    from bidder.scoring import load_models
+
+    mlp, lr = (load_models(MODELS, family, "cpu", 1, 1) for family in ("mlp", "lr"))
+    by_version = {m.versions["ctr"]: m for m in (mlp, lr)}
+    assert len(by_version) == 2
+    with embedded_broker("noida") as broker:
+        asyncio.run(create_topics(settings, bootstrap=broker.bootstrap))
+        catalog = Simulator(small_world, rng=np.random.default_rng(0)).catalog(now=time.time())
+        model_dir = tmp_path / "models"
+        model_dir.mkdir()
+        for f in MODELS.glob("mlp_c*"):
+            shutil.copy(f, model_dir / f.name)
+        worker = WorkerProcess.start(bootstrap=broker.bootstrap, log_path=tmp_path / "worker.log",
+                                     env={"BIDDER_APP_ID": "bidder-t3mb", "BIDDER_MODEL_DIR": str(model_dir),
+                                          "BIDDER_MICROBATCH_ENABLED": "true"})
+        sim = Simulator(small_world, rng=np.random.default_rng(5), n_candidates=60)
+        sent: list[str] = []
+        try:
+            async def traffic() -> None:
+                async with EventProducer(settings, bootstrap=broker.bootstrap) as p:
+                    for ev in [*catalog[0], *catalog[1]]:
+                        await p.send(ev)
+                    await asyncio.to_thread(worker.wait_ready)
+                    release(model_dir, "lr-1", "lr")
+                    for i in range(8 * 20):  # 20 q/s for 8 s, the pointer moved after 3 s
+                        if i == 60:
+                            point(model_dir, "lr-1", "lr")
+                        q = sim.next_query(now=time.time())
+                        await p.send_raw("queries", q.query_id.encode(), encode(q))
+                        sent.append(q.query_id)
+                        await asyncio.sleep(0.05)
+
+            asyncio.run(traffic())
+            recs = asyncio.run(read_until(settings, broker.bootstrap, ["auctions"], lambda rs: set(sent) <= {
+                v["query_id"] for _, v, _ in rs if v}, timeout_s=60))
+            status, ready = worker.get("/readyz")
+            assert worker.process.poll() is None
+        finally:
+            worker.stop()
+    outcomes = {v["query_id"]: v for _, v, _ in recs if v and v["query_id"] in set(sent)}
+    assert set(outcomes) == set(sent)
+    versions = [outcomes[q]["model_versions"]["ctr"] for q in sent]
+    assert versions[0] == mlp.versions["ctr"] and versions[-1] == lr.versions["ctr"]
+    mixed = 0
+    prices: dict[str, list[float]] = {}
+    for o in outcomes.values():
+        named = by_version[o["model_versions"]["ctr"]]
+        assert o["model_versions"] == named.versions
+        if not o["winners"]:
+            continue
+        x = np.asarray([w["features"] for w in o["winners"]], np.float32)
+        got = np.asarray([[w["pctr"], w["pcvr"]] for w in o["winners"]])
+        want = np.stack([named.ctr.score(x), named.cvr.score(x)], axis=1)
+        mixed += not np.allclose(got, want, rtol=1e-5, atol=1e-7)
+        prices.setdefault(o["model_versions"]["ctr"], []).extend(w["price"] for w in o["winners"])
+    assert mixed == 0, f"{mixed} outcomes priced by a model other than the one they name"
+    # the check can tell the models apart: the two disagree on these features
+    other = lr if named is mlp else mlp
+    assert not np.allclose(got, np.stack([other.ctr.score(x), other.cvr.score(x)], axis=1), rtol=1e-3)
+    assert set(prices) == set(by_version)
+    assert abs(np.mean(prices[mlp.versions["ctr"]]) - np.mean(prices[lr.versions["ctr"]])) > 1e-3
+    assert status == 200 and ready["models_consistent"] is True, ready
+    assert ready["serving"] == {"pipeline": True, "versions": True, "micro_batcher": True, "drift_reference": True}
+    print(f"\nhot swap with micro-batching: {len(sent)} queries, {versions.count(lr.versions['ctr'])} priced by "
+          f"the promoted model, mixed outcomes {mixed}; mean price per click "
+          + ", ".join(f"{v}: {np.mean(p):.4f}" for v, p in prices.items()))

@@ -66,6 +66,7 @@ REASONS: dict[str, str] = {
     "shop_mismatch": "a click names a different shop than the auction outcome",
     "unattributed_purchase": "a purchase with no click by that buyer on that listing in the window",
     "no_known_candidates": "none of the query's candidates is in the catalog",
+    "handler_error": "handling the record raised every time it was tried (a poison record)",
 }
 
 

@@ -107,6 +107,45 @@ class HostileFactory:
         return HostileRecord(kind=kind, topic=topic, key=key, value=value, reason=reason,
                              decoder_only=decoder_only)
 
+    def sized(self, topic: str, size: int, i: int, *, kind: str = "") -> HostileRecord:
+        """A record on ``topic`` whose value is exactly ``size`` bytes: the topic's event with a ``pad``
+        field filling it (to test records near the broker's maximum message size). Refused as
+        ``too_large`` when ``size`` passes ``max_bytes``, else as ``unexpected_field``."""
+        build = {"queries": (self._query, "query_id"), "clicks": (self._click, "shop_id"),
+                 "purchases": (self._purchase, "user_id"), "listings": (self._listing, "listing_id"),
+                 "shops": (self._shop, "shop_id")}
+        make, key_field = build[topic]
+        obj = make(i)
+        rec = HostileRecord(kind=kind or f"{size}_bytes", topic=topic, key=_keyed(topic, obj, key_field),
+                            value=_dumps(obj), reason="", decoder_only=True)
+        return self.resized(rec, size)
+
+    def resized(self, rec: HostileRecord, size: int) -> HostileRecord:
+        """``rec`` (a JSON object) with its ``pad`` field set so that its value is exactly ``size`` bytes;
+        same key."""
+        obj = {**orjson.loads(rec.value or b"{}"), "pad": ""}
+        room = size - len(_dumps(obj))
+        if room < 0:
+            raise ValueError(f"a {rec.topic} record is at least {len(_dumps(obj))} bytes, asked for {size}")
+        obj["pad"] = "x" * room
+        value = _dumps(obj)
+        assert len(value) == size
+        reason = "too_large" if size > self.max_bytes else "unexpected_field"
+        return HostileRecord(kind=rec.kind, topic=rec.topic, key=rec.key, value=value, reason=reason,
+                             decoder_only=True)
+
+    def poison(self, topic: str, i: int, *, marker: str) -> HostileRecord:
+        """A well-formed record on ``topic`` carrying ``marker`` (in its id), so that a worker started with
+        ``BIDDER_FAULT_MARKER=marker`` raises while handling it: refused as ``handler_error``."""
+        build = {"queries": (self._query, "query_id"), "clicks": (self._click, "click_id"),
+                 "purchases": (self._purchase, "order_id")}
+        make, id_field = build[topic]
+        obj = make(i)
+        obj[id_field] = f"{obj[id_field]}-{marker}"
+        key_field = {"queries": "query_id", "clicks": "shop_id", "purchases": "user_id"}[topic]
+        return HostileRecord(kind=f"poison_{topic}", topic=topic, key=_keyed(topic, obj, key_field),
+                             value=_dumps(obj), reason="handler_error", decoder_only=False)
+
     def mix(self, n_each: int = 1, *, start: int = 0) -> list[HostileRecord]:
         """``n_each`` records of every kind, shuffled."""
         out = [self.make(k, start + j * len(KINDS) + n) for j in range(n_each) for n, k in enumerate(KINDS)]

@@ -12,9 +12,9 @@ block maps one-to-one onto these fields (``config.kafkaBootstrap`` -> ``BIDDER_K
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["DEFAULT_MODEL_DIR", "Settings"]
@@ -68,6 +68,21 @@ class Settings(BaseSettings):
     max_candidates: int = Field(default=2000, ge=1)
     max_event_age_s: float = Field(default=86_400.0, gt=0, description="older timestamps are rejected")
     max_event_future_s: float = Field(default=300.0, gt=0, description="clock skew allowed ahead")
+    dead_letter_max_bytes: int = Field(
+        default=900_000, ge=16_384,
+        description="a dead letter larger than this keeps only the original's size, sha256 and first bytes; "
+                    "keep it under the producer's max request size and the broker's message.max.bytes (1 MB)")
+    dead_letter_keep_bytes: int = Field(
+        default=65_536, ge=0, le=262_144,
+        description="bytes of the original key and value a truncated dead letter keeps")
+    poison_attempts: int = Field(
+        default=3, ge=1,
+        description="times a record whose handling raises is tried alone before it is dead-lettered "
+                    "(handler_error) and the agent moves on")
+    fault_marker: str = Field(
+        default="",
+        description="reliability tests only: the agents' handlers raise for every record whose value "
+                    "contains this text (empty: off)")
 
     # --- models and scoring ------------------------------------------------------------------------
     model_dir: Path = DEFAULT_MODEL_DIR
@@ -136,3 +151,12 @@ class Settings(BaseSettings):
     web_port: int = Field(default=6066, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     data_dir: Path = Path(".bidder")
+
+    @model_validator(mode="after")
+    def _dead_letters_fit(self) -> Self:
+        # a truncated dead letter holds the kept key and value in base64 (4/3 each) beside its envelope
+        need = 2 * (self.dead_letter_keep_bytes * 4 // 3 + 4) + 8192
+        if need > self.dead_letter_max_bytes:
+            raise ValueError(f"dead_letter_keep_bytes={self.dead_letter_keep_bytes} needs dead_letter_max_bytes >= "
+                             f"{need}, got {self.dead_letter_max_bytes}")
+        return self

@@ -24,7 +24,7 @@ import gc
 import logging
 import os
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NoReturn
@@ -33,6 +33,7 @@ import faust
 import mode
 import numpy as np
 import orjson
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 
 from bidder.attribution import label_update, provisional_labels
 from bidder.billing import LedgerEntry, day_of
@@ -89,6 +90,14 @@ def use_fetch_max_wait(ms: int) -> None:
     thread_class._create_worker_consumer = create
 
 
+class WorkerNotReadyError(RuntimeError):
+    """This process cannot go on (its state did not catch up): not a poison record; the agent exits."""
+
+
+class InjectedFaultError(RuntimeError):
+    """Raised for records holding ``fault_marker`` (reliability tests of the poison-record path)."""
+
+
 @dataclass
 class Runtime:
     """What the agents share in one worker process."""
@@ -109,6 +118,8 @@ class Runtime:
     repairer: GapRepairer | None = None
     """re-reads what a fetch skipped for the Faust group consumer (``with_skipped``)"""
     _roles: dict[tuple[str, str], str] = field(default_factory=dict)
+    _dead_lettered: OrderedDict[tuple[str, int, int], None] = field(default_factory=OrderedDict)
+    """(topic, partition, offset) of the last 10,000 records dead-lettered: each is written once"""
     warmed: bool = False
     """start-up work done (replica recovered, catalog checked, hot path warmed): part of readiness"""
 
@@ -221,8 +232,12 @@ class Runtime:
                                       "replica_lag": self.replica.lag()}
 
     # -- helpers -------------------------------------------------------------------------------------
-    async def send(self, topic: str, key: bytes | None, value: bytes, *, partition: int | None = None) -> Any:
+    async def send(self, topic: str, key: bytes | None, value: bytes, *, partition: int | None = None,
+                   give_up: bool = False) -> Any:
         """Queue a record now (not attached to the current event); returns its delivery future.
+
+        ``give_up``: raise instead of exiting when the record cannot be delivered, at once for a record
+        the producer or broker refuses for its size (sending it again cannot help); dead letters use it.
 
         A failed delivery is sent again with the same bytes for about 40 s (the broker restarting,
         Tansu answering ``UnknownError`` after its restart): outcomes, labels, dead letters and drift
@@ -235,6 +250,7 @@ class Runtime:
         first = await self.topics[topic].send(key=key, value=value, partition=partition, force=True)
         if topic == "billing":
             return first
+        hopeless = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 
         async def delivered() -> Any:
             fut = first
@@ -242,6 +258,8 @@ class Runtime:
                 try:
                     return await fut
                 except Exception as exc:  # any failed delivery is retried the same way
+                    if give_up and isinstance(exc, hopeless):
+                        raise
                     log.warning("send to %s failed (%r); sending the same bytes again (%d)", topic, exc, attempt)
                     self.metrics.send_retries.labels(topic=topic).inc()
                     await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
@@ -249,6 +267,8 @@ class Runtime:
             try:
                 return await fut
             except Exception:
+                if give_up:
+                    raise
                 log.critical("send to %s still failing after 40 tries; exiting so the worker is restarted",
                              topic, exc_info=True)
                 os._exit(70)
@@ -256,14 +276,95 @@ class Runtime:
         return asyncio.ensure_future(delivered())
 
     async def dead_letter(self, message: Any, rejection: Rejection) -> None:
-        fut = await self.send("dead-letters", message.topic.encode(), dead_letter_record(
+        """Write the record's dead letter and wait for it (so its offset is never committed first).
+
+        Once per record: a handler tried again after it raised (``handle_isolating``) may refuse the same
+        record again. A dead letter that cannot be written (the producer or broker refuses it, or the
+        broker does not take it for ~40 s) does not stop the agent: it is counted
+        (``bidder_dead_letter_failures_total``), logged with the record's topic, partition and offset,
+        and the agent moves on."""
+        where = (message.topic, int(message.partition), int(message.offset))
+        if where in self._dead_lettered:
+            self.counts["dead_letter_repeats"] += 1
+            return
+        s = self.settings
+        record = dead_letter_record(
             rejection, topic=message.topic, partition=message.partition, offset=message.offset,
-            key=message.key, value=message.value, ts=self.clock()))
-        await fut
+            key=message.key, value=message.value, ts=self.clock(), max_bytes=s.dead_letter_max_bytes,
+            keep_bytes=s.dead_letter_keep_bytes)
+        try:
+            await (await self.send("dead-letters", message.topic.encode(), record, give_up=True))
+        except Exception as exc:
+            self.counts["dead_letter_failed"] += 1
+            self.metrics.dead_letter_failures.labels(topic=message.topic).inc()
+            log.critical("dead letter of %s[%d]@%d (%s: %s) could not be written (%r, %d bytes); the record is "
+                         "skipped", message.topic, message.partition, message.offset, rejection.reason,
+                         rejection.detail[:200], exc, len(record))
+            return
+        self._dead_lettered[where] = None
+        while len(self._dead_lettered) > 10_000:
+            self._dead_lettered.popitem(last=False)
         self.counts[f"dead_letter:{rejection.reason}"] += 1
         self.metrics.dead_letters.labels(topic=message.topic, reason=rejection.reason).inc()
         log.warning("dead-lettered %s[%d]@%d: %s (%s)", message.topic, message.partition, message.offset,
-                    rejection.reason, rejection.detail)
+                    rejection.reason, rejection.detail[:500])
+
+    # -- poison records ------------------------------------------------------------------------------
+    async def handle_isolating(self, topic: str, handler: Callable[[Sequence[Any]], Awaitable[None]],
+                               events: Sequence[Any]) -> None:
+        """``handler(events)``; if it raises, each record alone, up to ``poison_attempts`` times.
+
+        A record whose handling raises every time (a poison record) is dead-lettered with the
+        exception (``handler_error``) and the agent goes on with the next; its offset is then
+        committed like any other, so a restarted worker does not meet it again. Only the handlers'
+        decision code can raise here: sends retry by themselves or exit (``send``), and
+        :class:`WorkerNotReadyError` (this process cannot go on) is raised through. Effects of a batch that
+        raised half-way are made again for the records tried alone: outputs are idempotent by their
+        ids, dead letters are written once per record, and ``handle_clicks`` writes nothing until
+        every decision of its batch is made."""
+        try:
+            await handler(events)
+            return
+        except WorkerNotReadyError:
+            raise
+        except Exception as exc:
+            log.warning("%s: a batch of %d records raised %r; trying each alone", topic, len(events), exc)
+        attempts = self.settings.poison_attempts
+        for ev in events:
+            for attempt in range(1, attempts + 1):
+                try:
+                    await handler([ev])
+                    break
+                except WorkerNotReadyError:
+                    raise
+                except Exception as exc:
+                    self.metrics.handler_retries.labels(topic=topic).inc()
+                    if attempt < attempts:
+                        await asyncio.sleep(0.05 * attempt)
+                        continue
+                    m = ev.message
+                    log.error("%s[%d]@%d raised on each of %d tries alone; dead-lettering it", m.topic,
+                              m.partition, m.offset, attempts, exc_info=True)
+                    self.counts["poison_records"] += 1
+                    await self.dead_letter(m, Rejection(
+                        "handler_error", f"{type(exc).__name__}: {exc} (raised on each of {attempts} tries)"))
+
+    def with_fault_marker(self, handler: Callable[[Sequence[Any]], Awaitable[None]]
+                          ) -> Callable[[Sequence[Any]], Awaitable[None]]:
+        """``handler``, raising :class:`InjectedFaultError` for a batch holding a record whose value contains
+        ``fault_marker`` (reliability tests only; the handler itself when the marker is empty)."""
+        marker = self.settings.fault_marker.encode()
+        if not marker:
+            return handler
+
+        async def faulty(events: Sequence[Any]) -> None:
+            for ev in events:
+                m = ev.message
+                if marker in (m.value or b""):
+                    raise InjectedFaultError(f"{m.topic}[{m.partition}]@{m.offset} holds the fault marker")
+            await handler(events)
+
+        return faulty
 
     def decode(self, message: Any, now: float, limits: Limits | None = None) -> Any:
         ev = decode(message.topic, message.value, now=now, limits=limits or self.limits)
@@ -421,7 +522,21 @@ class Runtime:
             batch_ids.add(entry.click_id)
             decisions.append((ev.message.partition, click, ad, entry))
         # nothing is written until every decision is made: the replica folds our own lines as soon as
-        # the broker has them, and the overlay must not count them a second time
+        # the broker has them, and the overlay must not count them a second time. Nothing after this
+        # point raises out of the handler (a failed write exits): a batch tried again record by record
+        # (handle_isolating) never has half of its lines written.
+        try:
+            await self._write_click_decisions(decisions, writes, labels)
+            metas = await asyncio.gather(*(f for _, f, _ in writes), *labels)
+        except Exception:
+            log.critical("ledger write failed; exiting so the money state is rebuilt from the ledger",
+                         exc_info=True)
+            os._exit(70)
+        for (part, _, entry), meta in zip(writes, metas, strict=False):
+            self.state.apply_own_ledger(entry, partition=part, offset=int(meta.offset))
+
+    async def _write_click_decisions(self, decisions: list[tuple[int, Click, Any, LedgerEntry]],
+                                     writes: list[tuple[int, Any, LedgerEntry]], labels: list[Any]) -> None:
         for part, click, ad, entry in decisions:
             writes.append((part, await self.send("billing", str(click.shop_id).encode(),
                                                  orjson.dumps(entry.to_dict()), partition=part), entry))
@@ -437,14 +552,6 @@ class Runtime:
                 labels.append(await self.send("labels", click.query_id.encode(), orjson.dumps(label_update(
                     query_id=click.query_id, slot=ad.slot, listing_id=click.listing_id, ts=click.ts,
                     click_id=click.click_id))))
-        try:
-            metas = await asyncio.gather(*(f for _, f, _ in writes), *labels)
-        except Exception:
-            log.critical("ledger write failed; exiting so the money state is rebuilt from the ledger",
-                         exc_info=True)
-            os._exit(70)
-        for (part, _, entry), meta in zip(writes, metas, strict=False):
-            self.state.apply_own_ledger(entry, partition=part, offset=int(meta.offset))
 
     def _auction_unknown(self, message: Any) -> bool:
         try:
@@ -464,7 +571,7 @@ class Runtime:
         if part not in self.billing_ready:
             # rebuild this partition's ledger before deciding anything on it
             if not await self.replica.wait_caught_up(["billing"], partitions={"billing": part}):
-                raise RuntimeError(f"billing partition {part} did not catch up")
+                raise WorkerNotReadyError(f"billing partition {part} did not catch up")
             self.billing_ready.add(part)
         state = self.state
         ad = state.auctions.find(click.query_id, click.listing_id)
@@ -787,11 +894,13 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
 
     def batch_agent(topic: str, size: int, within: float,
                     handler: Callable[[Sequence[Any]], Awaitable[None]]) -> None:
+        handle = rt.with_fault_marker(handler)
+
         async def agent(stream: Any) -> None:
             async for events in batches(stream, size, within_s=within):
                 await ready()
                 try:
-                    await handler(await rt.with_skipped(events))
+                    await rt.handle_isolating(topic, handle, await rt.with_skipped(events))
                 except Exception:  # see crashed()
                     crashed(topic)
 
@@ -799,12 +908,17 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
         app.agent(topics[topic], name=f"bidder.{topic}", concurrency=1)(agent)
 
     def event_agent(topic: str, handler: Callable[[Any], Awaitable[None]]) -> None:
+        async def each(events: Sequence[Any]) -> None:
+            for one in events:
+                await handler(one.message)
+
+        handle = rt.with_fault_marker(each)
+
         async def agent(stream: Any) -> None:
             async for ev in stream.events():
                 await ready()
                 try:
-                    for one in await rt.with_skipped([ev]):
-                        await handler(one.message)
+                    await rt.handle_isolating(topic, handle, await rt.with_skipped([ev]))
                 except Exception:  # see crashed()
                     crashed(topic)
 

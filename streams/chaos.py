@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -44,14 +45,14 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaConnectionError, OutOfOrderSequenceNumber, ProducerClosed
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaError, OutOfOrderSequenceNumber, ProducerClosed
 from aiokafka.structs import ConsumerRecord
 from rich.console import Console
 from rich.table import Table
@@ -59,7 +60,7 @@ from rich.table import Table
 from bidder.broker import BrokerKind, EmbeddedBroker
 from bidder.events import AuctionOutcome, Click, Listing, Purchase, Shop, Winner, encode
 from bidder.hostile import KINDS, HostileFactory, HostileRecord
-from bidder.kafka_config import aiokafka_consumer_kwargs
+from bidder.kafka_config import aiokafka_consumer_kwargs, aiokafka_producer_kwargs
 from bidder.market import World, WorldConfig
 from bidder.oracle import ClickFact, verify_ledger
 from bidder.producer import EventProducer, key_of, topic_of
@@ -627,6 +628,8 @@ class Outputs:
     outcome_repeats: int = 0
     ledger: dict[int, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
     dead: defaultdict[tuple[str, int, int], list[str]] = field(default_factory=lambda: defaultdict(list))
+    dead_meta: dict[tuple[str, int, int], dict[str, Any]] = field(default_factory=dict)
+    """the last dead letter's ``truncated``, ``value_size`` and ``value_sha256`` for each source record"""
     dead_other: int = 0
     labels: set[tuple[Any, ...]] = field(default_factory=set)
     label_records: int = 0
@@ -740,6 +743,7 @@ def _fold_output(out: Outputs, tp: TopicPartition, value: bytes) -> None:
     elif tp.topic == "dead-letters":
         where = (str(rec["source_topic"]), int(rec["partition"]), int(rec["offset"]))
         out.dead[where].append(str(rec["reason"]))
+        out.dead_meta[where] = {k: rec.get(k) for k in ("truncated", "value_size", "value_sha256")}
     elif tp.topic == "labels":
         out.label_records += 1
         if rec.get("type") == "impressions":
@@ -894,6 +898,8 @@ class ScenarioConfig:
     supervise: bool = False
     """restart workers that exit by themselves (counted in ``worker_restarts_after_exit``)"""
     commit_stall_s: float | None = None
+    worker_env: dict[str, str] = field(default_factory=dict)
+    """more environment for the workers (e.g. ``BIDDER_FAULT_MARKER``)"""
     """the workers' ``BIDDER_COMMIT_STALL_S`` (None: the default, 30 s). A supervised worker whose group
     coordinator never came back (aiokafka #1154) is restarted only after it: with 30 s the restarted
     worker answered the stuck partitions' queries 33.6 s after the fault (t2kill, one fresh-clone run)"""
@@ -988,7 +994,7 @@ Body = Callable[[Run], Awaitable[Figures]]
 async def _setup(cfg: ScenarioConfig, workdir: Path, *, catalog: bool = True, holder: dict[str, Run]) -> Run:
     shutil.rmtree(workdir / "broker-data", ignore_errors=True)  # a fresh broker: nothing from an earlier run
     cluster = Cluster(kind=cfg.broker, workdir=workdir, app_id=f"chaos-{cfg.name}",
-                      worker_env={"BIDDER_MODEL_FAMILY": cfg.model_family,
+                      worker_env={"BIDDER_MODEL_FAMILY": cfg.model_family, **cfg.worker_env,
                                   **({} if cfg.commit_stall_s is None
                                      else {"BIDDER_COMMIT_STALL_S": str(cfg.commit_stall_s)})})
     await asyncio.to_thread(cluster.start_broker)
@@ -1200,8 +1206,32 @@ async def _t4(run: Run) -> Figures:
         else:
             dirty.append(await _burst(run, 500, hostile=hostile[r::rounds]))
             clean.append(await _burst(run, 500))
+    extremes, extreme_problems = await _extremes(run, factory)
+    await run.drain()
+    # the poison records' offsets were committed with their dead letters: a restarted worker must not
+    # meet them again (a second dead letter for one counts as redelivered)
+    await run.cluster.signal_worker("w0", signal.SIGTERM, restart_after_s=0.5)
+    tr.sending = True
+    await _burst(run, 200)
     await run.drain()
     f = await run.figures()
+    f.extra.update(extremes)
+    f.problems.extend(extreme_problems)
+    assert run.outputs is not None
+    meta = run.outputs.dead_meta
+    sized = [(w, r) for w, r in tr.truth.invalid.items() if r.kind.startswith(("at_broker_max", "under_broker_max"))]
+    kept = [w for w, r in sized if meta.get(w, {}).get("truncated") is True
+            and meta[w].get("value_size") == len(r.value or b"")
+            and meta[w].get("value_sha256") == hashlib.sha256(r.value or b"").hexdigest()]
+    f.extra["oversized_dead_letters_truncated"] = f"{len(kept)} of {len(sized)}"
+    sent_by_topic = Counter(w[0] for w in tr.truth.invalid)
+    once_by_topic = Counter(w[0] for w in tr.truth.invalid if len(run.outputs.dead.get(w, [])) == 1)
+    kinds_by_topic = {t: len({r.kind for w, r in tr.truth.invalid.items() if w[0] == t}) for t in sent_by_topic}
+    f.extra["dead_lettered_once_by_topic"] = " · ".join(
+        f"{t} {once_by_topic[t]}/{n} ({kinds_by_topic[t]} kinds)" for t, n in sorted(sent_by_topic.items()))
+    if len(kept) != len(sized) or not sized:
+        f.problems.append(f"dead letters of records near the broker's maximum: {len(kept)} of {len(sized)} "
+                          "truncated with the original's size and sha256")
     ratio = float(np.median(np.asarray(dirty) / np.maximum(np.asarray(clean), 1e-9)))
     f.extra.update({"hostile_kinds": len(KINDS), "throughput_clean_qps": " / ".join(map(str, clean)),
                     "throughput_hostile_qps": " / ".join(map(str, dirty)), "throughput_ratio": round(ratio, 3)})
@@ -1210,6 +1240,64 @@ async def _t4(run: Run) -> Figures:
     got = Counter(rec.reason for rec in tr.truth.invalid.values())
     f.extra["reasons"] = len(got)
     return f
+
+
+POISON_MARKER = "poison-7d1f"
+"""T4's workers raise while handling any record holding this text (``BIDDER_FAULT_MARKER``)"""
+INPUT_TOPICS = ("queries", "clicks", "purchases", "listings", "shops")
+
+
+async def _takes(producer: AIOKafkaProducer, topic: str, key: bytes, size: int) -> bool:
+    try:
+        await producer.send_and_wait(topic, b"x" * size, key=key)
+    except KafkaError:
+        return False
+    return True
+
+
+async def _largest_value(producer: AIOKafkaProducer, topic: str, key: bytes) -> int:
+    """The largest value (bytes) the broker takes in a record with ``key``, by bisection."""
+    lo, hi = 1, 16 << 20
+    if not await _takes(producer, topic, key, lo):
+        raise RuntimeError(f"the broker refuses a 1-byte record on {topic}")
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if await _takes(producer, topic, key, mid) else (lo, mid)
+    return lo
+
+
+async def _extremes(run: Run, factory: HostileFactory) -> tuple[dict[str, Any], list[str]]:
+    """Send a record at and one 1 byte under the broker's maximum size on every input topic (each
+    refused as ``too_large``; its dead letter, were it whole, would pass the broker's limit) and one
+    poison record (``BIDDER_FAULT_MARKER``) on each agent's topic; returns figures for the table and
+    problems (a record at the measured maximum refused, or one byte more taken)."""
+    tr = run.traffic
+    kwargs = aiokafka_producer_kwargs(run.cluster.settings(), bootstrap=run.cluster.bootstrap)
+    producer = AIOKafkaProducer(**{**kwargs, "acks": "all", "max_request_size": 32 << 20})
+    await producer.start()
+    try:
+        probe_key = b"k" * 16
+        limit = await _largest_value(producer, "chaos-size-probe", probe_key)
+        refused_over = not await _takes(producer, "chaos-size-probe", probe_key, limit + 1)
+        refused_at: list[str] = []
+        for n, topic in enumerate(INPUT_TOPICS):
+            base = factory.sized(topic, 4096, 10_000 + n)
+            at = limit + len(probe_key) - len(base.key or b"")  # same record size with this key
+            for kind, size in (("at_broker_max", at), ("under_broker_max", at - 1)):
+                rec = factory.resized(replace(base, kind=f"{kind}_{topic}"), size)
+                try:
+                    meta = await producer.send_and_wait(topic, rec.value, key=rec.key)
+                except KafkaError as exc:
+                    refused_at.append(f"{rec.kind}: {exc!r}")
+                    continue
+                tr.truth.invalid[(topic, int(meta.partition), int(meta.offset))] = rec
+    finally:
+        await producer.stop()
+    for n, topic in enumerate(("queries", "clicks", "purchases")):
+        await tr.send_hostile(factory.poison(topic, 20_000 + n, marker=POISON_MARKER))
+    problems = [*refused_at, *([] if refused_over else [f"the broker took a record over {limit} bytes"])]
+    return {"broker_max_value_bytes_16b_key": limit, "broker_refused_one_byte_more": refused_over,
+            "records_near_max_sent": 2 * len(INPUT_TOPICS) - len(refused_at), "poison_records_sent": 3}, problems
 
 
 # -- T5: concurrent clicks on small budgets, a worker added mid-burst (Tansu: rebalance) -------------
@@ -1391,8 +1479,10 @@ SCENARIOS: dict[str, Scenario] = {
         "workers left running find the truncated logs themselves (restarted only if they exit)",
         n_workers=1, rate_qps=15.0, duration_s=40.0, strict=False, drain_timeout_s=60.0, supervise=True), _t2),
     "t4": Scenario(ScenarioConfig(
-        "t4", "noida", "about 40 kinds of hostile records mixed into live traffic", n_workers=1,
-        click_prob=0.2, purchase_rate=0.2, hostile_each=2), _t4),
+        "t4", "noida", "about 40 kinds of hostile records mixed into live traffic, records at and 1 byte "
+        "under the broker's maximum size on every input topic, a poison record on each agent's topic, "
+        "then a worker restart", n_workers=1, click_prob=0.2, purchase_rate=0.2, hostile_each=2,
+        worker_env={"BIDDER_FAULT_MARKER": POISON_MARKER}), _t4),
     "t5": Scenario(ScenarioConfig(
         "t5", "tansu", "~12k clicks on 50 small budgets from 4 producers, 10% resent, a worker added",
         n_shops=50, n_listings=1000, rate_qps=400.0, click_slots=24, budget_range=(5.0, 40.0),

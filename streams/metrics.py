@@ -31,6 +31,13 @@ class WorkerMetrics:
                                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.dead_letters = Counter("bidder_dead_letters_total", "Events refused, by source topic and reason",
                                     ["topic", "reason"], registry=r)
+        self.dead_letter_failures = Counter(
+            "bidder_dead_letter_failures_total",
+            "Refused events whose dead letter could not be written (logged with topic/partition/offset)",
+            ["topic"], registry=r)
+        self.handler_retries = Counter("bidder_handler_retries_total",
+                                       "Records tried alone again after their handler raised", ["topic"],
+                                       registry=r)
         self.clicks = Counter("bidder_clicks_total", "Clicks by ledger status (charged, unbilled, duplicate)",
                               ["status"], registry=r)
         self.charged = Counter("bidder_charged_amount_total", "Money charged to shops", registry=r)

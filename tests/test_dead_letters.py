@@ -1,0 +1,140 @@
+"""Dead letters always fit on the topic, and a record whose handling raises is isolated, retried a
+bounded number of times and dead-lettered once while the rest of its batch is handled."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bidder.decoding import Rejection
+from bidder.settings import Settings
+from streams.app import InjectedFaultError, Runtime, WorkerNotReadyError
+from streams.deadletter import DETAIL_MAX_CHARS, dead_letter_record, original_bytes
+
+
+def _record(value: bytes | None, key: bytes | None = b"k", *, detail: str = "d", max_bytes: int = 900_000,
+            keep_bytes: int = 65_536) -> dict[str, Any]:
+    raw = dead_letter_record(Rejection("too_large", detail), topic="queries", partition=2, offset=9, key=key,
+                             value=value, ts=1.0, max_bytes=max_bytes, keep_bytes=keep_bytes)
+    assert len(raw) <= max_bytes
+    rec: dict[str, Any] = orjson.loads(raw)
+    return rec
+
+
+@settings(max_examples=40, deadline=None)
+@given(value_size=st.integers(0, 2_000_000), key_size=st.integers(0, 300_000), keep=st.integers(0, 100_000))
+def test_a_dead_letter_never_passes_its_limit(value_size: int, key_size: int, keep: int) -> None:
+    value, key = b"v" * value_size, b"k" * key_size
+    max_bytes = Settings(dead_letter_keep_bytes=keep, dead_letter_max_bytes=900_000).dead_letter_max_bytes
+    rec = _record(value, key, max_bytes=max_bytes, keep_bytes=keep)
+    assert rec["value_size"] == value_size and rec["value_sha256"] == hashlib.sha256(value).hexdigest()
+    assert rec["reason"] == "too_large"
+    if rec["truncated"]:
+        assert original_bytes(rec) == value[:keep]
+        assert base64.b64decode(rec["key_b64"]) == key[:keep] and rec["key_size"] == key_size
+    else:
+        assert original_bytes(rec) == value and base64.b64decode(rec["key_b64"]) == key
+
+
+def test_the_900_kb_record_that_stopped_every_query() -> None:
+    value = b"q" * 900_000  # 1.2 MB as a whole dead letter: over the producer's and the broker's 1 MB
+    whole = len(base64.b64encode(value))
+    assert whole > 1_000_000
+    rec = _record(value)
+    assert rec["truncated"] is True and rec["value_size"] == 900_000
+    assert original_bytes(rec) == value[:65_536]
+    small = _record(b"{}")
+    assert small["truncated"] is False and original_bytes(small) == b"{}" and small["value_size"] == 2
+    assert _record(None)["value_size"] is None and original_bytes(_record(None)) is None
+
+
+def test_a_long_detail_is_cut() -> None:
+    rec = _record(b"x", detail="y" * 50_000)
+    assert len(rec["detail"]) < DETAIL_MAX_CHARS + 40 and rec["detail"].endswith("(50000 characters)")
+
+
+def test_settings_refuse_a_keep_that_cannot_fit() -> None:
+    with pytest.raises(ValueError, match="dead_letter_max_bytes"):
+        Settings(dead_letter_keep_bytes=200_000, dead_letter_max_bytes=100_000)
+
+
+# -- poison records ---------------------------------------------------------------------------------
+
+@dataclass
+class _Message:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass
+class _Event:
+    message: _Message
+
+
+def _runtime(**settings: Any) -> tuple[Runtime, list[tuple[int, Rejection]]]:
+    rt = Runtime(settings=Settings(**settings), state=None, replica=None, pipeline=None,  # type: ignore[arg-type]
+                 limits=None, topics={})  # type: ignore[arg-type]
+    letters: list[tuple[int, Rejection]] = []
+
+    async def dead_letter(message: Any, rejection: Rejection) -> None:  # the output, recorded
+        letters.append((message.offset, rejection))
+
+    rt.dead_letter = dead_letter  # type: ignore[method-assign]
+    return rt, letters
+
+
+def _events(values: Sequence[bytes]) -> list[_Event]:
+    return [_Event(_Message("clicks", 0, i, b"1", v)) for i, v in enumerate(values)]
+
+
+def test_a_poison_record_is_tried_alone_then_dead_lettered_and_the_batch_goes_on() -> None:
+    rt, letters = _runtime(poison_attempts=3, fault_marker="BAD")
+    handled: list[list[int]] = []
+
+    async def handler(events: Sequence[Any]) -> None:
+        handled.append([e.message.offset for e in events])
+
+    events = _events([b"a", b"b BAD", b"c", b"d"])
+    asyncio.run(rt.handle_isolating("clicks", rt.with_fault_marker(handler), events))
+    # the batch raised before the handler ran; then each record alone; the poison one 3 times
+    assert handled == [[0], [2], [3]]
+    assert [(o, r.reason) for o, r in letters] == [(1, "handler_error")]
+    assert "InjectedFaultError" in letters[0][1].detail and "3 tries" in letters[0][1].detail
+    assert rt.counts["poison_records"] == 1
+
+
+def test_a_record_that_fails_once_is_handled_on_its_retry() -> None:
+    rt, letters = _runtime(poison_attempts=3)
+    calls: list[list[int]] = []
+
+    async def flaky(events: Sequence[Any]) -> None:  # record 1 fails the first two times it is seen
+        calls.append([e.message.offset for e in events])
+        if sum(1 in c for c in calls) <= 2 and any(e.message.offset == 1 for e in events):
+            raise ValueError("transient")
+
+    asyncio.run(rt.handle_isolating("clicks", flaky, _events([b"a", b"b"])))
+    assert calls == [[0, 1], [0], [1], [1]] and letters == []
+
+
+def test_a_worker_that_cannot_go_on_is_not_a_poison_record() -> None:
+    rt, letters = _runtime()
+
+    async def not_ready(events: Sequence[Any]) -> None:
+        raise WorkerNotReadyError("billing partition 0 did not catch up")
+
+    with pytest.raises(WorkerNotReadyError):
+        asyncio.run(rt.handle_isolating("clicks", not_ready, _events([b"a"])))
+    assert letters == []
+    assert issubclass(InjectedFaultError, RuntimeError)

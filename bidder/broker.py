@@ -103,13 +103,32 @@ class EmbeddedBroker:
     process: subprocess.Popen[bytes]
     data_dir: Path | None
     log_path: Path
+    own_data: bool = False
+    """``data_dir`` is a temporary directory :meth:`start` made (removed by :meth:`cleanup`)"""
+    own_log: bool = False
+    """``log_path`` is a temporary file :meth:`start` made (removed by :meth:`cleanup`)"""
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def describe(self) -> str:
+        """Where the broker keeps its data and log, and whether they are removed when it stops."""
+        data = "in memory (gone when it stops)" if self.data_dir is None else (
+            f"{self.data_dir} ({'temporary: removed' if self.own_data else 'kept'} when it stops)")
+        log = f"{self.log_path} ({'temporary: removed' if self.own_log else 'kept'} when it stops)"
+        return f"data: {data}\nlog: {log}"
+
+    def cleanup(self, *, keep_log: bool = False) -> None:
+        """Remove the temporary data directory and log this broker made (never ones it was given);
+        ``keep_log`` keeps the log (to explain a failure)."""
+        if self.own_data and self.data_dir is not None:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+        if self.own_log and not keep_log:
+            self.log_path.unlink(missing_ok=True)
+
     def stop(self, *, timeout_s: float = 10.0) -> None:
-        """SIGTERM the broker's process group, then SIGKILL whatever is left."""
+        """SIGTERM the broker's process group, then SIGKILL whatever is left after ``timeout_s``."""
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGTERM)
@@ -146,9 +165,10 @@ class EmbeddedBroker:
         if kind == "tansu":
             url = f"tcp://127.0.0.1:{port}"
             argv = [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url]
-            data = None
+            data, own_data = None, False
         else:
             data = data_dir or Path(tempfile.mkdtemp(prefix="bidder-noida-"))
+            own_data = data_dir is None
             data.mkdir(parents=True, exist_ok=True)
             argv = [str(binary), "start", "--only", "kafka", "--kafka-port", str(port),
                     "--host", "127.0.0.1", "--data-dir", str(data)]
@@ -156,13 +176,15 @@ class EmbeddedBroker:
         with log.open("ab") as out:
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
-        broker = cls(kind=kind, port=port, process=proc, data_dir=data, log_path=log)
+        broker = cls(kind=kind, port=port, process=proc, data_dir=data, log_path=log, own_data=own_data,
+                     own_log=log_path is None)
         deadline = time.monotonic() + timeout_s
         last: Exception | None = None
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 tail = log.read_text(errors="replace")[-2000:]
-                raise BrokerError(f"{kind} broker exited with {proc.returncode}:\n{tail}")
+                broker.cleanup(keep_log=True)
+                raise BrokerError(f"{kind} broker exited with {proc.returncode} (log: {log}):\n{tail}")
             try:
                 probe_kafka("127.0.0.1", port)
                 return broker
@@ -170,22 +192,23 @@ class EmbeddedBroker:
                 last = exc
                 time.sleep(0.1)
         broker.stop()
-        raise BrokerError(f"{kind} broker did not answer on port {port} within {timeout_s}s: {last}")
+        broker.cleanup(keep_log=True)
+        raise BrokerError(f"{kind} broker did not answer on port {port} within {timeout_s}s: {last} (log: {log})")
 
 
 @contextlib.contextmanager
 def embedded_broker(
     kind: BrokerKind = "noida", *, port: int | None = None, data_dir: Path | None = None
 ) -> Iterator[EmbeddedBroker]:
-    """Run an embedded broker for the duration of a ``with`` block; a temporary data dir is removed."""
-    own_dir = data_dir is None and kind == "noida"
+    """Run an embedded broker for the duration of a ``with`` block; its temporary data dir and log are
+    removed (the log is kept, and named, when the block failed)."""
     broker = EmbeddedBroker.start(kind, port=port, data_dir=data_dir)
     try:
         yield broker
     finally:
-        broker.stop()
-        if own_dir and broker.data_dir is not None:
-            shutil.rmtree(broker.data_dir, ignore_errors=True)
+        broker.stop(timeout_s=2.0)
         exc = sys.exc_info()[0]
-        if exc is None or issubclass(exc, KeyboardInterrupt):  # kept only to explain a failure
-            broker.log_path.unlink(missing_ok=True)
+        failed = exc is not None and not issubclass(exc, KeyboardInterrupt)
+        broker.cleanup(keep_log=failed)
+        if failed:
+            print(f"embedded {kind} broker log kept: {broker.log_path}", file=sys.stderr)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import signal
 import sys
 import time
@@ -65,6 +64,7 @@ def broker(settings: Settings, port: int | None, kind: str | None, data_dir: Pat
     b = EmbeddedBroker.start(kind or settings.broker_kind, port=port, data_dir=data_dir)  # type: ignore[arg-type]
     click.echo(f"bootstrap: {b.bootstrap}")
     click.echo(f"export BIDDER_KAFKA_BOOTSTRAP={b.bootstrap}")
+    click.echo(b.describe())
     sys.stdout.flush()
     stop = {"now": False}
 
@@ -79,10 +79,9 @@ def broker(settings: Settings, port: int | None, kind: str | None, data_dir: Pat
             if b.process.poll() is not None:
                 raise click.ClickException(f"broker exited with {b.process.returncode}; log: {b.log_path}")
     finally:
-        b.stop(timeout_s=5.0)
-        if data_dir is None and b.data_dir is not None:  # a temporary directory of its own
-            shutil.rmtree(b.data_dir, ignore_errors=True)
-            b.log_path.unlink(missing_ok=True)
+        # within 2 s of the signal: 1.5 s for a clean exit, then SIGKILL (an idle broker exits in ~10 ms)
+        b.stop(timeout_s=1.5)
+        b.cleanup(keep_log=b.process.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL))
         click.echo("broker stopped")
 
 

@@ -138,3 +138,66 @@ def test_a_worker_that_cannot_go_on_is_not_a_poison_record() -> None:
         asyncio.run(rt.handle_isolating("clicks", not_ready, _events([b"a"])))
     assert letters == []
     assert issubclass(InjectedFaultError, RuntimeError)
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("case", ["truncated", "unwritable"])
+def test_a_900_kb_query_stops_nothing(case: str, tmp_path: Any, small_world: Any) -> None:
+    """The record from the field: a 900 KB query (under the broker's 1 MB). With the default limits its
+    dead letter is truncated and written; with a limit above what the producer takes, the dead letter
+    cannot be written at all: counted, logged with topic/partition/offset, and the agent goes on. Both
+    times the next valid query is answered by the same worker process."""
+    import time
+
+    import numpy as np
+
+    from bidder.broker import embedded_broker
+    from bidder.events import encode
+    from bidder.producer import EventProducer
+    from bidder.simulator import Simulator
+    from streams.admin import create_topics
+    from streams.process import WorkerProcess
+    from tests.kafka_helpers import read_until
+
+    settings_ = Settings()
+    sim = Simulator(small_world, rng=np.random.default_rng(8), n_candidates=40)
+    env = {"BIDDER_DEAD_LETTER_MAX_BYTES": "4000000"} if case == "unwritable" else {}
+    q_big = sim.next_query(now=time.time())
+    big = orjson.loads(encode(q_big))
+    big["text"] = "x" * 900_000
+    after = sim.next_query(now=time.time())
+
+    def answered(rs: list[tuple[str, Any, bytes | None]]) -> bool:
+        return any(v and v.get("query_id") == after.query_id for _, v, _ in rs)
+
+    with embedded_broker("noida") as broker:
+        asyncio.run(create_topics(settings_, bootstrap=broker.bootstrap))
+        worker = WorkerProcess.start(bootstrap=broker.bootstrap, log_path=tmp_path / "worker.log",
+                                     env={"BIDDER_APP_ID": f"bidder-dl-{case}", **env})
+        try:
+            async def send() -> tuple[int, int]:
+                async with EventProducer(settings_, bootstrap=broker.bootstrap) as p:
+                    shops, listings = sim.catalog(now=time.time())
+                    for ev in [*shops, *listings]:
+                        await p.send(ev)
+                    await asyncio.to_thread(worker.wait_ready)
+                    where = await p.send_raw("queries", q_big.query_id.encode(), orjson.dumps(big))
+                    await p.send_raw("queries", after.query_id.encode(), encode(after))
+                    return where
+
+            part, off = asyncio.run(send())
+            assert answered(asyncio.run(read_until(settings_, broker.bootstrap, ["auctions"], answered)))
+            assert worker.process.poll() is None
+            _, metrics = worker.get("/metrics")
+            letters = asyncio.run(read_until(settings_, broker.bootstrap, ["dead-letters"], bool,
+                                             timeout_s=3 if case == "unwritable" else 30))
+        finally:
+            worker.stop()
+    mine = [v for _, v, _ in letters if v and v["offset"] == off and v["partition"] == part]
+    if case == "truncated":
+        assert len(mine) == 1 and mine[0]["truncated"] is True and mine[0]["reason"] == "too_large"
+        assert mine[0]["value_size"] == len(orjson.dumps(big))
+    else:
+        assert mine == []
+        assert 'bidder_dead_letter_failures_total{topic="queries"} 1.0' in metrics
+        assert f"queries[{part}]@{off}" in worker.log_tail(200_000)

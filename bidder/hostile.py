@@ -135,14 +135,17 @@ class HostileFactory:
                              decoder_only=True)
 
     def poison(self, topic: str, i: int, *, marker: str) -> HostileRecord:
-        """A well-formed record on ``topic`` carrying ``marker`` (in its id), so that a worker started with
-        ``BIDDER_FAULT_MARKER=marker`` raises while handling it: refused as ``handler_error``."""
+        """A record on ``topic`` carrying ``marker`` (in its id; catalog events in an extra ``note``), so
+        that a worker started with ``BIDDER_FAULT_MARKER=marker`` raises while handling it, before it is
+        decoded: refused as ``handler_error``."""
         build = {"queries": (self._query, "query_id"), "clicks": (self._click, "click_id"),
-                 "purchases": (self._purchase, "order_id")}
+                 "purchases": (self._purchase, "order_id"), "listings": (self._listing, "note"),
+                 "shops": (self._shop, "note")}
         make, id_field = build[topic]
         obj = make(i)
-        obj[id_field] = f"{obj[id_field]}-{marker}"
-        key_field = {"queries": "query_id", "clicks": "shop_id", "purchases": "user_id"}[topic]
+        obj[id_field] = f"{obj.get(id_field, '')}-{marker}"  # catalog events have no text: an extra field
+        key_field = {"queries": "query_id", "clicks": "shop_id", "purchases": "user_id", "listings": "listing_id",
+                     "shops": "shop_id"}[topic]
         return HostileRecord(kind=f"poison_{topic}", topic=topic, key=_keyed(topic, obj, key_field),
                              value=_dumps(obj), reason="handler_error", decoder_only=False)
 

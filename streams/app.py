@@ -726,7 +726,17 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
                  repairer=GapRepairer(settings, bootstrap=bootstrap, name="group"))
     replica.repairer.on_repair = functools.partial(rt.count_repair, consumer="replica")
 
-    checker = CatalogChecker(settings, bootstrap=bootstrap, check=rt.handle_catalog)
+    async def each_catalog(events: Sequence[Any]) -> None:
+        for ev in events:
+            await rt.handle_catalog(ev.message)
+
+    catalog_handler = rt.with_fault_marker(each_catalog)
+
+    async def check_catalog(record: Any) -> None:
+        """The catalog check's records get the agents' poison-record handling too."""
+        await rt.handle_isolating(record.topic, catalog_handler, [RepairedEvent(RepairedMessage.of(record))])
+
+    checker = CatalogChecker(settings, bootstrap=bootstrap, check=check_catalog)
 
     async def warm_producer() -> None:
         """Fetch the output topics' metadata now: the first send to a topic waits for it otherwise."""

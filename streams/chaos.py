@@ -1278,7 +1278,7 @@ async def _largest_value(producer: AIOKafkaProducer, topic: str, key: bytes) -> 
 async def _extremes(run: Run, factory: HostileFactory) -> tuple[dict[str, Any], list[str]]:
     """Send a record at and one 1 byte under the broker's maximum size on every input topic (each
     refused as ``too_large``; its dead letter, were it whole, would pass the broker's limit) and one
-    poison record (``BIDDER_FAULT_MARKER``) on each agent's topic; returns figures for the table and
+    poison record (``BIDDER_FAULT_MARKER``) on each input topic; returns figures for the table and
     problems (a record at the measured maximum refused, or one byte more taken)."""
     tr = run.traffic
     kwargs = aiokafka_producer_kwargs(run.cluster.settings(), bootstrap=run.cluster.bootstrap)
@@ -1302,11 +1302,12 @@ async def _extremes(run: Run, factory: HostileFactory) -> tuple[dict[str, Any], 
                 tr.truth.invalid[(topic, int(meta.partition), int(meta.offset))] = rec
     finally:
         await producer.stop()
-    for n, topic in enumerate(("queries", "clicks", "purchases")):
+    for n, topic in enumerate(INPUT_TOPICS):
         await tr.send_hostile(factory.poison(topic, 20_000 + n, marker=POISON_MARKER))
     problems = [*refused_at, *([] if refused_over else [f"the broker took a record over {limit} bytes"])]
     return {"broker_max_value_bytes_16b_key": limit, "broker_refused_one_byte_more": refused_over,
-            "records_near_max_sent": 2 * len(INPUT_TOPICS) - len(refused_at), "poison_records_sent": 3}, problems
+            "records_near_max_sent": 2 * len(INPUT_TOPICS) - len(refused_at),
+            "poison_records_sent": len(INPUT_TOPICS)}, problems
 
 
 # -- T5: concurrent clicks on small budgets, a worker added mid-burst (Tansu: rebalance) -------------
@@ -1489,7 +1490,7 @@ SCENARIOS: dict[str, Scenario] = {
         n_workers=1, rate_qps=15.0, duration_s=40.0, strict=False, drain_timeout_s=60.0, supervise=True), _t2),
     "t4": Scenario(ScenarioConfig(
         "t4", "noida", "about 40 kinds of hostile records mixed into live traffic, records at and 1 byte "
-        "under the broker's maximum size on every input topic, a poison record on each agent's topic, "
+        "under the broker's maximum size and a poison record on every input topic, "
         "then a worker restart", n_workers=1, click_prob=0.2, purchase_rate=0.2, hostile_each=2,
         worker_env={"BIDDER_FAULT_MARKER": POISON_MARKER}), _t4),
     "t5": Scenario(ScenarioConfig(

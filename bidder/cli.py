@@ -184,25 +184,28 @@ def bench_kernel(ctx: click.Context) -> None:
 @click.option("--rate", type=float, default=50.0, show_default=True,
               help="queries per second (open loop); what 2 cores sustain with broker, worker and simulator")
 @click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--drain-s", "drain_s", type=float, default=60.0, show_default=True,
+              help="after the traffic, wait at most this long for the worker to take what is left")
 @click.option("--json", "as_json", is_flag=True, help="print the reconciled summary as JSON")
 @click.pass_obj
-def demo(settings: Settings, seconds: float, rate: float, seed: int, as_json: bool) -> None:
+def demo(settings: Settings, seconds: float, rate: float, seed: int, drain_s: float, as_json: bool) -> None:
     """Broker, topics, a worker and the simulator, with a live table and a reconciled summary."""
     stop_children_on_signals()
     import orjson
     from rich.console import Console
 
-    from streams.demo import run_demo, summary_table
+    from streams.demo import accounting_table, run_demo, summary_table
 
     console = Console(stderr=as_json)
     with kafka_bootstrap(settings) as bootstrap:
         summary = run_demo(settings, bootstrap=bootstrap, seconds=seconds, rate=rate, seed=seed,
-                           console=None if as_json else console)
+                           console=None if as_json else console, drain_timeout_s=drain_s)
     if as_json:
         click.echo(orjson.dumps({"numbers": summary.numbers, "checks": summary.checks, "ok": summary.ok},
                                 option=orjson.OPT_INDENT_2).decode())
     else:
         console.print(summary_table(summary))
+        console.print(accounting_table(summary))
     if not summary.ok:
         for reason in summary.numbers.get("failed_checks", []):
             click.echo(f"demo failed: {reason}", err=True)

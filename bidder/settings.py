@@ -83,6 +83,10 @@ class Settings(BaseSettings):
         default="",
         description="reliability tests only: the agents' handlers raise for every record whose value "
                     "contains this text (empty: off)")
+    fault_slow: str = Field(
+        default="", pattern=r"^$|^(queries|clicks|purchases):[0-9]+(\.[0-9]+)?$",
+        description="reliability tests only: TOPIC:SECONDS makes that topic's agent wait SECONDS before each "
+                    "record it handles (a slow agent; empty: off)")
 
     # --- models and scoring ------------------------------------------------------------------------
     model_dir: Path = DEFAULT_MODEL_DIR

@@ -28,7 +28,8 @@ from bidder.kafka_config import aiokafka_admin_kwargs
 from bidder.settings import Settings
 from streams.simulate import tail_consumer
 
-__all__ = ["QueryAccount", "TopicMarks", "account_queries", "group_backlog", "topic_marks"]
+__all__ = ["InputAccount", "QueryAccount", "TopicMarks", "account_queries", "group_backlog", "group_backlogs",
+           "topic_marks"]
 
 _TOPICS = ("queries", "auctions", "dead-letters")
 
@@ -38,6 +39,40 @@ class TopicMarks:
     """End offsets of ``queries``, ``auctions`` and ``dead-letters`` before a run."""
 
     ends: dict[TopicPartition, int]
+
+
+@dataclass(frozen=True)
+class InputAccount:
+    """Where the records sent to one input topic went: ``sent = handled + dead_lettered + in_flight + lost``
+    (when nothing was handled twice; ``excess`` counts outputs beyond what was sent).
+
+    >>> a = InputAccount.of("clicks", sent=100, handled=70, dead_lettered=5, backlog=20)
+    >>> a.in_flight, a.lost, a.excess
+    (20, 5, 0)
+    """
+
+    topic: str
+    sent: int
+    handled: int
+    dead_lettered: int
+    in_flight: int
+    """unhandled records the group's backlog explains (not yet taken by the agent)"""
+    lost: int
+    """unhandled records past the group's committed offsets: neither handled nor dead-lettered"""
+    excess: int
+    """outputs beyond the records sent (a record handled twice without being recognised)"""
+    backlog: int
+    """records on the topic past the group's committed offsets"""
+
+    @classmethod
+    def of(cls, topic: str, *, sent: int, handled: int, dead_lettered: int, backlog: int) -> InputAccount:
+        unaccounted = max(sent - handled - dead_lettered, 0)
+        in_flight = min(unaccounted, max(backlog, 0))
+        return cls(topic=topic, sent=sent, handled=handled, dead_lettered=dead_lettered, in_flight=in_flight,
+                   lost=unaccounted - in_flight, excess=max(handled + dead_lettered - sent, 0), backlog=backlog)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -69,19 +104,29 @@ async def topic_marks(settings: Settings, bootstrap: str) -> TopicMarks:
         await consumer.stop()
 
 
-async def group_backlog(settings: Settings, bootstrap: str, *, group: str, topic: str) -> int:
-    """Records on ``topic`` past ``group``'s committed offsets (all of a partition it never committed)."""
+async def group_backlogs(settings: Settings, bootstrap: str, *, group: str, topics: tuple[str, ...]
+                         ) -> dict[str, int]:
+    """Records on each of ``topics`` past ``group``'s committed offsets (all of a partition it never
+    committed)."""
     admin = AIOKafkaAdminClient(**aiokafka_admin_kwargs(settings, bootstrap=bootstrap))
     await admin.start()
-    consumer = await tail_consumer(settings, bootstrap, [topic])
+    consumer = await tail_consumer(settings, bootstrap, list(topics))
     try:
         committed = await admin.list_consumer_group_offsets(group)
-        ends = await _ends(consumer, (topic,))
-        return sum(max(end - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0), 0)
-                   for tp, end in ends.items())
+        ends = await _ends(consumer, topics)
+        out = dict.fromkeys(topics, 0)
+        for tp, end in ends.items():
+            done = committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0
+            out[tp.topic] += max(end - done, 0)
+        return out
     finally:
         await consumer.stop()
         await admin.close()
+
+
+async def group_backlog(settings: Settings, bootstrap: str, *, group: str, topic: str) -> int:
+    """Records on ``topic`` past ``group``'s committed offsets (all of a partition it never committed)."""
+    return (await group_backlogs(settings, bootstrap, group=group, topics=(topic,)))[topic]
 
 
 async def _read_between(consumer: AIOKafkaConsumer, start: dict[TopicPartition, int],
@@ -122,10 +167,9 @@ async def account_queries(settings: Settings, bootstrap: str, *, marks: TopicMar
         elif r.key == b"queries" and (ids is None or _dead_key(r.value) in ids):
             dead += 1
     backlog = await group_backlog(settings, bootstrap, group=group, topic="queries")
-    unanswered = max(sent - len(answered) - dead, 0)
-    in_flight = min(unanswered, backlog)
-    return QueryAccount(sent=sent, answered=len(answered), dead_lettered=dead, in_flight=in_flight,
-                        lost=unanswered - in_flight, backlog=backlog)
+    a = InputAccount.of("queries", sent=sent, handled=len(answered), dead_lettered=dead, backlog=backlog)
+    return QueryAccount(sent=sent, answered=a.handled, dead_lettered=dead, in_flight=a.in_flight, lost=a.lost,
+                        backlog=backlog)
 
 
 def _dead_key(value: bytes | None) -> str | None:

@@ -349,19 +349,24 @@ class Runtime:
                     await self.dead_letter(m, Rejection(
                         "handler_error", f"{type(exc).__name__}: {exc} (raised on each of {attempts} tries)"))
 
-    def with_fault_marker(self, handler: Callable[[Sequence[Any]], Awaitable[None]]
+    def with_fault_marker(self, handler: Callable[[Sequence[Any]], Awaitable[None]], *, topic: str = ""
                           ) -> Callable[[Sequence[Any]], Awaitable[None]]:
         """``handler``, raising :class:`InjectedFaultError` for a batch holding a record whose value contains
-        ``fault_marker`` (reliability tests only; the handler itself when the marker is empty)."""
+        ``fault_marker``, and waiting before each record when ``fault_slow`` names ``topic`` (reliability
+        tests only; the handler itself when neither is set)."""
         marker = self.settings.fault_marker.encode()
-        if not marker:
+        slow_topic, _, delay = self.settings.fault_slow.partition(":")
+        slow_s = float(delay) if slow_topic == topic and topic else 0.0
+        if not marker and not slow_s:
             return handler
 
         async def faulty(events: Sequence[Any]) -> None:
             for ev in events:
                 m = ev.message
-                if marker in (m.value or b""):
+                if marker and marker in (m.value or b""):
                     raise InjectedFaultError(f"{m.topic}[{m.partition}]@{m.offset} holds the fault marker")
+            if slow_s:
+                await asyncio.sleep(slow_s * len(events))
             await handler(events)
 
         return faulty
@@ -904,7 +909,7 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
 
     def batch_agent(topic: str, size: int, within: float,
                     handler: Callable[[Sequence[Any]], Awaitable[None]]) -> None:
-        handle = rt.with_fault_marker(handler)
+        handle = rt.with_fault_marker(handler, topic=topic)
 
         async def agent(stream: Any) -> None:
             async for events in batches(stream, size, within_s=within):
@@ -922,7 +927,7 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
             for one in events:
                 await handler(one.message)
 
-        handle = rt.with_fault_marker(each)
+        handle = rt.with_fault_marker(each, topic=topic)
 
         async def agent(stream: Any) -> None:
             async for ev in stream.events():

@@ -1,14 +1,23 @@
 """``bidder demo``: broker, topics, a worker and the simulator, with a live table and a reconciled summary.
 
-The summary's checks, all read from the topics:
+After the traffic stops the demo waits for the worker to drain: until nothing is left on the input
+topics past the worker group's committed offsets and no output has arrived for a while, at most
+``drain_timeout_s`` (stated, with a live count of what is still in flight). Then, for queries, clicks
+(resends included) and purchases, read from the topics (``streams/accounting.py``)::
 
-* queries sent = distinct auction outcomes + queries dead-lettered
-* clicks sent (resends included) = ledger lines (charged + unbilled + duplicate) + clicks dead-lettered
-* no click id is charged twice; every shop's charges <= its daily budget
-* purchases sent = conversions attributed + purchases dead-lettered
-* kept up: the queries sent in the last 10 s of traffic were answered about as fast as those of the
+    sent = handled + dead-lettered + in flight + lost
+
+handled: distinct auction outcomes; ledger lines (charged + unbilled + duplicate); conversions.
+In flight: unhandled records the group's backlog explains (not yet taken by the agent). Lost: the
+rest. The checks, each failing with a one-line reason (``failed_checks``, exit 1):
+
+* ``nothing_lost``: lost = 0 everywhere, and no more outputs than records sent;
+* ``no_double_charge``, ``within_budgets``: no click id charged twice; every shop's charges <= its budget;
+* ``drained``: nothing still in flight once the drain ended (a worker that fell behind);
+* ``kept_up``: the queries sent in the last 10 s of traffic were answered about as fast as those of the
   first 10 s (p50 at most 1.5x + 10 ms): a worker that falls behind builds a backlog, and its latency
-  grows through the run. A failed check is named in one line (``failed_checks``) and exits 1.
+  grows through the run;
+* ``no_send_errors``: every record the simulator sent was acknowledged.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,12 +38,16 @@ from rich.table import Table
 
 from bidder.market import WorldConfig
 from bidder.settings import Settings
+from streams.accounting import InputAccount, group_backlogs
 from streams.cpu_meter import CpuMeter, local_broker_pid
 from streams.monitor import OutputTally, TopicMonitor
 from streams.process import WorkerProcess
 from streams.simulate import SimulationReport, run_simulation
 
-__all__ = ["DemoSummary", "run_demo"]
+__all__ = ["INPUTS", "DemoSummary", "run_demo"]
+
+INPUTS = ("queries", "clicks", "purchases")
+"""the input topics whose every record the summary accounts for"""
 
 
 @dataclass
@@ -76,8 +90,27 @@ def kept_up(first_10s: list[float], last_10s: list[float]) -> tuple[bool, str]:
     return True, ""
 
 
+@dataclass
+class Drain:
+    """How the drain after the traffic went."""
+
+    backlog: dict[str, int] = field(default_factory=dict)
+    """records past the worker group's committed offsets when it ended, by input topic"""
+    seconds: float = 0.0
+    """from the end of the traffic until nothing was in flight (or the bound)"""
+    bound_s: float = 60.0
+    done: bool = True
+
+
+_ONE = {"queries": "query", "clicks": "click", "purchases": "purchase"}
+
+
+def _count(n: int, topic: str) -> str:
+    return f"{n} {_ONE.get(topic, topic) if n == 1 else topic}"
+
+
 def summarize(report: SimulationReport, tally: OutputTally, budgets: dict[int, float],
-              seconds: float | None = None) -> DemoSummary:
+              seconds: float | None = None, drain: Drain | None = None) -> DemoSummary:
     sent = report.sent
     invalid_queries = sum(v for k, v in sent.items() if k.startswith("invalid_queries"))
     queries_sent = sent.get("queries", 0) + invalid_queries
@@ -125,26 +158,37 @@ def summarize(report: SimulationReport, tally: OutputTally, budgets: dict[int, f
         "calibration_alerts_open": sorted(k for k, v in tally.calibration_alerts.items() if v > 0),
         "send_errors": report.send_errors,
     }
+    drain = drain if drain is not None else Drain()
+    handled = {"queries": n["outcomes"],
+               "clicks": n["clicks_charged"] + n["clicks_unbilled"] + n["clicks_duplicate_ignored"],
+               "purchases": n["conversions"]}
+    sent_by = {"queries": queries_sent, "clicks": clicks_sent, "purchases": n["purchases_sent"]}
+    accounts = {t: InputAccount.of(t, sent=sent_by[t], handled=handled[t], dead_lettered=n[f"{t}_dead_lettered"],
+                                   backlog=drain.backlog.get(t, 0)) for t in INPUTS}
+    n["accounting"] = {t: {k: v for k, v in a.as_dict().items() if k != "topic"} for t, a in accounts.items()}
+    n["drain_s"] = round(drain.seconds, 1)
+    n["drain_bound_s"] = drain.bound_s
+    lost = {t: a.lost for t, a in accounts.items() if a.lost}
+    excess = {t: a.excess for t, a in accounts.items() if a.excess}
+    in_flight = {t: a.in_flight for t, a in accounts.items() if a.in_flight}
     checks = {
-        "queries_reconcile": queries_sent == n["outcomes"] + n["queries_dead_lettered"],
-        "clicks_reconcile": clicks_sent == (n["clicks_charged"] + n["clicks_unbilled"]
-                                            + n["clicks_duplicate_ignored"] + n["clicks_dead_lettered"]),
+        "nothing_lost": not lost and not excess,
         "no_double_charge": n["clicks_double_entries"] == 0,
         "within_budgets": not overspend,
-        "purchases_reconcile": n["purchases_sent"] == n["conversions"] + n["purchases_dead_lettered"],
-        "no_send_errors": report.send_errors == 0,
+        "drained": not in_flight,
         "kept_up": up,
+        "no_send_errors": report.send_errors == 0,
     }
     reasons = {
-        "queries_reconcile": f"queries: {queries_sent} sent != {n['outcomes']} outcomes + "
-                             f"{n['queries_dead_lettered']} dead-lettered",
-        "clicks_reconcile": f"clicks: {clicks_sent} sent != {n['clicks_charged']} charged + {n['clicks_unbilled']} "
-                            f"unbilled + {n['clicks_duplicate_ignored']} duplicates + {n['clicks_dead_lettered']} "
-                            "dead-lettered",
+        "nothing_lost": "; ".join(
+            [*(f"lost: {_count(k, t)} neither handled, dead-lettered nor waiting on '{t}'"
+               for t, k in lost.items()),
+             *(f"{t}: {k} more handled or dead-lettered than sent" for t, k in excess.items())]),
         "no_double_charge": f"{n['clicks_double_entries']} clicks charged twice",
         "within_budgets": f"{len(overspend)} shops over budget",
-        "purchases_reconcile": f"purchases: {n['purchases_sent']} sent != {n['conversions']} conversions + "
-                               f"{n['purchases_dead_lettered']} dead-lettered",
+        "drained": "fell behind: " + ", ".join(_count(k, t) for t, k in in_flight.items())
+                   + f" still in flight (on their topics, not yet taken by the worker) after draining "
+                     f"{drain.seconds:.1f} s (bound {drain.bound_s:g} s)",
         "no_send_errors": f"{report.send_errors} sends failed",
         "kept_up": behind,
     }
@@ -153,7 +197,7 @@ def summarize(report: SimulationReport, tally: OutputTally, budgets: dict[int, f
 
 
 def live_table(report: SimulationReport, tally: OutputTally, started: float,
-               budgets: dict[int, float] | None = None) -> Table:
+               budgets: dict[int, float] | None = None, status: str | None = None) -> Table:
     t = Table(title="bidder demo (live)", show_header=True)
     t.add_column("metric")
     t.add_column("value", justify="right")
@@ -177,6 +221,8 @@ def live_table(report: SimulationReport, tally: OutputTally, started: float,
         ("calibration alerts open", ", ".join(k for k, v in tally.calibration_alerts.items() if v > 0) or "none"),
         ("model versions", ", ".join(tally.model_versions) or "-"),
     ]
+    if status is not None:
+        rows.insert(0, ("status", status))
     for k, v in rows:
         t.add_row(k, v)
     return t
@@ -187,20 +233,57 @@ def summary_table(summary: DemoSummary) -> Table:
     t.add_column("number")
     t.add_column("value", justify="right")
     for k, v in summary.numbers.items():
-        t.add_row(k, str(v))
+        if k != "accounting":
+            t.add_row(k, str(v))
     for k, ok in summary.checks.items():
         t.add_row(f"check {k}", "[green]ok[/]" if ok else "[red]FAILED[/]")
     return t
 
 
+def accounting_table(summary: DemoSummary) -> Table:
+    """Where every input record went: sent = handled + dead-lettered + in flight + lost."""
+    n = summary.numbers
+    t = Table(title=f"every input record (drain {n.get('drain_s')} s of at most {n.get('drain_bound_s')} s)")
+    cols = ("sent", "handled", "dead_lettered", "in_flight", "lost")
+    t.add_column("topic")
+    for c in cols:
+        t.add_column(c.replace("_", " "), justify="right")
+    for topic, a in n.get("accounting", {}).items():
+        t.add_row(topic, *(f"[red]{a[c]}[/]" if c in ("in_flight", "lost") and a[c] else str(a[c]) for c in cols))
+    return t
+
+
+async def drain_inputs(settings: Settings, bootstrap: str, monitor: TopicMonitor, *, traffic_end: float,
+                       bound_s: float, quiet_s: float,
+                       progress: Callable[[dict[str, int], float], None] | None = None) -> Drain:
+    """Wait until the worker group has committed every input record and no output arrived for
+    ``quiet_s``, at most until ``traffic_end + bound_s``; ``progress(backlog, seconds)`` meanwhile."""
+    drained_at: float | None = None
+    while True:
+        backlog = await group_backlogs(settings, bootstrap, group=settings.app_id, topics=INPUTS)
+        now = time.monotonic()
+        if any(backlog.values()):
+            drained_at = None
+        elif drained_at is None:
+            drained_at = now
+        if drained_at is not None and now - monitor.tally.last_record_at >= quiet_s:
+            return Drain(backlog=backlog, seconds=max(drained_at - traffic_end, 0.0), bound_s=bound_s)
+        if now >= traffic_end + bound_s:
+            return Drain(backlog=backlog, seconds=now - traffic_end, bound_s=bound_s, done=False)
+        if progress is not None:
+            progress(backlog, now - traffic_end)
+        await asyncio.sleep(0.5)
+
+
 async def _run(settings: Settings, *, bootstrap: str, seconds: float, rate: float, seed: int,
-               world: WorldConfig, workdir: Path, console: Console | None) -> DemoSummary:
+               world: WorldConfig, workdir: Path, console: Console | None, drain_timeout_s: float) -> DemoSummary:
     monitor = TopicMonitor(settings, bootstrap=bootstrap)
     await monitor.start()
     workers: list[WorkerProcess] = []
     started = time.monotonic()
 
     meter: dict[str, CpuMeter] = {}
+    traffic: dict[str, float] = {}
 
     async def start_worker() -> None:
         w = WorkerProcess.start(bootstrap=bootstrap, log_path=workdir / "worker-1.log")
@@ -208,6 +291,7 @@ async def _run(settings: Settings, *, bootstrap: str, seconds: float, rate: floa
         info = await asyncio.to_thread(w.wait_ready)
         meter["m"] = CpuMeter({"worker": w.process.pid, "broker": local_broker_pid(bootstrap),
                                "demo": os.getpid()}).start()
+        traffic["start"] = time.monotonic()
         if console is not None:
             console.log(f"worker ready: {info.get('model_versions')} on {info.get('providers')}")
 
@@ -229,14 +313,25 @@ async def _run(settings: Settings, *, bootstrap: str, seconds: float, rate: floa
             live.start()
         report = await run_simulation(settings, bootstrap=bootstrap, rate=rate, duration_s=seconds, seed=seed,
                                       world=world, after_catalog=start_worker, invalid_every=97, on_tick=tick,
-                                      drain_s=45.0)
+                                      drain_s=drain_timeout_s)
         if "m" in meter:
             meter["m"].stop()
+
+        def progress(backlog: dict[str, int], waited_s: float) -> None:
+            if live is not None:
+                waiting = ", ".join(f"{t} {k}" for t, k in backlog.items() if k) or "outputs settling"
+                live.update(live_table(report, monitor.tally, started, budgets, status=(
+                    f"draining {waited_s:.0f} s of at most {drain_timeout_s:.0f} s; in flight: {waiting}")))
+
         # a purchase may wait up to purchase_click_wait_s for its click's ledger line before its label is
         # written: a quieter spell than that is not the end of the output
-        await monitor.settle(quiet_s=settings.purchase_click_wait_s + 2.0, timeout_s=60.0)
+        drain = await drain_inputs(settings, bootstrap, monitor,
+                                   traffic_end=traffic.get("start", started) + seconds, bound_s=drain_timeout_s,
+                                   quiet_s=settings.purchase_click_wait_s + 2.0, progress=progress)
         if live is not None:
-            live.update(live_table(report, monitor.tally, started, budgets))
+            live.update(live_table(report, monitor.tally, started, budgets, status=(
+                f"drained in {drain.seconds:.1f} s" if drain.done else
+                f"not drained after {drain.seconds:.0f} s (the bound): {drain.backlog}")))
     finally:
         if live is not None:
             live.stop()
@@ -246,7 +341,7 @@ async def _run(settings: Settings, *, bootstrap: str, seconds: float, rate: floa
     assert report.simulator is not None
     wd = report.simulator.world
     budgets = {int(s): float(b) for s, b in zip(wd.shop_ids, wd.shop_budget, strict=True)}
-    summary = summarize(report, monitor.tally, budgets, seconds)
+    summary = summarize(report, monitor.tally, budgets, seconds, drain)
     if "m" in meter:  # CPU of each process over the traffic and its drain: the demo must leave the worker a core
         summary.numbers["cpu_share_of_core"] = meter["m"].share_of_core()
         summary.numbers["cpu_ms_per_query"] = meter["m"].ms_per(summary.numbers["outcomes"])
@@ -254,11 +349,14 @@ async def _run(settings: Settings, *, bootstrap: str, seconds: float, rate: floa
 
 
 def run_demo(settings: Settings, *, bootstrap: str, seconds: float, rate: float, seed: int = 7,
-             world: WorldConfig | None = None, console: Console | None = None) -> DemoSummary:
-    """Run a worker and the simulator against ``bootstrap`` and reconcile the topics."""
+             world: WorldConfig | None = None, console: Console | None = None,
+             drain_timeout_s: float = 60.0) -> DemoSummary:
+    """Run a worker and the simulator against ``bootstrap``, drain (at most ``drain_timeout_s`` after the
+    traffic) and account for every input record from the topics."""
     workdir = Path(tempfile.mkdtemp(prefix="bidder-demo-"))
     try:
         return asyncio.run(_run(settings, bootstrap=bootstrap, seconds=seconds, rate=rate, seed=seed,
-                                world=world or WorldConfig(), workdir=workdir, console=console))
+                                world=world or WorldConfig(), workdir=workdir, console=console,
+                                drain_timeout_s=drain_timeout_s))
     finally:  # the worker's log; everything the demo prints comes from the topics
         shutil.rmtree(workdir, ignore_errors=True)

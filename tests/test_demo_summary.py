@@ -1,8 +1,16 @@
-"""The demo's summary checks: falling behind is a failed check named in one line (exit 1)."""
+"""The demo's summary checks: every input record accounted for (handled, dead-lettered, in flight,
+lost), and falling behind or losing anything is a failed check named in one line (exit 1)."""
 
 from __future__ import annotations
 
-from streams.demo import kept_up, summarize
+import os
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+from streams.demo import Drain, kept_up, summarize
 from streams.monitor import OutputTally
 from streams.simulate import SimulationReport
 
@@ -40,7 +48,54 @@ def test_a_steady_run_keeps_up_and_reconciles() -> None:
 def test_a_lost_query_is_named() -> None:
     steady = [(i / 50, 12.0) for i in range(3000)]
     s = summarize(_report(steady, 3000), _tally(2999), {}, 60.0)
-    assert s.numbers["failed_checks"] == ["queries: 3000 sent != 2999 outcomes + 0 dead-lettered"]
+    assert s.numbers["failed_checks"] == ["lost: 1 query neither handled, dead-lettered nor waiting on 'queries'"]
+    assert s.numbers["accounting"]["queries"] == {"sent": 3000, "handled": 2999, "dead_lettered": 0,
+                                                  "in_flight": 0, "lost": 1, "excess": 0, "backlog": 0}
+
+
+def test_a_backlog_is_in_flight_not_lost_and_fails_drained() -> None:
+    steady = [(i / 50, 12.0) for i in range(3000)]
+    report = _report(steady, 3000)
+    report.sent["clicks"] = 100
+    tally = _tally(3000)
+    tally.ledger["charged"] = 60
+    drain = Drain(backlog={"queries": 2, "clicks": 40}, seconds=60.0, bound_s=60.0, done=False)
+    s = summarize(report, tally, {}, 60.0, drain)
+    assert s.numbers["accounting"]["clicks"]["in_flight"] == 40 and s.numbers["accounting"]["clicks"]["lost"] == 0
+    # the committed offset lags what was answered: a backlog never makes an answered query in flight
+    assert s.numbers["accounting"]["queries"]["in_flight"] == 0
+    assert s.checks["nothing_lost"] and not s.checks["drained"]
+    assert s.numbers["failed_checks"] == [
+        "fell behind: 40 clicks still in flight (on their topics, not yet taken by the worker) after draining "
+        "60.0 s (bound 60 s)"]
+
+
+def test_more_outputs_than_inputs_is_not_reconciled() -> None:
+    steady = [(i / 50, 12.0) for i in range(100)]
+    s = summarize(_report(steady, 100), _tally(101), {}, 2.0)
+    assert not s.checks["nothing_lost"]
+    assert "queries: 1 more handled or dead-lettered than sent" in s.numbers["failed_checks"][0]
+
+
+@pytest.mark.broker
+def test_a_slowed_bill_agent_shows_clicks_in_flight_and_exits_1() -> None:
+    """The bill agent slowed to 20 clicks/s (``BIDDER_FAULT_SLOW=clicks:0.05``) against ~40 clicks/s of
+    traffic: after a 3 s drain the clicks it has not taken are in flight (not lost), and the demo exits 1
+    saying so. Queries are all answered (purchases may wait on their clicks: in flight too, never lost)."""
+    proc = subprocess.run([sys.executable, "-m", "bidder", "demo", "--seconds", "12", "--rate", "15",
+                           "--drain-s", "3", "--json"], capture_output=True, timeout=300, check=False,
+                          env={**os.environ, "BIDDER_FAULT_SLOW": "clicks:0.05"})
+    out = orjson.loads(proc.stdout)
+    acct = out["numbers"]["accounting"]
+    print(orjson.dumps(acct, option=orjson.OPT_INDENT_2).decode(), proc.stderr.decode()[-600:])
+    assert proc.returncode == 1
+    assert acct["clicks"]["in_flight"] > 0 and acct["clicks"]["lost"] == 0
+    assert acct["clicks"]["sent"] == (acct["clicks"]["handled"] + acct["clicks"]["dead_lettered"]
+                                      + acct["clicks"]["in_flight"])
+    assert acct["queries"]["in_flight"] == 0 and acct["queries"]["lost"] == 0 and acct["purchases"]["lost"] == 0
+    assert out["checks"]["drained"] is False and out["checks"]["nothing_lost"] is True
+    err = proc.stderr.decode()
+    assert f"demo failed: fell behind: {acct['clicks']['in_flight']} clicks" in err and "still in flight" in err
 
 
 def test_kept_up_tolerates_noise_but_not_a_backlog() -> None:

@@ -177,6 +177,8 @@ def _non_default(field: str) -> Any:
         return next(c for c in candidates if c != default and _within(c, info.metadata))
     if kind is Path:
         return f"/srv/custom/{field}"
+    if field == "fault_slow":  # TOPIC:SECONDS
+        return "clicks:0.5"
     if kind is str:
         return f"custom-{field.replace('_', '-')}"
     raise AssertionError(f"teach _non_default about {field}: {info.annotation}")

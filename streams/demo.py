@@ -97,9 +97,13 @@ class Drain:
     backlog: dict[str, int] = field(default_factory=dict)
     """records past the worker group's committed offsets when it ended, by input topic"""
     seconds: float = 0.0
-    """from the end of the traffic until nothing was in flight (or the bound)"""
+    """from the simulator's last record until nothing was in flight (or the bound)"""
     bound_s: float = 60.0
+    """the bound on the whole drain, counted from the end of the query traffic"""
     done: bool = True
+    tail_s: float = 0.0
+    """from the end of the query traffic until the simulator's last record (clicks on the last outcomes,
+    purchases a few seconds after their clicks)"""
 
 
 _ONE = {"queries": "query", "clicks": "click", "purchases": "purchase"}
@@ -167,6 +171,7 @@ def summarize(report: SimulationReport, tally: OutputTally, budgets: dict[int, f
                                    backlog=drain.backlog.get(t, 0)) for t in INPUTS}
     n["accounting"] = {t: {k: v for k, v in a.as_dict().items() if k != "topic"} for t, a in accounts.items()}
     n["drain_s"] = round(drain.seconds, 1)
+    n["traffic_tail_s"] = round(drain.tail_s, 1)
     n["drain_bound_s"] = drain.bound_s
     lost = {t: a.lost for t, a in accounts.items() if a.lost}
     excess = {t: a.excess for t, a in accounts.items() if a.excess}
@@ -187,8 +192,8 @@ def summarize(report: SimulationReport, tally: OutputTally, budgets: dict[int, f
         "no_double_charge": f"{n['clicks_double_entries']} clicks charged twice",
         "within_budgets": f"{len(overspend)} shops over budget",
         "drained": "fell behind: " + ", ".join(_count(k, t) for t, k in in_flight.items())
-                   + f" still in flight (on their topics, not yet taken by the worker) after draining "
-                     f"{drain.seconds:.1f} s (bound {drain.bound_s:g} s)",
+                   + " still in flight (on their topics, not yet taken by the worker) after draining "
+                     f"{drain.tail_s + drain.seconds:.1f} s (bound {drain.bound_s:g} s)",
         "no_send_errors": f"{report.send_errors} sends failed",
         "kept_up": behind,
     }
@@ -243,7 +248,8 @@ def summary_table(summary: DemoSummary) -> Table:
 def accounting_table(summary: DemoSummary) -> Table:
     """Where every input record went: sent = handled + dead-lettered + in flight + lost."""
     n = summary.numbers
-    t = Table(title=f"every input record (drain {n.get('drain_s')} s of at most {n.get('drain_bound_s')} s)")
+    t = Table(title=f"every input record (simulator's tail {n.get('traffic_tail_s')} s, then the worker drained in "
+                    f"{n.get('drain_s')} s; bound {n.get('drain_bound_s')} s)")
     cols = ("sent", "handled", "dead_lettered", "in_flight", "lost")
     t.add_column("topic")
     for c in cols:
@@ -257,7 +263,10 @@ async def drain_inputs(settings: Settings, bootstrap: str, monitor: TopicMonitor
                        bound_s: float, quiet_s: float,
                        progress: Callable[[dict[str, int], float], None] | None = None) -> Drain:
     """Wait until the worker group has committed every input record and no output arrived for
-    ``quiet_s``, at most until ``traffic_end + bound_s``; ``progress(backlog, seconds)`` meanwhile."""
+    ``quiet_s``, at most until ``traffic_end + bound_s``; ``progress(backlog, seconds)`` meanwhile.
+    Called once the simulator sent its last record."""
+    start = time.monotonic()
+    tail_s = max(start - traffic_end, 0.0)
     drained_at: float | None = None
     while True:
         backlog = await group_backlogs(settings, bootstrap, group=settings.app_id, topics=INPUTS)
@@ -267,9 +276,9 @@ async def drain_inputs(settings: Settings, bootstrap: str, monitor: TopicMonitor
         elif drained_at is None:
             drained_at = now
         if drained_at is not None and now - monitor.tally.last_record_at >= quiet_s:
-            return Drain(backlog=backlog, seconds=max(drained_at - traffic_end, 0.0), bound_s=bound_s)
+            return Drain(backlog=backlog, seconds=drained_at - start, bound_s=bound_s, tail_s=tail_s)
         if now >= traffic_end + bound_s:
-            return Drain(backlog=backlog, seconds=now - traffic_end, bound_s=bound_s, done=False)
+            return Drain(backlog=backlog, seconds=now - start, bound_s=bound_s, done=False, tail_s=tail_s)
         if progress is not None:
             progress(backlog, now - traffic_end)
         await asyncio.sleep(0.5)
@@ -330,8 +339,8 @@ async def _run(settings: Settings, *, bootstrap: str, seconds: float, rate: floa
                                    quiet_s=settings.purchase_click_wait_s + 2.0, progress=progress)
         if live is not None:
             live.update(live_table(report, monitor.tally, started, budgets, status=(
-                f"drained in {drain.seconds:.1f} s" if drain.done else
-                f"not drained after {drain.seconds:.0f} s (the bound): {drain.backlog}")))
+                f"drained in {drain.seconds:.1f} s after the simulator's last record" if drain.done else
+                f"not drained at the {drain_timeout_s:.0f} s bound: {drain.backlog}")))
     finally:
         if live is not None:
             live.stop()

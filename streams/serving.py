@@ -82,9 +82,8 @@ class Serving:
         self._rng = rng if rng is not None else np.random.default_rng()
         self.champion = champion
         self.drift: DriftMonitor | None = None
-        self.swaps = 0
-        self.swap(champion)
-        self.swaps = 0
+        self.swaps = -1
+        self.swap(champion)  # the first install: every place from one call, as later swaps do
 
     def swap(self, champion: Models) -> None:
         """Serve ``champion`` from the next batch on, everywhere at once."""

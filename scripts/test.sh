@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh dev,train
 echo "== ruff"
 .venv/bin/ruff check .
-echo "== mypy --strict bidder/"
+echo "== mypy --strict bidder/ streams/"
 .venv/bin/mypy
 echo "== pytest"
 exec .venv/bin/pytest "$@"

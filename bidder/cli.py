@@ -170,10 +170,14 @@ def bench() -> None:
     """Benchmarks."""
 
 
-@bench.command("kernel", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+_ARGPARSE = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+"""a command whose options (and --help) belong to an argparse ``main(argv)``"""
+
+
+@bench.command("kernel", context_settings=_ARGPARSE)
 @click.pass_context
 def bench_kernel(ctx: click.Context) -> None:
-    """Hot-path kernel benchmark (options: see `bidder bench kernel -- --help`)."""
+    """Hot-path kernel benchmark: the pipeline beside bare ONNX Runtime calls (--help for options)."""
     from bidder.bench_kernel import main as kernel_main
 
     ctx.exit(kernel_main(list(ctx.args)))
@@ -217,10 +221,10 @@ def drift() -> None:
     """Feature drift: reports and live alerts."""
 
 
-@drift.command("report", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@drift.command("report", context_settings=_ARGPARSE)
 @click.pass_context
 def drift_report(ctx: click.Context) -> None:
-    """Reference vs live distributions as a picture (options: `bidder drift report -- --help`)."""
+    """Reference vs live distributions as a picture (--help for options)."""
     from bidder.drift_report import main as report_main
 
     ctx.exit(report_main(list(ctx.args)))
@@ -286,11 +290,11 @@ def bench_e2e(settings: Settings, rate: float, seconds: float, sweep: bool, rate
                f"(e2e p99 - model p99) / echo p99 = {result['overhead_vs_echo']}")
 
 
-@main.command("chaos", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@main.command("chaos", context_settings=_ARGPARSE)
 @click.pass_context
 def chaos(ctx: click.Context) -> None:
     """Run one fault scenario (t1 worker kill, t2 broker restart, t4 hostile, t5 clicks, t6 redelivery)
-    and print its figure table (options: `bidder chaos -- --help`)."""
+    and print its figure table (--help for options)."""
     from streams.chaos import main as chaos_main
 
     stop_children_on_signals()
@@ -301,8 +305,7 @@ def chaos(ctx: click.Context) -> None:
 def _passthrough(name: str, module: str, doc: str) -> None:
     """A command whose options belong to an argparse ``main(argv)`` in ``module``."""
 
-    @main.command(name, help=doc, context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
-                                                    "help_option_names": []})
+    @main.command(name, help=doc, context_settings=_ARGPARSE)
     @click.pass_context
     def command(ctx: click.Context) -> None:
         import importlib

@@ -146,6 +146,9 @@ class DriftEvent:
     ts: float
     """epoch seconds of the update that produced the event"""
     source: Source = "feature"
+    warm_up: bool = False
+    """the episode opened while the worker's rolling features were still warming up (their history
+    shorter than ``BIDDER_WARM_HISTORY_S``): the served features really differ from training then"""
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "drift", **asdict(self)}
@@ -163,7 +166,7 @@ class DriftEvent:
         return (
             f"drift {self.kind}: {self.source} {self.feature} {self.statistic}={self.value:.3g} "
             f"(threshold {self.threshold:.3g}) over {self.window} rows/{self.window_s:.0f}s, "
-            f"model {self.model_version}"
+            f"model {self.model_version}" + (" (opened during warm-up)" if self.warm_up else "")
         )
 
 

@@ -113,6 +113,10 @@ class Settings(BaseSettings):
 
     # --- rolling features, billing, labels ---------------------------------------------------------
     feature_half_life_s: float = Field(default=3600.0, gt=0)
+    warm_history_s: float = Field(
+        default=3600.0, ge=0,
+        description="rolling features are warm once the auctions folded span this much event time; before, "
+                    "/readyz says warming and drift episodes that open are marked warm_up (0: always warm)")
     prior_ctr: float = Field(default=0.02, gt=0, lt=1)
     prior_cvr: float = Field(default=0.05, gt=0, lt=1)
     prior_strength: float = Field(default=50.0, gt=0, description="pseudo-impressions of the prior")

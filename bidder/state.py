@@ -58,6 +58,9 @@ class BidderState:
         self.ledger_applied: dict[int, int] = {}
         self._orders: OrderedDict[str, None] = OrderedDict()
         self.counts: Counter[str] = Counter()
+        self.history_from = float("inf")
+        """event time of the earliest auction outcome folded (inf: none): how far back the rolling
+        features reach"""
 
     # -- folding -----------------------------------------------------------------------------------
     def apply(self, topic: str, partition: int, offset: int, value: bytes | None, *, now: float,
@@ -107,6 +110,7 @@ class BidderState:
             self.counts["auctions_repeated"] += 1
             return
         self.counts["auctions"] += 1
+        self.history_from = min(self.history_from, float(outcome["ts"]))
         ids = np.fromiter((int(w["listing_id"]) for w in outcome["winners"]), np.int64)
         rows, known = self.catalog.rows(ids)
         self.stats.record(rows[known], kind="impressions", now=float(outcome["ts"]))

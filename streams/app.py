@@ -122,6 +122,8 @@ class Runtime:
     """(topic, partition, offset) of the last 10,000 records dead-lettered: each is written once"""
     warmed: bool = False
     """start-up work done (replica recovered, catalog checked, hot path warmed): part of readiness"""
+    _warm_up_episodes: set[tuple[str, str]] = field(default_factory=set)
+    """(feature, statistic) of drift episodes opened while the features were warming up"""
 
     def __post_init__(self) -> None:
         if self.repairer is not None:
@@ -215,6 +217,18 @@ class Runtime:
                     "skipped_records": {c: {o: self.counts[f"{c}_skipped_{o}"] for o in ("repaired", "absent")}
                                         for c in ("group", "replica")}}
 
+    def warming(self, now: float) -> str | None:
+        """Why the rolling features are not warm yet (their history shorter than ``warm_history_s``), or
+        None. A worker serves while warming: a new deployment's features really are colder than the
+        training data's, and the drift episodes that open meanwhile are marked ``warm_up``."""
+        need = self.settings.warm_history_s
+        span = now - self.state.history_from
+        if need <= 0 or span >= need:
+            return None
+        if self.state.history_from == float("inf"):
+            return f"no auction history yet (features are warm after {need:.0f} s of it)"
+        return f"rolling features span {max(span, 0.0):.0f} s of auction history of the {need:.0f} s they need"
+
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready: models loaded on the requested provider, broker reachable, replica recovered."""
         providers = {k: m.providers[0] for k, m in (("ctr", self.models.ctr), ("cvr", self.models.cvr))}
@@ -227,7 +241,8 @@ class Runtime:
         }
         consistent = self.serving.check() if self.serving is not None else {}
         checks["models_consistent"] = all(consistent.values())
-        return all(checks.values()), {**checks, "providers": providers, "model_versions": self.models.versions,
+        return all(checks.values()), {**checks, "warming": self.warming(self.clock()),
+                                      "providers": providers, "model_versions": self.models.versions,
                                       "serving": consistent,
                                       "replica_lag": self.replica.lag()}
 
@@ -487,7 +502,15 @@ class Runtime:
         if self.drift is None or scored is None:
             return
         x, pctr, pcvr = scored
+        warming = self.warming(now) is not None
         for event in self.drift.update(x, {"pctr": pctr, "pcvr": pcvr}, now):
+            episode = (event.feature, event.statistic)
+            if event.kind == "alert" and warming:
+                self._warm_up_episodes.add(episode)
+            if episode in self._warm_up_episodes:
+                event = replace(event, warm_up=True)  # noqa: PLW2901 - the same event, marked
+                if event.kind == "recovered":
+                    self._warm_up_episodes.discard(episode)
             log.warning("%s", event.describe())
             await (await self.send("drift-alerts", event.feature.encode(), orjson.dumps(event.to_dict())))
             self.metrics.drift_alerts.labels(feature=event.feature, statistic=event.statistic).set(

@@ -158,6 +158,7 @@ def summarize(report: SimulationReport, tally: OutputTally, budgets: dict[int, f
         "dead_letters": {f"{t}:{r}": c for (t, r), c in sorted(tally.dead_letters.items())},
         "model_versions": dict(tally.model_versions),
         "drift_alerts_open": sorted(k for k, v in tally.drift_alerts.items() if v > 0),
+        "drift_alerts_open_from_warm_up": sorted(k for k, v in tally.drift_alerts_warm_up.items() if v > 0),
         "drift_events": tally.drift_events,
         "calibration_alerts_open": sorted(k for k, v in tally.calibration_alerts.items() if v > 0),
         "send_errors": report.send_errors,
@@ -223,6 +224,7 @@ def live_table(report: SimulationReport, tally: OutputTally, started: float,
         ("unbilled (past budget)", f"{tally.unbilled_value:.2f}"),
         ("dead letters", str(sum(tally.dead_letters.values()))),
         ("drift alerts open", ", ".join(k for k, v in tally.drift_alerts.items() if v > 0) or "none"),
+        ("drift alerts opened in warm-up", str(sum(1 for v in tally.drift_alerts_warm_up.values() if v > 0))),
         ("calibration alerts open", ", ".join(k for k, v in tally.calibration_alerts.items() if v > 0) or "none"),
         ("model versions", ", ".join(tally.model_versions) or "-"),
     ]
@@ -293,6 +295,19 @@ async def _run(settings: Settings, *, bootstrap: str, seconds: float, rate: floa
 
     meter: dict[str, CpuMeter] = {}
     traffic: dict[str, float] = {}
+    warming: dict[str, str | None] = {"reason": None}
+    pollers: list[asyncio.Task[None]] = []
+
+    async def poll_warming(w: WorkerProcess) -> None:
+        """The worker's /readyz says whether its rolling features are still warming up, and why."""
+        while w.process.poll() is None:
+            try:
+                _, body = await asyncio.to_thread(w.get, "/readyz")
+            except OSError:  # stopping, or busy past the request's timeout: ask again
+                body = None
+            if isinstance(body, dict):
+                warming["reason"] = body.get("warming")
+            await asyncio.sleep(2.0)
 
     async def start_worker() -> None:
         w = WorkerProcess.start(bootstrap=bootstrap, log_path=workdir / "worker-1.log")
@@ -301,6 +316,9 @@ async def _run(settings: Settings, *, bootstrap: str, seconds: float, rate: floa
         meter["m"] = CpuMeter({"worker": w.process.pid, "broker": local_broker_pid(bootstrap),
                                "demo": os.getpid()}).start()
         traffic["start"] = time.monotonic()
+        warming["reason"] = info.get("warming")
+        if live is not None:
+            pollers.append(asyncio.create_task(poll_warming(w)))
         if console is not None:
             console.log(f"worker ready: {info.get('model_versions')} on {info.get('providers')}")
 
@@ -315,7 +333,9 @@ async def _run(settings: Settings, *, bootstrap: str, seconds: float, rate: floa
             w = r.simulator.world
             budgets.update({int(s): float(b) for s, b in zip(w.shop_ids, w.shop_budget, strict=True)})
         if live is not None:
-            live.update(live_table(r, monitor.tally, started, budgets))
+            reason = warming["reason"]
+            live.update(live_table(r, monitor.tally, started, budgets,
+                                   status=None if reason is None else f"warming: {reason}"))
 
     try:
         if live is not None:
@@ -342,6 +362,9 @@ async def _run(settings: Settings, *, bootstrap: str, seconds: float, rate: floa
                 f"drained in {drain.seconds:.1f} s after the simulator's last record" if drain.done else
                 f"not drained at the {drain_timeout_s:.0f} s bound: {drain.backlog}")))
     finally:
+        for task in pollers:
+            task.cancel()
+        await asyncio.gather(*pollers, return_exceptions=True)
         if live is not None:
             live.stop()
         for w in workers:

@@ -45,6 +45,8 @@ class OutputTally:
     drift_alerts: Counter[str] = field(default_factory=Counter)
     """open alert episodes by feature:statistic (alert +1, recovered -1)"""
     drift_events: int = 0
+    drift_alerts_warm_up: Counter[str] = field(default_factory=Counter)
+    """the same, for episodes opened while the worker's features were warming up (``warm_up``)"""
     calibration_alerts: Counter[str] = field(default_factory=Counter)
     """(target version role) -> +1 per "out", -1 per "ok": > 0 while out of bounds"""
     last_record_at: float = field(default_factory=time.monotonic)
@@ -84,7 +86,8 @@ class OutputTally:
         elif topic == "drift-alerts":
             self.drift_events += 1
             key = f"{rec.get('feature')}:{rec.get('statistic')}"
-            self.drift_alerts[key] += 1 if rec.get("kind") == "alert" else -1
+            open_ = self.drift_alerts_warm_up if rec.get("warm_up") else self.drift_alerts
+            open_[key] += 1 if rec.get("kind") == "alert" else -1
         elif topic == "calibration-alerts":
             key = f"{rec.get('target')} {rec.get('version')} ({rec.get('role')})"
             self.calibration_alerts[key] += 1 if rec.get("state") == "out" else -1

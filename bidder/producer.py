@@ -21,19 +21,18 @@ from typing import Any, Self
 from bidder.events import AuctionOutcome, Click, Listing, Purchase, Query, Shop, encode
 from bidder.kafka_config import aiokafka_producer_kwargs
 from bidder.settings import Settings
+from bidder.topics import TOPICS
 
 __all__ = ["EventProducer", "key_of", "topic_of"]
 
 Event = Query | Click | Purchase | Listing | Shop | AuctionOutcome
 
 _TOPIC: dict[type[Any], tuple[str, str]] = {
-    Query: ("queries", "query_id"),
-    Click: ("clicks", "shop_id"),
-    Purchase: ("purchases", "user_id"),
-    Listing: ("listings", "listing_id"),
-    Shop: ("shops", "shop_id"),
-    AuctionOutcome: ("auctions", "query_id"),
+    kind: (topic, TOPICS[topic].key)
+    for kind, topic in ((Query, "queries"), (Click, "clicks"), (Purchase, "purchases"), (Listing, "listings"),
+                        (Shop, "shops"), (AuctionOutcome, "auctions"))
 }
+"""event type -> (topic, key field); keys come from the one topic table, ``bidder.topics``"""
 
 
 def topic_of(event: Event) -> str:

@@ -51,7 +51,7 @@ from bidder.scoring import Models, load_models
 from bidder.settings import Settings
 from bidder.shadow import shadow_outcomes
 from bidder.state import BidderState
-from bidder.topics import ALL_TOPICS
+from bidder.topics import ALL_TOPICS, TOPICS
 from streams.batching import batches
 from streams.catalog_check import CatalogChecker
 from streams.deadletter import dead_letter_record
@@ -66,8 +66,6 @@ __all__ = ["Runtime", "build_app", "use_fetch_max_wait"]
 log = logging.getLogger(__name__)
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
-_KEY_FIELD = {"queries": "query_id", "clicks": "shop_id", "purchases": "user_id", "listings": "listing_id",
-              "shops": "shop_id"}
 
 
 def use_fetch_max_wait(ms: int) -> None:
@@ -390,7 +388,7 @@ class Runtime:
         ev = decode(message.topic, message.value, now=now, limits=limits or self.limits)
         if isinstance(ev, Rejection):
             return ev
-        want = str(getattr(ev, _KEY_FIELD[message.topic]))
+        want = str(getattr(ev, TOPICS[message.topic].key))
         if message.key is None or message.key != want.encode():
             got = None if message.key is None else message.key[:64]
             return Rejection("wrong_key", f"record key {got!r}, expected {want!r}")

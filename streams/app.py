@@ -532,12 +532,14 @@ class Runtime:
         overlay: dict[tuple[int, int], float] = {}
         batch_ids: set[str] = set()
         decisions: list[tuple[int, Click, Any, LedgerEntry]] = []
+        now = self.clock()
+        decoded = [(ev.message, self.decode(ev.message, now)) for ev in events]  # each click parsed once
         # a click may arrive before this worker's replica has folded its auction (the buyer saw the
         # outcome first): catch up once for the whole batch rather than once per such click
-        if any(self._auction_unknown(ev.message) for ev in events):
+        if any(isinstance(c, Click) and not self.state.auctions.knows(c.query_id) for _, c in decoded):
             await self.replica.wait_caught_up(["auctions"])
-        for ev in events:
-            decided = await self.decide_click(ev.message, overlay)
+        for message, click_or_rejection in decoded:
+            decided = await self.decide_click(message, click_or_rejection, overlay)
             if decided is None:
                 continue
             click, ad, entry = decided
@@ -546,7 +548,7 @@ class Runtime:
             key = (entry.shop_id, entry.day)
             overlay[key] = overlay.get(key, 0.0) + entry.amount
             batch_ids.add(entry.click_id)
-            decisions.append((ev.message.partition, click, ad, entry))
+            decisions.append((message.partition, click, ad, entry))
         # nothing is written until every decision is made: the replica folds our own lines as soon as
         # the broker has them, and the overlay must not count them a second time. Nothing after this
         # point raises out of the handler (a failed write exits): a batch tried again record by record
@@ -579,16 +581,10 @@ class Runtime:
                     query_id=click.query_id, slot=ad.slot, listing_id=click.listing_id, ts=click.ts,
                     click_id=click.click_id))))
 
-    def _auction_unknown(self, message: Any) -> bool:
-        try:
-            qid = orjson.loads(message.value).get("query_id")
-        except (orjson.JSONDecodeError, AttributeError, TypeError):
-            return False
-        return isinstance(qid, str) and not self.state.auctions.knows(qid)
-
-    async def decide_click(self, message: Any, overlay: dict[tuple[int, int], float]) -> tuple[Click, Any, Any] | None:
-        """Validate one click against its auction and decide its ledger line (dead-letter otherwise)."""
-        click = self.decode(message, self.clock())
+    async def decide_click(self, message: Any, click: Any, overlay: dict[tuple[int, int], float]
+                           ) -> tuple[Click, Any, Any] | None:
+        """Validate one decoded click (or its rejection) against its auction and decide its ledger line
+        (dead-letter otherwise)."""
         if isinstance(click, Rejection):
             await self.dead_letter(message, click)
             return None

@@ -116,8 +116,9 @@ class Runtime:
     repairer: GapRepairer | None = None
     """re-reads what a fetch skipped for the Faust group consumer (``with_skipped``)"""
     _roles: dict[tuple[str, str], str] = field(default_factory=dict)
-    _dead_lettered: OrderedDict[tuple[str, int, int], None] = field(default_factory=OrderedDict)
-    """(topic, partition, offset) of the last 10,000 records dead-lettered: each is written once"""
+    _dead_lettered: OrderedDict[tuple[str, int, int, int], None] = field(default_factory=OrderedDict)
+    """(topic, partition, offset, hash of the value) of the last 10,000 records dead-lettered: each is
+    written once"""
     warmed: bool = False
     """start-up work done (replica recovered, catalog checked, hot path warmed): part of readiness"""
     _warm_up_episodes: set[tuple[str, str]] = field(default_factory=set)
@@ -296,7 +297,8 @@ class Runtime:
         broker does not take it for ~40 s) does not stop the agent: it is counted
         (``bidder_dead_letter_failures_total``), logged with the record's topic, partition and offset,
         and the agent moves on."""
-        where = (message.topic, int(message.partition), int(message.offset))
+        # the value's hash too: a memory-only broker that came back empty hands the same offsets out again
+        where = (message.topic, int(message.partition), int(message.offset), hash(message.value))
         if where in self._dead_lettered:
             self.counts["dead_letter_repeats"] += 1
             return

@@ -201,3 +201,29 @@ def test_a_900_kb_query_stops_nothing(case: str, tmp_path: Any, small_world: Any
         assert mine == []
         assert 'bidder_dead_letter_failures_total{topic="queries"} 1.0' in metrics
         assert f"queries[{part}]@{off}" in worker.log_tail(200_000)
+
+
+def test_a_record_is_dead_lettered_once_but_a_new_record_at_a_reused_offset_is_not_skipped() -> None:
+    """A handler tried again refuses the same record again: one dead letter. A memory-only broker that
+    came back empty hands the same offsets out again: a different record there gets its own."""
+    rt = Runtime(settings=Settings(), state=None, replica=None, pipeline=None,  # type: ignore[arg-type]
+                 limits=None, topics={})  # type: ignore[arg-type]
+    written: list[bytes] = []
+
+    async def send(topic: str, key: bytes | None, value: bytes, **_: Any) -> Any:  # the output, recorded
+        written.append(value)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    rt.send = send  # type: ignore[method-assign]
+
+    async def go() -> None:
+        reject = Rejection("invalid_json", "x")
+        await rt.dead_letter(_Message("clicks", 0, 5, b"1", b"{bad"), reject)
+        await rt.dead_letter(_Message("clicks", 0, 5, b"1", b"{bad"), reject)
+        await rt.dead_letter(_Message("clicks", 0, 5, b"1", b"{other"), reject)
+
+    asyncio.run(go())
+    assert [original_bytes(orjson.loads(w)) for w in written] == [b"{bad", b"{other"]
+    assert rt.counts["dead_letter_repeats"] == 1

@@ -142,9 +142,13 @@ def test_cli_broker_says_where_its_data_lives_and_cleans_up_within_2s_of_sigterm
         assert data_dir.is_dir() is given_dir
         assert not log.exists()
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if proc.poll() is None:  # a failed assertion: SIGTERM first, so the command stops its broker
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
 

@@ -123,8 +123,8 @@ class QueryContext:
     """the query's category from query understanding; -1 if unknown"""
 
 
-_COLUMN = {name: i for i, name in enumerate(FEATURE_SPEC.names)}
-_CONTEXT_FIRST = _COLUMN["hour_sin"]
+_CONTEXT_FIRST = FEATURE_SPEC.index("hour_sin")
+_LOG_SPEND = FEATURE_SPEC.index("log_spend")
 _CONTEXT_NAMES = ("hour_sin", "hour_cos", *(f"device_{d}" for d in DEVICES), *(f"page_{p}" for p in PAGES))
 assert FEATURE_SPEC.names[:_CONTEXT_FIRST] == (
     "relevance", "ctr_smoothed", "cvr_smoothed", "log_impressions", "log_clicks", "impression_recency",
@@ -184,6 +184,6 @@ def gather(
     np.equal(np.take(catalog.category, rows), context.category, out=c[8])
     ctx = _context_columns(context.device, context.page, context.hour)
     c[_CONTEXT_FIRST : _CONTEXT_FIRST + len(ctx)] = ctx[:, None]
-    np.log1p(s[3], out=c[_COLUMN["log_spend"]])
+    np.log1p(s[3], out=c[_LOG_SPEND])
     x[...] = c.T
     return x

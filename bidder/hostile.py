@@ -28,6 +28,7 @@ import numpy as np
 import orjson
 
 from bidder.decoding import REASONS
+from bidder.topics import TOPICS
 
 __all__ = ["KINDS", "HostileFactory", "HostileRecord"]
 
@@ -99,6 +100,11 @@ class HostileFactory:
         return {"v": 1, "type": "shop", "shop_id": _FAR_ID + i, "daily_budget": 10.0, "target_share": 0.1,
                 "ts": self.now}
 
+    def _template(self, topic: str) -> Callable[[int], dict[str, Any]]:
+        """The valid event template of an input topic."""
+        return {"queries": self._query, "clicks": self._click, "purchases": self._purchase,
+                "listings": self._listing, "shops": self._shop}[topic]
+
     # -- kinds ---------------------------------------------------------------------------------------
     def make(self, kind: str, i: int) -> HostileRecord:
         """Record number ``i`` (ids stay unique across calls) of one kind."""
@@ -111,12 +117,8 @@ class HostileFactory:
         """A record on ``topic`` whose value is exactly ``size`` bytes: the topic's event with a ``pad``
         field filling it (to test records near the broker's maximum message size). Refused as
         ``too_large`` when ``size`` passes ``max_bytes``, else as ``unexpected_field``."""
-        build = {"queries": (self._query, "query_id"), "clicks": (self._click, "shop_id"),
-                 "purchases": (self._purchase, "user_id"), "listings": (self._listing, "listing_id"),
-                 "shops": (self._shop, "shop_id")}
-        make, key_field = build[topic]
-        obj = make(i)
-        rec = HostileRecord(kind=kind or f"{size}_bytes", topic=topic, key=_keyed(topic, obj, key_field),
+        obj = self._template(topic)(i)
+        rec = HostileRecord(kind=kind or f"{size}_bytes", topic=topic, key=_keyed(topic, obj, TOPICS[topic].key),
                             value=_dumps(obj), reason="", decoder_only=True)
         return self.resized(rec, size)
 
@@ -138,15 +140,10 @@ class HostileFactory:
         """A record on ``topic`` carrying ``marker`` (in its id; catalog events in an extra ``note``), so
         that a worker started with ``BIDDER_FAULT_MARKER=marker`` raises while handling it, before it is
         decoded: refused as ``handler_error``."""
-        build = {"queries": (self._query, "query_id"), "clicks": (self._click, "click_id"),
-                 "purchases": (self._purchase, "order_id"), "listings": (self._listing, "note"),
-                 "shops": (self._shop, "note")}
-        make, id_field = build[topic]
-        obj = make(i)
+        id_field = {"queries": "query_id", "clicks": "click_id", "purchases": "order_id"}.get(topic, "note")
+        obj = self._template(topic)(i)
         obj[id_field] = f"{obj.get(id_field, '')}-{marker}"  # catalog events have no text: an extra field
-        key_field = {"queries": "query_id", "clicks": "shop_id", "purchases": "user_id", "listings": "listing_id",
-                     "shops": "shop_id"}[topic]
-        return HostileRecord(kind=f"poison_{topic}", topic=topic, key=_keyed(topic, obj, key_field),
+        return HostileRecord(kind=f"poison_{topic}", topic=topic, key=_keyed(topic, obj, TOPICS[topic].key),
                              value=_dumps(obj), reason="handler_error", decoder_only=False)
 
     def mix(self, n_each: int = 1, *, start: int = 0) -> list[HostileRecord]:

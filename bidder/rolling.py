@@ -95,10 +95,13 @@ class RollingStats:
         table[:, : self.capacity] = self._table
         self._table = table
 
-    def _decay(self, rows: I64, now: F64 | float) -> F64:
-        # a row never updated has updated_at = -inf, so dt = inf and the factor exp2(-inf) = 0
-        dt = np.maximum(np.asarray(now, np.float64) - self._updated_at[rows], 0.0)
-        factor: F64 = np.exp2(dt / -self.half_life_s)
+    def _decay(self, updated_at: F64, now: F64 | float) -> F64:
+        """Factor bringing counters last decayed at ``updated_at`` forward to ``now`` (never backwards);
+        a row never updated has ``updated_at = -inf``, so its factor is ``exp2(-inf) = 0``."""
+        factor: F64 = np.subtract(now, updated_at)
+        np.maximum(factor, 0.0, out=factor)
+        np.divide(factor, -self.half_life_s, out=factor)
+        np.exp2(factor, out=factor)
         return factor
 
     def record(
@@ -116,7 +119,7 @@ class RollingStats:
         np.maximum.at(t_max, inv, t)
         t_row = np.maximum(self._updated_at[uniq], t_max)
         values = self._values
-        values[:, uniq] *= self._decay(uniq, t_row)
+        values[:, uniq] *= self._decay(self._updated_at[uniq], t_row)
         self._updated_at[uniq] = t_row
         # an amount that happened before the row's time is decayed by how late it is
         late = np.exp2(-(t_row[inv] - t) / self.half_life_s)
@@ -133,11 +136,7 @@ class RollingStats:
         rows = np.asarray(rows, np.int64)
         self._ensure(int(rows.max()) if len(rows) else 0)
         t = np.take(self._table, rows, axis=1)
-        dt = np.subtract(now, t[self._UPDATED])
-        np.maximum(dt, 0.0, out=dt)
-        np.divide(dt, -self.half_life_s, out=dt)
-        np.exp2(dt, out=dt)
-        t[: len(COUNTERS)] *= dt
+        t[: len(COUNTERS)] *= self._decay(t[self._UPDATED], now)
         out: F64 = t[: self._UPDATED]
         return out
 

@@ -66,6 +66,8 @@ __all__ = ["Runtime", "build_app", "use_fetch_max_wait"]
 log = logging.getLogger(__name__)
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
+_TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
+"""refusals of a record for its size: sending it again cannot help"""
 
 
 def use_fetch_max_wait(ms: int) -> None:
@@ -264,7 +266,6 @@ class Runtime:
         first = await self.topics[topic].send(key=key, value=value, partition=partition, force=True)
         if topic == "billing":
             return first
-        hopeless = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 
         async def delivered() -> Any:
             fut = first
@@ -272,7 +273,7 @@ class Runtime:
                 try:
                     return await fut
                 except Exception as exc:  # any failed delivery is retried the same way
-                    if give_up and isinstance(exc, hopeless):
+                    if give_up and isinstance(exc, _TOO_LARGE):
                         raise
                     log.warning("send to %s failed (%r); sending the same bytes again (%d)", topic, exc, attempt)
                     self.metrics.send_retries.labels(topic=topic).inc()
@@ -529,8 +530,6 @@ class Runtime:
         acknowledgement, and only then fold the lines in. A batch cut short (a failed write, a
         rebalance) leaves the fold untouched: the redelivered clicks are decided again against the
         ledger as the broker has it. If a write fails the process exits and rebuilds from the ledger."""
-        writes: list[tuple[int, Any, LedgerEntry]] = []
-        labels: list[Any] = []
         overlay: dict[tuple[int, int], float] = {}
         batch_ids: set[str] = set()
         decisions: list[tuple[int, Click, Any, LedgerEntry]] = []
@@ -556,7 +555,7 @@ class Runtime:
         # point raises out of the handler (a failed write exits): a batch tried again record by record
         # (handle_isolating) never has half of its lines written.
         try:
-            await self._write_click_decisions(decisions, writes, labels)
+            writes, labels = await self._write_click_decisions(decisions)
             metas = await asyncio.gather(*(f for _, f, _ in writes), *labels)
         except Exception:
             log.critical("ledger write failed; exiting so the money state is rebuilt from the ledger",
@@ -565,8 +564,12 @@ class Runtime:
         for (part, _, entry), meta in zip(writes, metas, strict=False):
             self.state.apply_own_ledger(entry, partition=part, offset=int(meta.offset))
 
-    async def _write_click_decisions(self, decisions: list[tuple[int, Click, Any, LedgerEntry]],
-                                     writes: list[tuple[int, Any, LedgerEntry]], labels: list[Any]) -> None:
+    async def _write_click_decisions(self, decisions: list[tuple[int, Click, Any, LedgerEntry]]
+                                     ) -> tuple[list[tuple[int, Any, LedgerEntry]], list[Any]]:
+        """Send each decision's ledger line (and its label update); returns (partition, delivery, entry)
+        per line and the label deliveries, not awaited."""
+        writes: list[tuple[int, Any, LedgerEntry]] = []
+        labels: list[Any] = []
         for part, click, ad, entry in decisions:
             writes.append((part, await self.send("billing", str(click.shop_id).encode(),
                                                  orjson.dumps(entry.to_dict()), partition=part), entry))
@@ -582,6 +585,7 @@ class Runtime:
                 labels.append(await self.send("labels", click.query_id.encode(), orjson.dumps(label_update(
                     query_id=click.query_id, slot=ad.slot, listing_id=click.listing_id, ts=click.ts,
                     click_id=click.click_id))))
+        return writes, labels
 
     async def decide_click(self, message: Any, click: Any, overlay: dict[tuple[int, int], float]
                            ) -> tuple[Click, Any, Any] | None:

@@ -111,23 +111,34 @@ def topics_create(settings: Settings, bootstrap: str | None) -> None:
 @click.option("--candidates", type=int, default=600, show_default=True)
 @click.option("--bootstrap", default=None, help="default: BIDDER_KAFKA_BOOTSTRAP, else an embedded broker")
 @click.option("--drain", type=float, default=5.0, show_default=True, help="seconds to wait for outcomes")
+@click.option("--history", "history_hours", type=float, default=0.0, show_default=True,
+              help="first write this many hours of the world's past to listing-history (simulated offline in "
+                   "compressed time), so workers start warm; -1: the past shipped with the models")
 @click.pass_obj
 def simulate(settings: Settings, rate: float, duration: float, seed: int, candidates: int,
-             bootstrap: str | None, drain: float) -> None:
-    """Run the marketplace simulator: catalog, queries, clicks and purchases."""
+             bootstrap: str | None, drain: float, history_hours: float) -> None:
+    """Run the marketplace simulator: catalog, (the world's past,) queries, clicks and purchases."""
     from rich.console import Console
+    from rich.progress import Progress
     from rich.table import Table
 
-    from streams.simulate import run_simulation
+    from bidder.market import WorldConfig
+    from streams.simulate import run_simulation, world_history
 
     console = Console()
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("simulating the world's past", total=None)
+        history = world_history(settings, world=WorldConfig(), seed=seed,
+                                hours=None if history_hours < 0 else history_hours,
+                                progress=lambda done, total: bar.update(task, completed=done, total=total))
     with kafka_bootstrap(settings, override=bootstrap) as target, console.status("simulating") as status:
         def tick(r: Any) -> None:
             status.update(f"{r.elapsed_s:5.1f}s  queries {r.sent.get('queries', 0)}  outcomes {r.outcomes}"
                           f"  clicks {r.sent.get('clicks', 0)}")
 
         report = asyncio.run(run_simulation(settings, bootstrap=target, rate=rate, duration_s=duration,
-                                            seed=seed, n_candidates=candidates, drain_s=drain, on_tick=tick))
+                                            seed=seed, n_candidates=candidates, drain_s=drain, on_tick=tick,
+                                            history=history))
     table = Table(title=f"simulator, seed {seed}, {rate:g} q/s for {duration:g} s")
     table.add_column("event")
     table.add_column("sent", justify="right")
@@ -191,8 +202,12 @@ def bench_kernel(ctx: click.Context) -> None:
 @click.option("--drain-s", "drain_s", type=float, default=60.0, show_default=True,
               help="after the traffic, wait at most this long for the worker to take what is left")
 @click.option("--json", "as_json", is_flag=True, help="print the reconciled summary as JSON")
+@click.option("--history-hours", type=float, default=None,
+              help="hours of the world's past to simulate before live traffic (default: the past shipped with "
+                   "the models, where their training traffic ended; 0: start cold)")
 @click.pass_obj
-def demo(settings: Settings, seconds: float, rate: float, seed: int, drain_s: float, as_json: bool) -> None:
+def demo(settings: Settings, seconds: float, rate: float, seed: int, drain_s: float, as_json: bool,
+         history_hours: float | None) -> None:
     """Broker, topics, a worker and the simulator, with a live table and a reconciled summary."""
     stop_children_on_signals()
     import orjson
@@ -203,7 +218,8 @@ def demo(settings: Settings, seconds: float, rate: float, seed: int, drain_s: fl
     console = Console(stderr=as_json)
     with kafka_bootstrap(settings) as bootstrap:
         summary = run_demo(settings, bootstrap=bootstrap, seconds=seconds, rate=rate, seed=seed,
-                           console=None if as_json else console, drain_timeout_s=drain_s)
+                           console=None if as_json else console, drain_timeout_s=drain_s,
+                           history_hours=history_hours)
     if as_json:
         click.echo(orjson.dumps({"numbers": summary.numbers, "checks": summary.checks, "ok": summary.ok},
                                 option=orjson.OPT_INDENT_2).decode())

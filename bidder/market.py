@@ -5,11 +5,12 @@ drives it over the broker and ``onnx_models/`` drives it offline to log training
 
 True laws (the models never see ``quality``/``appeal``; they must learn them from rolling stats):
 
-    base_ctr  = sigmoid(-3.6 + 0.9 quality + 2.2 (relevance - 0.5) + 0.7 match + device[d] + 0.25 sin(2 pi hour/24))
+    base_ctr  = sigmoid(-5.8 + 0.9 quality + 2.2 (relevance - 0.5) + 0.7 match + device[d] + 0.25 sin(2 pi hour/24))
     P(click)  = base_ctr * position_bias[slot],   position_bias[slot] = exp(-0.02 slot)
-    P(buy | click) = sigmoid(-2.6 + 0.9 appeal - 0.6 (log price - 3.2) + 0.5 match)
+    P(buy | click) = sigmoid(-3.3 + 0.9 appeal - 0.6 (log price - 3.2) + 0.5 match)
 
-``appeal`` is correlated with ``quality`` (rho = 0.6). A purchase follows its click after an
+(intercepts: ``CTR_INTERCEPT``, ``CVR_INTERCEPT``). ``appeal`` is correlated with ``quality`` (rho = 0.6).
+Searches arrive at ``query_rate_qps`` (event time), online and offline alike. A purchase follows its click after an
 exponential delay (mean ``purchase_delay_mean_s``).
 
 >>> w = World.generate(WorldConfig(n_shops=5, n_listings=200, n_users=50), seed=1)
@@ -29,6 +30,7 @@ import numpy.typing as npt
 __all__ = [
     "DEVICES",
     "PAGES",
+    "BuyerResponse",
     "QueryDraw",
     "World",
     "WorldConfig",
@@ -43,12 +45,41 @@ DEVICES: tuple[str, ...] = ("mobile", "desktop", "app")
 PAGES: tuple[str, ...] = ("search", "category", "market")
 _DEVICE_EFFECT = np.array([0.0, -0.15, 0.2])
 _LOG_PRICE_CENTER = 3.2
+CTR_INTERCEPT = -5.8
+"""sets the click rate: ~1.1 % of impressions under the logging policy, ~1.5 % under a served model (sponsored
+listings in real marketplaces see roughly 0.3-2 % of impressions clicked)"""
+CVR_INTERCEPT = -3.3
+"""sets click-to-purchase: ~10 % of clicks convert (an assumed marketplace figure, not a measured one)"""
 
 
 def sigmoid(x: F64) -> F64:
     """Numerically safe logistic function."""
     out: F64 = 1.0 / (1.0 + np.exp(-np.clip(x, -40.0, 40.0)))
     return out
+
+
+def _sample_excluding(rng: np.random.Generator, n_total: int, k: int, exclude: I64) -> I64:
+    """``k`` distinct random rows of ``range(n_total)`` not in ``exclude``, in random order.
+
+    Draws with replacement and drops repeats (a full permutation of a large catalog per query would
+    dominate the offline simulation); falls back to a permutation when the catalog is small."""
+    if 3 * (k + len(exclude)) > n_total:
+        pool = rng.permutation(n_total)
+        out: I64 = pool[~np.isin(pool, exclude)][:k].astype(np.int64)
+        return out
+    taken = np.zeros(n_total, dtype=bool)
+    taken[exclude] = True
+    picked: list[I64] = []
+    need = k
+    while need > 0:
+        draw = rng.integers(0, n_total, size=need + need // 4 + 8)
+        _, first = np.unique(draw, return_index=True)
+        draw = draw[np.sort(first)]
+        draw = draw[~taken[draw]][:need]
+        taken[draw] = True
+        picked.append(draw)
+        need -= len(draw)
+    return np.concatenate(picked).astype(np.int64)
 
 
 def position_bias(slots: I64 | range) -> F64:
@@ -68,7 +99,10 @@ class WorldConfig:
     budget_median: float = 150.0
     """median daily budget of a shop, in currency units"""
     price_median: float = 25.0
-    purchase_delay_mean_s: float = 60.0
+    purchase_delay_mean_s: float = 5.0
+    query_rate_qps: float = 50.0
+    """searches per second of event time: the live demo's rate and the offline log's, so rolling counts and
+    recencies (which depend on how often a listing is shown) mean the same online and offline"""
     in_category_share: float = 0.7
     """share of a query's candidates retrieved from the query's own category"""
 
@@ -92,6 +126,18 @@ class QueryDraw:
     """true click probability at slot 0, per candidate"""
     cvr: F64
     """true purchase probability given a click, per candidate"""
+
+
+@dataclass(frozen=True, slots=True)
+class BuyerResponse:
+    """A buyer's answer to the ads of one outcome, per ad."""
+
+    p_click: F64
+    """true click probability (base CTR x position bias)"""
+    clicked: npt.NDArray[np.bool_]
+    bought: npt.NDArray[np.bool_]
+    purchase_delay_s: F64
+    """seconds from the click to the purchase (meaningful where ``bought``)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,13 +189,26 @@ class World:
             _by_category=by_cat,
         )
 
+    def respond(self, rng: np.random.Generator, *, base_ctr: F64, cvr: F64, slots: I64) -> BuyerResponse:
+        """How a buyer answers ads shown at ``slots`` (true ``base_ctr`` and ``cvr`` per ad): clicks, purchases
+        and each purchase's delay after its click. The one place both the live simulator and the offline log
+        draw them."""
+        p_click = np.asarray(base_ctr, np.float64) * position_bias(slots)
+        clicked = rng.random(len(p_click)) < p_click
+        bought = clicked & (rng.random(len(p_click)) < cvr)
+        delay = rng.exponential(self.config.purchase_delay_mean_s, len(p_click))
+        return BuyerResponse(p_click=p_click, clicked=clicked, bought=bought, purchase_delay_s=delay)
+
     def listing_rows(self, listing_ids: I64) -> I64:
         """Rows of the given listing ids (ids are ``row * 100 + 103``)."""
         rows: I64 = (np.asarray(listing_ids, dtype=np.int64) - 103) // 100
         return rows
 
-    def draw_query(self, rng: np.random.Generator, *, now: float, n_candidates: int = 600) -> QueryDraw:
-        """A search by a random buyer at time ``now`` (epoch seconds) with ``n_candidates`` candidates."""
+    def draw_query(self, rng: np.random.Generator, *, now: float, n_candidates: int = 600,
+                   hour: int | None = None) -> QueryDraw:
+        """A search by a random buyer at time ``now`` (epoch seconds) with ``n_candidates`` candidates.
+
+        ``hour`` overrides the hour of day of ``now`` (the offline log compresses a day of hours)."""
         c = self.config
         user = int(rng.integers(0, c.n_users))
         # buyers mostly search their favourite category
@@ -158,17 +217,16 @@ class World:
         pool = self._by_category[cat]
         n_in = min(len(pool), round(n * c.in_category_share))
         rows_in = rng.choice(pool, size=n_in, replace=False) if n_in else np.empty(0, np.int64)
-        rows_out = rng.choice(c.n_listings, size=n + n_in, replace=False)
-        rows_out = rows_out[~np.isin(rows_out, rows_in)][: n - n_in]
+        rows_out = _sample_excluding(rng, c.n_listings, n - n_in, rows_in)
         rows = np.concatenate([rows_in, rows_out]).astype(np.int64)
         rng.shuffle(rows)
         match = (self.listing_category[rows] == cat).astype(np.float64)
         relevance = np.clip(0.35 + 0.35 * match + rng.normal(0.0, 0.15, len(rows)), 0.0, 1.0)
         device_idx = int(rng.choice(3, p=[0.55, 0.3, 0.15]))
         page = PAGES[int(rng.choice(3, p=[0.7, 0.2, 0.1]))]
-        hour = int((now // 3600) % 24)
+        hour = int((now // 3600) % 24) if hour is None else hour
         base = sigmoid(
-            -3.6
+            CTR_INTERCEPT
             + 0.9 * self.listing_quality[rows]
             + 2.2 * (relevance - 0.5)
             + 0.7 * match
@@ -176,7 +234,7 @@ class World:
             + 0.25 * math.sin(2 * math.pi * hour / 24)
         )
         cvr = sigmoid(
-            -2.6
+            CVR_INTERCEPT
             + 0.9 * self.listing_appeal[rows]
             - 0.6 * (np.log(self.listing_price[rows]) - _LOG_PRICE_CENTER)
             + 0.5 * match

@@ -129,6 +129,26 @@ class RollingStats:
         elif kind == "clicks":
             np.maximum.at(self._last_click_at, rows, t)
 
+    def merge(self, rows: I64, *, counters: F64, at: F64, last_impression: F64, last_click: F64) -> None:
+        """Add state folded elsewhere: ``counters`` ``(4, len(rows))`` decayed to ``at`` per row (rows unique).
+
+        Additive and order-free like :meth:`record` (a merged history and events folded here sum, whichever
+        came first); last-seen times keep the later of the two."""
+        rows = np.asarray(rows, np.int64)
+        if len(rows) == 0:
+            return
+        if len(np.unique(rows)) != len(rows):
+            raise ValueError("merge takes each row once")
+        self._ensure(int(rows.max()))
+        at = np.asarray(at, np.float64)
+        updated = self._updated_at[rows]
+        t_row = np.maximum(updated, at)
+        values = self._values
+        values[:, rows] = values[:, rows] * self._decay(updated, t_row) + np.asarray(counters) * self._decay(at, t_row)
+        self._updated_at[rows] = t_row
+        self._last_impression_at[rows] = np.maximum(self._last_impression_at[rows], last_impression)
+        self._last_click_at[rows] = np.maximum(self._last_click_at[rows], last_click)
+
     def columns(self, rows: I64, *, now: float) -> F64:
         """``(6, len(rows))``: impressions, clicks, conversions, spend decayed to ``now``, then the
         last impression and last click times (``-inf`` if never); rows beyond capacity read as never

@@ -26,7 +26,7 @@ import numpy as np
 
 from bidder.events import Click, Listing, Purchase, Query, Shop
 from bidder.features import QueryContext
-from bidder.market import World, WorldConfig, position_bias
+from bidder.market import World, WorldConfig
 
 __all__ = ["Impression", "Simulator", "World", "WorldConfig"]
 
@@ -119,30 +119,34 @@ class Simulator:
         self.sent["outcomes"] += 1
         winners = outcome.get("winners", [])
         clicks: list[Click] = []
-        delay = self.purchase_delay_mean_s or self.world.config.purchase_delay_mean_s
-        for w in winners:
-            lid, slot = int(w["listing_id"]), int(w["slot"])
-            i = truth.listing_ids.get(lid)
-            if i is None:
-                self.sent["winners_not_candidates"] += 1
-                continue
-            p_click = float(truth.base_ctr[i] * position_bias(range(slot, slot + 1))[0])
-            p_buy = float(truth.cvr[i])
-            clicked = bool(self.rng.random() < p_click)
-            bought = clicked and bool(self.rng.random() < p_buy)
-            self.impressions.append(Impression(str(outcome["query_id"]), lid, slot, p_click, p_buy, clicked,
-                                               bought))
+        shown = [(int(w["listing_id"]), int(w["slot"]), int(w["shop_id"])) for w in winners]
+        known = [(lid, slot, shop, truth.listing_ids[lid]) for lid, slot, shop in shown if lid in truth.listing_ids]
+        self.sent["winners_not_candidates"] += len(shown) - len(known)
+        if not known:
+            return clicks
+        idx = np.array([i for *_, i in known], np.int64)
+        answer = self.world.respond(self.rng, base_ctr=truth.base_ctr[idx], cvr=truth.cvr[idx],
+                                    slots=np.array([slot for _, slot, _, _ in known], np.int64))
+        if self.purchase_delay_mean_s is not None:  # the world's delays, rescaled
+            delays = answer.purchase_delay_s * (self.purchase_delay_mean_s / self.world.config.purchase_delay_mean_s)
+        else:
+            delays = answer.purchase_delay_s
+        qid = str(outcome["query_id"])
+        for j, (lid, slot, shop, _) in enumerate(known):
+            clicked, bought = bool(answer.clicked[j]), bool(answer.bought[j])
+            self.impressions.append(Impression(qid, lid, slot, float(answer.p_click[j]), float(truth.cvr[idx[j]]),
+                                               clicked, bought))
             if not clicked:
                 continue
-            click = Click(click_id=f"c-{outcome['query_id']}-{slot}", query_id=str(outcome["query_id"]),
-                          listing_id=lid, shop_id=int(w["shop_id"]), user_id=truth.user_id, ts=now)
+            click = Click(click_id=f"c-{qid}-{slot}", query_id=qid, listing_id=lid, shop_id=shop,
+                          user_id=truth.user_id, ts=now)
             clicks.append(click)
             self.sent["clicks"] += 1
             if self.rng.random() < self.duplicate_click_rate:
                 clicks.append(click)
                 self.sent["clicks_resent"] += 1
             if bought:
-                due = now + float(self.rng.exponential(delay))
+                due = now + float(delays[j])
                 amount = float(self.world.listing_price[self.world.listing_rows(np.array([lid]))[0]])
                 self._purchases.append((due, Purchase(order_id=f"o-{click.click_id}", user_id=truth.user_id,
                                                       listing_id=lid, ts=due, amount=amount)))

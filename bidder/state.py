@@ -27,11 +27,12 @@ from bidder.billing import Ledger, LedgerEntry
 from bidder.catalog import Catalog
 from bidder.decoding import Limits, Rejection, decode
 from bidder.events import Listing, Shop
+from bidder.history import HISTORY_TOPIC, merge_record
 from bidder.rolling import RollingStats
 
 __all__ = ["REPLICATED_TOPICS", "BidderState"]
 
-REPLICATED_TOPICS: tuple[str, ...] = ("listings", "shops", "auctions", "billing", "labels", "clicks")
+REPLICATED_TOPICS: tuple[str, ...] = ("listings", "shops", HISTORY_TOPIC, "auctions", "billing", "labels", "clicks")
 
 
 class BidderState:
@@ -59,8 +60,10 @@ class BidderState:
         self._orders: OrderedDict[str, None] = OrderedDict()
         self.counts: Counter[str] = Counter()
         self.history_from = float("inf")
-        """event time of the earliest auction outcome folded (inf: none): how far back the rolling
-        features reach"""
+        """event time of the earliest auction outcome folded, or the start of a ``listing-history`` (inf:
+        none): how far back the rolling features reach"""
+        self._history_waiting: dict[int, dict[str, Any]] = {}
+        """``listing-history`` records of listings the catalog does not hold yet"""
 
     # -- folding -----------------------------------------------------------------------------------
     def apply(self, topic: str, partition: int, offset: int, value: bytes | None, *, now: float,
@@ -73,6 +76,8 @@ class BidderState:
         try:
             if topic in ("listings", "shops"):
                 self._apply_catalog(topic, value, now)
+            elif topic == HISTORY_TOPIC:
+                self._apply_history(orjson.loads(value or b"null"))
             elif topic == "auctions":
                 self._apply_outcome(orjson.loads(value or b"null"))
             elif topic == "billing":
@@ -98,12 +103,28 @@ class BidderState:
             if ev.active:
                 self.catalog.upsert_listing(ev.listing_id, shop_id=ev.shop_id, price=ev.price,
                                             category=ev.category)
+            waiting = self._history_waiting.pop(ev.listing_id, None)
+            if waiting is not None:
+                self._apply_history(waiting)
             else:
                 self.catalog.remove_listing(ev.listing_id)
             self.counts["listings"] += 1
         elif isinstance(ev, Shop):
             self.catalog.upsert_shop(ev.shop_id, daily_budget=ev.daily_budget, target_share=ev.target_share)
             self.counts["shops"] += 1
+
+    def _apply_history(self, record: dict[str, Any]) -> None:
+        if float(record["half_life_s"]) != self.stats.half_life_s:
+            self.counts["listing-history_other_half_life"] += 1
+            return
+        listing_id = int(record["listing_id"])
+        row = self.catalog.listing_row(listing_id)
+        if row is None:
+            self._history_waiting[listing_id] = record
+            return
+        merge_record(self.stats, row, record)
+        self.history_from = min(self.history_from, float(record["history_from"]))
+        self.counts["listing-history"] += 1
 
     def _apply_outcome(self, outcome: dict[str, Any]) -> None:
         if not self.auctions.add(outcome):

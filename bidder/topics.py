@@ -47,6 +47,8 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("billing", "shop_id", "delete", 30 * DAY_MS,
               doc="the ledger: one line per click (charged / unbilled / duplicate)"),
     TopicSpec("labels", "query_id", "delete", 30 * DAY_MS, doc="online training labels"),
+    TopicSpec("listing-history", "listing_id", "compact", -1,
+              doc="each listing's rolling counters folded before this deployment's records began"),
     TopicSpec("drift-alerts", "feature", "delete", 30 * DAY_MS, partitions=1, doc="feature drift episodes"),
     TopicSpec("calibration-alerts", "target", "delete", 30 * DAY_MS, partitions=1,
               doc="a model version's calibration ratio left (or came back into) its bounds"),

@@ -1,7 +1,8 @@
 """Logged simulator traffic: the training data of the CTR and CVR models, produced offline.
 
-Until the streaming loop logs real labels, ``simulate`` runs the seeded :class:`bidder.market.World`
-under a simple bidding policy and records what the bidder would have logged:
+``simulate`` runs the seeded :class:`bidder.market.World` (the same laws, rate and buyers as the live
+simulator: :meth:`~bidder.market.World.draw_query`, :meth:`~bidder.market.World.respond`) under a simple
+bidding policy and records what the bidder would have logged:
 
 * every query draws 600 candidates; features are gathered exactly as served
   (:func:`bidder.features.gather` over a :class:`bidder.catalog.Catalog` and the live
@@ -15,15 +16,21 @@ under a simple bidding policy and records what the bidder would have logged:
   ``base_ctr * position_bias(slot)`` and a click converts with the world's true CVR, after an
   exponential delay. Impressions, clicks, spend and conversions flow back into the rolling stats at
   their event times;
-* the first ``n_warmup`` queries only warm the stats up; after that each impression is one logged row
-  with its served features, labels and the true probabilities (the oracle) beside them.
+* the first ``n_warmup`` queries (two hours at the world's 50 q/s) only warm the stats up; after that each
+  impression is one logged row with its served features, labels and the true probabilities (the oracle)
+  beside them. The logged queries run through a compressed day of hours, so the models see every hour;
+* the rolling state at the end is the world's past (:class:`bidder.history.ListingHistory`): shipped as
+  ``history.npz`` beside the models, it is what the live demo restores before serving
+  (``bidder simulate --history``), so live features continue where the training traffic ended.
 """
 
 from __future__ import annotations
 
 import hashlib
 import heapq
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -32,7 +39,8 @@ from bidder.auction import run_auction
 from bidder.autobid import bids as auto_bids
 from bidder.catalog import Catalog
 from bidder.features import FEATURE_SPEC, Priors, QueryContext, gather
-from bidder.market import World, WorldConfig, position_bias
+from bidder.history import ListingHistory, world_key
+from bidder.market import World, WorldConfig
 from bidder.rolling import RollingStats
 
 __all__ = ["SERVED_STRIDE", "SimConfig", "TrafficLog", "build_catalog", "simulate"]
@@ -50,12 +58,15 @@ class SimConfig:
     """How much traffic to simulate; defaults are what the committed models were trained on."""
 
     world_seed: int = 7
-    n_warmup: int = 6_000
-    """queries that only warm up the rolling stats"""
-    n_log: int = 40_000
-    """queries whose impressions are logged"""
-    rate_qps: float = 0.5
-    """mean query arrival rate (Poisson); 46k queries at 0.5/s cover a whole day of hours"""
+    n_warmup: int = 360_000
+    """queries that only warm up the rolling stats: two hours (two feature half-lives) of the world's traffic"""
+    n_log: int = 72_000
+    """queries whose impressions are logged (24 minutes of the world's traffic)"""
+    rate_qps: float = WorldConfig().query_rate_qps
+    """mean query arrival rate (Poisson): the world's, which is also the live demo's default"""
+    compressed_day: bool = True
+    """the logged queries' hour of day runs through all 24 hours (one hour per ``n_log / 24`` queries), so the
+    models see every hour although the log spans minutes; the rolling stats keep real event time"""
     start_ts: float = 1_767_225_600.0
     """2026-01-01T00:00:00Z"""
     n_candidates: int = 600
@@ -68,8 +79,8 @@ class SimConfig:
     min_bid: float = 0.02
     max_bid: float = 3.0
     budget_scale: float = 10.0
-    """shops' daily budgets are multiplied by this in the logging run: at 1 query/s the real budgets
-    run out within hours, and a log of full auctions around the clock trains better models"""
+    """shops' daily budgets are multiplied by this in the logging run: over its hours of traffic the real
+    budgets would run out, and a log of full auctions trains better models (the live demo starts a fresh day)"""
     world: WorldConfig = field(default_factory=WorldConfig)
 
     @classmethod
@@ -99,6 +110,9 @@ class TrafficLog:
     """true purchase probability given a click"""
     slot: I64
     ts: F64
+    history: ListingHistory | None = None
+    """the world's rolling state at the end of the run: what a live deployment restores
+    (``bidder simulate --history``), so serving starts where the training traffic ended"""
     served: F32 = field(default_factory=lambda: np.empty((0, FEATURE_SPEC.n_features), np.float32))
     """every ``SERVED_STRIDE``-th candidate row of every logged query, as served (winners or not): the
     distribution the drift monitor sees live, stored as the models' reference profile"""
@@ -133,14 +147,21 @@ def build_catalog(world: World) -> Catalog:
     return cat
 
 
-def simulate(cfg: SimConfig, *, seed: int) -> TrafficLog:
-    """Run the world offline under the prior-based policy; see the module docstring."""
+def _cat(parts: Sequence[npt.NDArray[Any]], dtype: type[np.generic], width: int | None = None) -> npt.NDArray[Any]:
+    if not parts:
+        return np.empty((0,) if width is None else (0, width), dtype)
+    return np.concatenate(parts).astype(dtype)
+
+
+def simulate(cfg: SimConfig, *, seed: int, progress: Callable[[int, int], None] | None = None) -> TrafficLog:
+    """Run the world offline under the prior-based policy; see the module docstring.
+
+    ``progress(done, total)`` is called every 1,000 queries."""
     world = World.generate(cfg.world, seed=cfg.world_seed)
     catalog = build_catalog(world)
     stats = RollingStats(half_life_s=cfg.half_life_s, capacity=len(world.listing_ids))
     priors = Priors(prior_ctr=cfg.prior_ctr, prior_cvr=cfg.prior_cvr, strength=cfg.prior_strength)
     rng = np.random.default_rng(seed)
-    bias = position_bias(range(cfg.slots))
     buf = np.empty((cfg.n_candidates, FEATURE_SPEC.n_features), np.float32)
     spent = np.zeros(len(world.shop_ids), np.float64)
     budget = catalog.daily_budget[: catalog.n_shops] * cfg.budget_scale
@@ -150,7 +171,10 @@ def simulate(cfg: SimConfig, *, seed: int) -> TrafficLog:
     served: list[F32] = []
     cols: dict[str, list[npt.NDArray[np.generic]]] = {k: [] for k in ("c", "b", "pc", "pb", "s", "t")}
     now = cfg.start_ts
-    for i in range(cfg.n_warmup + cfg.n_log):
+    total = cfg.n_warmup + cfg.n_log
+    for i in range(total):
+        if progress is not None and i % 1000 == 0:
+            progress(i, total)
         now += float(rng.exponential(1.0 / cfg.rate_qps))
         if int(now // 86_400) != day:  # budgets reset at midnight UTC
             day = int(now // 86_400)
@@ -158,7 +182,8 @@ def simulate(cfg: SimConfig, *, seed: int) -> TrafficLog:
         while pending and pending[0][0] <= now:
             t, r = heapq.heappop(pending)
             stats.record(np.array([r], np.int64), kind="conversions", now=t)
-        q = world.draw_query(rng, now=now, n_candidates=cfg.n_candidates)
+        hour = (i - cfg.n_warmup) * 24 // cfg.n_log if cfg.compressed_day and i >= cfg.n_warmup else None
+        q = world.draw_query(rng, now=now, n_candidates=cfg.n_candidates, hour=hour)
         rows = world.listing_rows(q.listing_ids)
         ctx = QueryContext(device=q.device, page=q.page, hour=q.hour, category=q.category)
         x = gather(
@@ -178,9 +203,8 @@ def simulate(cfg: SimConfig, *, seed: int) -> TrafficLog:
         res = run_auction(bids=b, pctr=x[:, 1], reserve_price=cfg.reserve_price, slots=cfg.slots, rng=rng)
         w = res.winners
         k = len(w)
-        p_click = q.base_ctr[w] * bias[:k]
-        clicked = rng.random(k) < p_click
-        bought = clicked & (rng.random(k) < q.cvr[w])
+        answer = world.respond(rng, base_ctr=q.base_ctr[w], cvr=q.cvr[w], slots=np.arange(k))
+        p_click, clicked, bought = answer.p_click, answer.clicked, answer.bought
         stats.record(rows[w], kind="impressions", now=now)
         if clicked.any():
             crow = rows[w[clicked]]
@@ -189,8 +213,8 @@ def simulate(cfg: SimConfig, *, seed: int) -> TrafficLog:
             charge = np.minimum(res.prices[clicked], np.maximum(budget[cshop] - spent[cshop], 0.0))
             np.add.at(spent, cshop, charge)
             stats.record(crow, kind="spend", now=now, amount=charge)
-            for r in rows[w[bought]].tolist():
-                heapq.heappush(pending, (now + float(rng.exponential(cfg.world.purchase_delay_mean_s)), r))
+            for r, d in zip(rows[w[bought]].tolist(), answer.purchase_delay_s[bought].tolist(), strict=True):
+                heapq.heappush(pending, (now + d, r))
         if i >= cfg.n_warmup:
             served.append(x[i % SERVED_STRIDE :: SERVED_STRIDE].copy())
             xs.append(x[w].copy())
@@ -201,12 +225,14 @@ def simulate(cfg: SimConfig, *, seed: int) -> TrafficLog:
             cols["s"].append(np.arange(k, dtype=np.int64))
             cols["t"].append(np.full(k, now))
     return TrafficLog(
-        x=np.concatenate(xs).astype(np.float32),
-        clicked=np.concatenate(cols["c"]).astype(np.int8),
-        purchased=np.concatenate(cols["b"]).astype(np.int8),
-        p_click=np.concatenate(cols["pc"]).astype(np.float64),
-        p_buy=np.concatenate(cols["pb"]).astype(np.float64),
-        slot=np.concatenate(cols["s"]).astype(np.int64),
-        ts=np.concatenate(cols["t"]).astype(np.float64),
-        served=np.concatenate(served).astype(np.float32),
+        x=_cat(xs, np.float32, FEATURE_SPEC.n_features),
+        clicked=_cat(cols["c"], np.int8),
+        purchased=_cat(cols["b"], np.int8),
+        p_click=_cat(cols["pc"], np.float64),
+        p_buy=_cat(cols["pb"], np.float64),
+        slot=_cat(cols["s"], np.int64),
+        ts=_cat(cols["t"], np.float64),
+        served=_cat(served, np.float32, FEATURE_SPEC.n_features),
+        history=ListingHistory.from_stats(stats, listing_ids=world.listing_ids, end=now, span_s=now - cfg.start_ts,
+                                          world=world_key(cfg.world, cfg.world_seed)),
     )

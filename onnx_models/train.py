@@ -42,6 +42,7 @@ import onnx
 import onnxruntime as ort
 
 from bidder.features import FEATURE_SPEC
+from bidder.history import HISTORY_FILE
 from bidder.model_meta import ModelMeta
 from bidder.profile import FeatureProfile, profile_matrix
 from onnx_models.export import INPUT_NAME, OUTPUT_NAME, mlp_graph, narrow_to_positive_class
@@ -389,6 +390,9 @@ def run(
     families: tuple[str, ...], *, seed: int, cfg: TrainConfig, out_dir: Path
 ) -> dict[str, tuple[ModelMeta, Fitted]]:
     log = simulate(cfg.sim, seed=seed)
+    if log.history is not None:  # where the training traffic ended: what a live deployment restores
+        out_dir.mkdir(parents=True, exist_ok=True)
+        log.history.save(out_dir / HISTORY_FILE)
     out: dict[str, tuple[ModelMeta, Fitted]] = {}
     for fam in families:
         for tgt in TARGETS:

@@ -34,15 +34,17 @@ from typing import Any
 
 from rich.console import Console
 from rich.live import Live
+from rich.progress import Progress
 from rich.table import Table
 
+from bidder.history import ListingHistory
 from bidder.market import WorldConfig
 from bidder.settings import Settings
 from streams.accounting import InputAccount, group_backlogs
 from streams.cpu_meter import CpuMeter, local_broker_pid
 from streams.monitor import OutputTally, TopicMonitor
 from streams.process import WorkerProcess
-from streams.simulate import SimulationReport, run_simulation
+from streams.simulate import SimulationReport, run_simulation, world_history
 
 __all__ = ["INPUTS", "DemoSummary", "run_demo"]
 
@@ -113,6 +115,26 @@ def _count(n: int, topic: str) -> str:
     return f"{n} {_ONE.get(topic, topic) if n == 1 else topic}"
 
 
+def calibration(tally: OutputTally) -> dict[str, dict[str, Any]]:
+    """Mean prediction over observed rate (the calibration monitor's ratio; 1 = calibrated) on the demo's labels,
+    every one matured once the demo drained: clicks are answered at once and every purchase is sent before
+    the simulator stops. CTR over impressions, CVR over decided clicks; ``interval`` is the ratio's ~95 %
+    range from the positives' count alone (Poisson), so a reader can tell noise from miscalibration."""
+    out: dict[str, dict[str, Any]] = {}
+    clicks = tally.clicks_decided
+    for target, predicted, positives, n in (
+            ("ctr", tally.pctr_sum, clicks, tally.impressions),
+            ("cvr", tally.pcvr_clicked_sum, len(tally.conversions), clicks)):
+        if n == 0 or positives == 0:
+            continue
+        ratio = predicted / positives
+        spread = 1.96 / positives ** 0.5
+        out[target] = {"ratio": round(ratio, 4), "predicted": round(predicted / n, 5),
+                       "observed": round(positives / n, 5), "positives": positives, "n": n,
+                       "interval": [round(ratio / (1 + spread), 3), round(ratio / max(1 - spread, 1e-9), 3)]}
+    return out
+
+
 def summarize(report: SimulationReport, tally: OutputTally, budgets: dict[int, float],
               seconds: float | None = None, drain: Drain | None = None) -> DemoSummary:
     sent = report.sent
@@ -148,6 +170,8 @@ def summarize(report: SimulationReport, tally: OutputTally, budgets: dict[int, f
         "ctr": round(tally.clicks_decided / impressions, 5),
         "cvr": round(len(tally.conversions) / max(tally.clicks_decided, 1), 5),
         "mean_pctr": round(tally.pctr_sum / impressions, 5),
+        "mean_pcvr_clicked": round(tally.pcvr_clicked_sum / max(tally.clicks_decided, 1), 5),
+        "calibration": calibration(tally),
         "latency_p50_ms": _p(lat, 0.5),
         "latency_p99_ms": _p(lat, 0.99),
         "rate_achieved_qps": round(len(lat) / max(report.elapsed_s, 1e-9), 1),
@@ -217,6 +241,8 @@ def live_table(report: SimulationReport, tally: OutputTally, started: float,
         ("auction outcomes", str(len(tally.outcome_ids))),
         ("CTR (clicks / impressions)", f"{tally.clicks_decided / impressions:.4f}"),
         ("CVR (purchases / clicks)", f"{len(tally.conversions) / max(tally.clicks_decided, 1):.4f}"),
+        ("calibration ctr / cvr (predicted / observed)",
+         " / ".join(f"{c[t]['ratio']:.2f}" if t in c else "-" for c in [calibration(tally)] for t in ("ctr", "cvr"))),
         ("revenue", f"{tally.revenue:.2f}"),
         ("spend / total daily budget", f"{tally.revenue:.2f} / {sum((budgets or {}).values()):.0f}"),
         ("shops at budget", str(sum(1 for s, c in tally.charged_by_shop.items()
@@ -287,7 +313,8 @@ async def drain_inputs(settings: Settings, bootstrap: str, monitor: TopicMonitor
 
 
 async def _run(settings: Settings, *, bootstrap: str, seconds: float, rate: float, seed: int,
-               world: WorldConfig, workdir: Path, console: Console | None, drain_timeout_s: float) -> DemoSummary:
+               world: WorldConfig, workdir: Path, console: Console | None, drain_timeout_s: float,
+               history: ListingHistory | None) -> DemoSummary:
     monitor = TopicMonitor(settings, bootstrap=bootstrap)
     await monitor.start()
     workers: list[WorkerProcess] = []
@@ -342,7 +369,7 @@ async def _run(settings: Settings, *, bootstrap: str, seconds: float, rate: floa
             live.start()
         report = await run_simulation(settings, bootstrap=bootstrap, rate=rate, duration_s=seconds, seed=seed,
                                       world=world, after_catalog=start_worker, invalid_every=97, on_tick=tick,
-                                      drain_s=drain_timeout_s)
+                                      drain_s=drain_timeout_s, history=history)
         if "m" in meter:
             meter["m"].stop()
 
@@ -382,13 +409,21 @@ async def _run(settings: Settings, *, bootstrap: str, seconds: float, rate: floa
 
 def run_demo(settings: Settings, *, bootstrap: str, seconds: float, rate: float, seed: int = 7,
              world: WorldConfig | None = None, console: Console | None = None,
-             drain_timeout_s: float = 60.0) -> DemoSummary:
+             drain_timeout_s: float = 60.0, history_hours: float | None = None) -> DemoSummary:
     """Run a worker and the simulator against ``bootstrap``, drain (at most ``drain_timeout_s`` after the
-    traffic) and account for every input record from the topics."""
+    traffic) and account for every input record from the topics.
+
+    The world starts with its past (``streams.simulate.world_history``: the shipped one unless
+    ``history_hours`` says how many hours to simulate; 0 starts cold), so the worker serves warm features."""
+    world = world or WorldConfig()
+    with Progress(console=console, disable=console is None, transient=True) as bar:
+        task = bar.add_task("simulating the world's past", total=None)
+        history = world_history(settings, world=world, seed=seed, hours=history_hours,
+                                progress=lambda done, total: bar.update(task, completed=done, total=total))
     workdir = Path(tempfile.mkdtemp(prefix="bidder-demo-"))
     try:
         return asyncio.run(_run(settings, bootstrap=bootstrap, seconds=seconds, rate=rate, seed=seed,
-                                world=world or WorldConfig(), workdir=workdir, console=console,
-                                drain_timeout_s=drain_timeout_s))
+                                world=world, workdir=workdir, console=console,
+                                drain_timeout_s=drain_timeout_s, history=history))
     finally:  # the worker's log; everything the demo prints comes from the topics
         shutil.rmtree(workdir, ignore_errors=True)

@@ -42,6 +42,10 @@ class OutputTally:
     label_records: int = 0
     model_versions: Counter[str] = field(default_factory=Counter)
     pctr_sum: float = 0.0
+    pcvr_by_ad: dict[tuple[str, int], float] = field(default_factory=dict)
+    """(query id, listing id) -> pCVR served, to join clicks to what was predicted for them"""
+    pcvr_clicked_sum: float = 0.0
+    """pCVR served, summed over the clicks decided (charged or unbilled)"""
     drift_alerts: Counter[str] = field(default_factory=Counter)
     """open alert episodes by feature:statistic (alert +1, recovered -1)"""
     drift_events: int = 0
@@ -67,6 +71,8 @@ class OutputTally:
             self.outcome_ids.add(qid)
             self.impressions += len(rec["winners"])
             self.pctr_sum += sum(float(w["pctr"]) for w in rec["winners"])
+            for w in rec["winners"]:
+                self.pcvr_by_ad[(qid, int(w["listing_id"]))] = float(w["pcvr"])
             self.model_versions["/".join(f"{k}={v}" for k, v in sorted(rec["model_versions"].items()))] += 1
         elif topic == "billing":
             status = str(rec["status"])
@@ -76,6 +82,7 @@ class OutputTally:
             self.ledger[status] += 1
             if status in ("charged", "unbilled"):
                 self.ledger_click_ids[cid] = status
+                self.pcvr_clicked_sum += self.pcvr_by_ad.get((str(rec["query_id"]), int(rec["listing_id"])), 0.0)
             if status == "charged":
                 self.charged_by_shop[int(rec["shop_id"])] += float(rec["amount"])
                 self.revenue += float(rec["amount"])

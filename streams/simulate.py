@@ -19,13 +19,19 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bidder.events import encode
+from bidder.history import HISTORY_TOPIC, ListingHistory, shipped_history, world_key
 from bidder.kafka_config import aiokafka_consumer_kwargs
 from bidder.market import World, WorldConfig
 from bidder.producer import EventProducer, key_of, topic_of
 from bidder.settings import Settings
 from bidder.simulator import Simulator
 
-__all__ = ["SimulationReport", "malformed_query", "run_simulation", "tail_consumer"]
+__all__ = ["HistoryExistsError", "SimulationReport", "malformed_query", "run_simulation", "tail_consumer",
+           "world_history", "write_history"]
+
+
+class HistoryExistsError(RuntimeError):
+    """``listing-history`` already holds records: a second history would be counted on top of the first."""
 
 
 @dataclass
@@ -82,6 +88,50 @@ async def tail_consumer(settings: Settings, bootstrap: str | None, topics: list[
     return consumer
 
 
+def world_history(settings: Settings, *, world: WorldConfig, seed: int, hours: float | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> ListingHistory | None:
+    """The past of the seeded ``world`` for a live run: ``hours`` of it simulated offline, or (``None``) the
+    history shipped beside the models when it is this world's and has this worker's half-life, else two
+    hours simulated. ``hours=0``: no past."""
+    if hours is None:
+        shipped = shipped_history(settings.model_dir, world=world_key(world, seed))
+        if shipped is not None and shipped.half_life_s == settings.feature_half_life_s:
+            return shipped
+        hours = 2.0
+    if hours <= 0:
+        return None
+    from onnx_models.traffic import SimConfig, simulate  # the offline world: numpy only
+
+    cfg = SimConfig(world_seed=seed, world=world, n_warmup=int(hours * 3600 * world.query_rate_qps), n_log=0,
+                    rate_qps=world.query_rate_qps, half_life_s=settings.feature_half_life_s,
+                    prior_ctr=settings.prior_ctr, prior_cvr=settings.prior_cvr,
+                    prior_strength=settings.prior_strength)
+    return simulate(cfg, seed=seed, progress=progress).history
+
+
+async def write_history(settings: Settings, bootstrap: str | None, history: ListingHistory, *, end: float) -> int:
+    """Write ``history`` (the past ending at ``end``) to ``listing-history``, one record per listing; returns
+    how many. Refuses a topic that holds records already (workers add every record they read)."""
+    probe = await tail_consumer(settings, bootstrap, [HISTORY_TOPIC])
+    try:
+        ends = await probe.end_offsets(list(probe.assignment()))
+    finally:
+        await probe.stop()
+    if any(ends.values()):
+        raise HistoryExistsError(f"{HISTORY_TOPIC} already holds {sum(ends.values())} records; a history is "
+                                 "written once, before live traffic (recreate the topic to write another)")
+    producer = EventProducer(settings, bootstrap=bootstrap)
+    await producer.start()
+    try:
+        acks = [await producer.send_nowait(HISTORY_TOPIC, str(r["listing_id"]).encode(), orjson.dumps(r))
+                for r in history.records(end=end)]
+        await producer.flush()
+        await asyncio.gather(*acks)
+    finally:
+        await producer.stop()
+    return len(acks)
+
+
 async def run_simulation(
     settings: Settings,
     *,
@@ -91,18 +141,20 @@ async def run_simulation(
     seed: int = 7,
     world: WorldConfig | None = None,
     n_candidates: int = 600,
-    purchase_delay_mean_s: float = 5.0,
+    purchase_delay_mean_s: float | None = None,
     drain_s: float = 10.0,
     send_catalog: bool = True,
     after_catalog: Callable[[], Awaitable[None]] | None = None,
     invalid_every: int = 0,
     on_tick: Callable[[SimulationReport], None] | None = None,
     clock: Callable[[], float] = time.time,
+    history: ListingHistory | None = None,
 ) -> SimulationReport:
     """Run the simulator for ``duration_s`` seconds at ``rate`` queries/s, then drain.
 
     ``after_catalog`` runs once the catalog is acknowledged (the demo starts its worker there);
-    ``invalid_every=k`` replaces every k-th query with a malformed one (kept in ``sent``).
+    ``invalid_every=k`` replaces every k-th query with a malformed one (kept in ``sent``); ``history`` (the
+    world's past, :func:`write_history`) is written after the catalog, ending when the traffic starts.
     """
     sim = Simulator(World.generate(world or WorldConfig(), seed=seed), rng=np.random.default_rng(seed + 1),
                     n_candidates=n_candidates, purchase_delay_mean_s=purchase_delay_mean_s)
@@ -143,6 +195,8 @@ async def run_simulation(
                 await send(ev)
             await producer.flush()
             await asyncio.gather(*acks)
+        if history is not None:
+            sim.sent["listing_history"] = await write_history(settings, bootstrap, history, end=clock())
         if after_catalog is not None:
             await after_catalog()
         answering = asyncio.create_task(answer_outcomes())

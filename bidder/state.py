@@ -103,11 +103,11 @@ class BidderState:
             if ev.active:
                 self.catalog.upsert_listing(ev.listing_id, shop_id=ev.shop_id, price=ev.price,
                                             category=ev.category)
-            waiting = self._history_waiting.pop(ev.listing_id, None)
-            if waiting is not None:
-                self._apply_history(waiting)
             else:
                 self.catalog.remove_listing(ev.listing_id)
+            waiting = self._history_waiting.pop(ev.listing_id, None)
+            if waiting is not None and self.catalog.listing_row(ev.listing_id) is not None:
+                self._apply_history(waiting)
             self.counts["listings"] += 1
         elif isinstance(ev, Shop):
             self.catalog.upsert_shop(ev.shop_id, daily_budget=ev.daily_budget, target_share=ev.target_share)

@@ -8,10 +8,12 @@ bidding policy and records what the bidder would have logged:
   (:func:`bidder.features.gather` over a :class:`bidder.catalog.Catalog` and the live
   :class:`bidder.rolling.RollingStats`), so rolling CTR/CVR, counts and recency look as they will in
   production;
-* policy: pCTR = the smoothed rolling CTR feature, pCVR = the smoothed rolling CVR feature, bids from
-  :func:`bidder.autobid.bids` (pacing 1, shops stop bidding when today's budget is spent), winners
-  from the real GSP auction :func:`bidder.auction.run_auction` (budgets scaled by ``budget_scale`` so
-  auctions stay full all day);
+* policy: pCTR and pCVR from a model (``onnx_models/train.py`` logs with a logistic regression fitted on
+  a first, prior-policy run, so the log's ranking, and with it which listings are shown in which slots,
+  is a served model's as in the live loop; :func:`prior_policy`, the smoothed rolling CTR/CVR features,
+  otherwise), bids from :func:`bidder.autobid.bids` (pacing 1, shops stop bidding when today's budget is
+  spent), winners from the real GSP auction :func:`bidder.auction.run_auction` (budgets scaled by
+  ``budget_scale`` so auctions stay full all day);
 * each of the 24 winners is an impression; it is clicked with probability
   ``base_ctr * position_bias(slot)`` and a click converts with the world's true CVR, after an
   exponential delay. Impressions, clicks, spend and conversions flow back into the rolling stats at
@@ -43,7 +45,7 @@ from bidder.history import ListingHistory, world_key
 from bidder.market import World, WorldConfig
 from bidder.rolling import RollingStats
 
-__all__ = ["SERVED_STRIDE", "SimConfig", "TrafficLog", "build_catalog", "simulate"]
+__all__ = ["SERVED_STRIDE", "Policy", "SimConfig", "TrafficLog", "build_catalog", "prior_policy", "simulate"]
 
 SERVED_STRIDE = 100
 """one candidate row in this many is kept as a sample of what was served"""
@@ -60,8 +62,9 @@ class SimConfig:
     world_seed: int = 7
     n_warmup: int = 360_000
     """queries that only warm up the rolling stats: two hours (two feature half-lives) of the world's traffic"""
-    n_log: int = 72_000
-    """queries whose impressions are logged (24 minutes of the world's traffic)"""
+    n_log: int = 150_000
+    """queries whose impressions are logged (50 minutes of the world's traffic; ~0.9 % of impressions are
+    clicked, so this is what gives the CVR models ~30k clicks to train on)"""
     rate_qps: float = WorldConfig().query_rate_qps
     """mean query arrival rate (Poisson): the world's, which is also the live demo's default"""
     compressed_day: bool = True
@@ -153,8 +156,18 @@ def _cat(parts: Sequence[npt.NDArray[Any]], dtype: type[np.generic], width: int 
     return np.concatenate(parts).astype(dtype)
 
 
-def simulate(cfg: SimConfig, *, seed: int, progress: Callable[[int, int], None] | None = None) -> TrafficLog:
-    """Run the world offline under the prior-based policy; see the module docstring.
+Policy = Callable[[F32], tuple[F64, F64]]
+"""features ``(n, d)`` -> ``(pctr, pcvr)``: what the logging bidder believes"""
+
+
+def prior_policy(x: F32) -> tuple[F64, F64]:
+    """The smoothed rolling CTR and CVR features as the predictions (a bidder without models)."""
+    return x[:, 1].astype(np.float64), x[:, 2].astype(np.float64)
+
+
+def simulate(cfg: SimConfig, *, seed: int, progress: Callable[[int, int], None] | None = None,
+             policy: Policy = prior_policy) -> TrafficLog:
+    """Run the world offline under ``policy``; see the module docstring.
 
     ``progress(done, total)`` is called every 1,000 queries."""
     world = World.generate(cfg.world, seed=cfg.world_seed)
@@ -191,8 +204,9 @@ def simulate(cfg: SimConfig, *, seed: int, progress: Callable[[int, int], None] 
             now=now, out=buf,
         )
         shop = catalog.shop_row[rows]
+        pctr, pcvr = policy(x)
         b = auto_bids(
-            pcvr=x[:, 2],
+            pcvr=pcvr,
             price=catalog.price[rows],
             target_share=catalog.target_share[shop],
             pacing=np.ones(len(rows)),
@@ -200,7 +214,7 @@ def simulate(cfg: SimConfig, *, seed: int, progress: Callable[[int, int], None] 
             min_bid=cfg.min_bid,
             max_bid=cfg.max_bid,
         )
-        res = run_auction(bids=b, pctr=x[:, 1], reserve_price=cfg.reserve_price, slots=cfg.slots, rng=rng)
+        res = run_auction(bids=b, pctr=pctr, reserve_price=cfg.reserve_price, slots=cfg.slots, rng=rng)
         w = res.winners
         k = len(w)
         answer = world.respond(rng, base_ctr=q.base_ctr[w], cvr=q.cvr[w], slots=np.arange(k))

@@ -102,3 +102,24 @@ def test_kept_up_tolerates_noise_but_not_a_backlog() -> None:
     assert kept_up([10.0] * 50, [24.0] * 50)[0]  # 1.5 x 10 + 10 = 25
     assert not kept_up([10.0] * 50, [26.0] * 50)[0]
     assert not kept_up([], [10.0])[0]
+
+
+def test_calibration_joins_clicks_to_what_was_predicted_for_them() -> None:
+    from streams.demo import calibration
+
+    t = OutputTally()
+    winners = [{"listing_id": 100 + k, "pctr": 0.02, "pcvr": 0.1 + 0.1 * k, "shop_id": 7} for k in range(4)]
+    for q in range(50):  # 200 impressions predicted at 2 %
+        t.add("auctions", orjson.dumps({"query_id": f"q{q}", "winners": winners, "model_versions": {"ctr": "a"}}))
+    for q in range(8):  # 8 clicks (4 %), each on listing 101 (pCVR 0.2) or 103 (pCVR 0.4)
+        listing = 101 if q < 4 else 103
+        t.add("billing", orjson.dumps({"status": "charged", "click_id": f"c{q}", "query_id": f"q{q}",
+                                       "listing_id": listing, "shop_id": 7, "amount": 0.1}))
+    t.add("billing", orjson.dumps({"status": "duplicate", "click_id": "c0", "query_id": "q0", "listing_id": 101,
+                                   "shop_id": 7, "amount": 0.0}))  # a retry predicts nothing twice
+    t.conversions = {"o1", "o2", "o3"}
+    cal = calibration(t)
+    assert cal["ctr"]["ratio"] == pytest.approx(0.02 / (8 / 200)) and cal["ctr"]["positives"] == 8
+    assert cal["cvr"]["ratio"] == pytest.approx(((0.2 + 0.4) / 2) / (3 / 8)) and cal["cvr"]["n"] == 8
+    low, high = cal["cvr"]["interval"]
+    assert low < cal["cvr"]["ratio"] < high

@@ -102,7 +102,7 @@ def test_state_merges_history_once_its_listing_is_known_and_skips_another_half_l
     for i, ev in enumerate([*shops, *listings]):
         state.apply("shops" if i < len(shops) else "listings", 0, i, encode(ev), now=T0)
     assert state.counts["listing-history"] == 2 and state.history_from == T0 - 3600.0
-    rows, known = state.catalog.rows(np.array([x.listing_id for x in listings]))
+    _, known = state.catalog.rows(np.array([x.listing_id for x in listings]))
     assert known.all()  # with a history or without, every listing of the catalog bids
     row = state.catalog.listing_row(listings[0].listing_id)
     assert row is not None

@@ -12,10 +12,10 @@ The CLI entry points are called in process (``bidder.dataset.main``, ``onnx_mode
 export. Every count is checked against the topics read independently, and the clicks and purchases
 against what the simulator itself decided (each one a label or a dead letter with its reason).
 
-The shipped champion is badly calibrated on live traffic (its CVR predicts about a third of the observed
-rate), so the gate's relative checks refuse any calibrated retrain (``mean_shift[cvr]`` alone is > +100 %);
-the test asserts that refusal and its reason, then forces with a reason built from the report; finite
-predictions and ONNX parity must pass regardless (docs/lifecycle.md).
+The shipped champion is now trained on the same world's loop and calibrated on live traffic, so the gate may
+pass the retrain; when it refuses (a retrain on a few minutes of labels can still move the relative checks:
+top-24 overlap, CPC, spend), the test asserts the refusal names every failed check, then forces with a
+reason built from the report; finite predictions and ONNX parity must pass regardless (docs/lifecycle.md).
 """
 
 from __future__ import annotations
@@ -201,8 +201,8 @@ def test_loop_over_kafka(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
             assert data.entry["maturity"]["as_of"] == as_of
             assert n == len(matured) == data.train.n + data.test.n and src["outside_window"] == 0
             assert src["immature"] == len(imps) - len(matured) > 0 and src["impressions"] == len(imps)
-            assert rows["train_clicks"] + rows["test_clicks"] == len(clicked & matured) > 500
-            assert rows["train_conversions"] + rows["test_conversions"] == len(converted & matured) > 100
+            assert rows["train_clicks"] + rows["test_clicks"] == len(clicked & matured) > 250
+            assert rows["train_conversions"] + rows["test_conversions"] == len(converted & matured) > 40
             ts_tr, ts_te = data.train.cols["ts"], data.test.cols["ts"]
             assert ts_tr.max() < data.window.train_end <= ts_te.min() and ts_te.max() <= cut  # test follows train
             assert set(data.train.cols["ctr_version"]) | set(data.test.cols["ctr_version"]) == {old["ctr"]}
@@ -285,14 +285,12 @@ def test_loop_over_kafka(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                     assert "decision: refused" in gate and log[-1]["decision"] == "refused"
                     assert not (model_dir / promotion.CHAMPION).exists()
                     assert worker.get("/readyz")[1]["model_versions"] == old
-                    cal = checks[("calibration", "cvr")]
-                    assert checks[("mean_shift", "cvr")]["ok"] is False and cal["champion"] < 0.7
+                    named = " ".join(log[-1]["failed_checks"])
+                    assert named and all(f"{n}[{t}]" in named for (n, t), c in checks.items() if c["ok"] is False)
                     for t in ("ctr", "cvr"):  # what is never forced: non-probabilities, a broken export
                         assert checks[("finite", t)]["ok"] and checks[("parity", t)]["ok"]
-                    reason = (f"loop demo: the shipped champion is miscalibrated on live traffic (cvr "
-                              f"{cal['champion']:.2f}, ctr {checks[('calibration', 'ctr')]['champion']:.2f} on "
-                              f"{ds_id}); relative checks refuse any calibrated retrain: "
-                              + "; ".join(log[-1]["failed_checks"]))
+                    reason = (f"loop demo: a retrain on {ds_id}'s few minutes of labels refused by the relative "
+                              "checks: " + "; ".join(log[-1]["failed_checks"]))
                     assert promotion.main([*args, "--force", "--reason", reason]) == 0
                     assert "decision: forced" in capsys.readouterr().out
                 pointer = json.loads((model_dir / promotion.CHAMPION).read_text())

@@ -144,7 +144,9 @@ def test_shops_without_budget_do_not_win(world: World, stats: RollingStats, mode
 
 
 def test_fewer_bidders_than_slots(world: World, stats: RollingStats, models: Models) -> None:
-    o = _pipeline(world, stats, models).process(_queries(world, 1, candidates=10))[0]
+    p = _pipeline(world, stats, models)
+    p.reserve_price = 0.0  # every bid (>= min_bid) enters: 10 bidders for 24 slots, all shown
+    o = p.process(_queries(world, 1, candidates=10))[0]
     assert len(o.winners) == 10
 
 

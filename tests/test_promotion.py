@@ -106,10 +106,13 @@ def test_challenger_shifted_by_015_is_refused_and_the_report_names_why(
     assert r.decision == "refused"
     failed = {(c.name, c.target) for c in r.failed}
     assert {("mean_shift", "ctr"), ("mean_shift", "cvr"), ("ks", "ctr"), ("ks", "cvr"),
-            ("calibration", "ctr"), ("expected_spend", "both")} <= failed
+            ("expected_spend", "both")} <= failed
+    by = {(c.name, c.target): c for c in r.checks}
+    cal = by[("calibration", "ctr")]  # failed, or not judged on too few clicks in this small test split
+    assert cal.ok is False or (cal.ok is None and "not gated" in cal.note), cal.why()
     assert ("parity", "ctr") not in failed  # the sidecar's parity record was copied: only behaviour differs
     text = r.render()
-    assert "REFUSED because: " in text and "mean_shift[ctr]" in text and "calibration[ctr]" in text
+    assert "REFUSED because: " in text and "mean_shift[ctr]" in text and "expected_spend[both]" in text
     assert _snapshot(serving) == before  # nothing served changed
     last = json.loads((serving / LOG).read_text().splitlines()[-1])
     assert last["decision"] == "refused" and any("mean_shift" in f for f in last["failed_checks"])

@@ -63,7 +63,7 @@ def test_models_and_served_predictions_are_scored_on_the_frozen_test_rows(
     from bidder.scoring import load_models
     from bidder.settings import DEFAULT_MODEL_DIR
 
-    log = simulate(dataclasses.replace(SimConfig.small(), n_warmup=100, n_log=300), seed=6)
+    log = simulate(dataclasses.replace(SimConfig.small(), n_warmup=100, n_log=1200), seed=6)
     data = freeze(records_from_traffic(log), root=tmp_path / "ds", mature_after_s=0.0, clock=lambda: 0.0)
     lr = load_models(DEFAULT_MODEL_DIR, "lr", "cpu", 1, 1)
     rows = {r.target: r for r in scoreboard.model_rows(data, DEFAULT_MODEL_DIR, "lr")}

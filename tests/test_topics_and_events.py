@@ -20,7 +20,7 @@ from tests.kafka_helpers import read_until
 def test_topic_declarations() -> None:
     names = {t.name for t in ALL_TOPICS}
     assert names == {"queries", "listings", "shops", "clicks", "purchases", "auctions", "billing", "labels",
-                     "drift-alerts", "calibration-alerts", "dead-letters"}
+                     "listing-history", "drift-alerts", "calibration-alerts", "dead-letters"}
     assert TOPICS["listings"].cleanup_policy == "compact" and TOPICS["shops"].cleanup_policy == "compact"
     assert TOPICS["clicks"].key == TOPICS["billing"].key == "shop_id"
 

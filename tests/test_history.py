@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from bidder.decoding import Limits
 from bidder.events import encode
-from bidder.history import HISTORY_TOPIC, ListingHistory, shipped_history, world_key
+from bidder.history import HISTORY_TOPIC, ListingHistory, merge_record, shipped_history, world_key
 from bidder.market import WorldConfig
 from bidder.rolling import COUNTERS, RollingStats
 from bidder.settings import DEFAULT_MODEL_DIR, Settings
@@ -51,10 +51,7 @@ def test_history_then_live_events_equal_one_fold(past: list[tuple[int, str, floa
         if not history_first:
             _fold(worker, live)
         for rec in history.records(end=T0 + 3000):
-            row = (rec["listing_id"] - 103) // 100
-            worker.merge(np.array([row]), counters=np.array([[rec[k]] for k in COUNTERS]), at=np.array([rec["at"]]),
-                         last_impression=np.array([rec["last_impression"] or -np.inf]),
-                         last_click=np.array([rec["last_click"] or -np.inf]))
+            merge_record(worker, (rec["listing_id"] - 103) // 100, rec)
         if history_first:
             _fold(worker, live)
         rows = np.arange(6)

@@ -16,8 +16,13 @@ mean_shift        ``|mean(challenger) / mean(champion) - 1| > max_mean_shift`` (
 ks                two-sample Kolmogorov-Smirnov distance of the two prediction sets ``> max_ks``
                   (the Jensen-Shannon distance over 20 champion-quantile bins is reported beside)
 calibration       challenger's mean prediction / observed rate on the test rows outside
-                  ``[calibration_low, calibration_high]``; skipped (reported) with fewer than
-                  ``min_positives`` positives: a ratio on a handful of labels is noise
+                  ``[calibration_low, calibration_high]`` over the whole ~95 % interval the count of
+                  positives allows (ratio / (1 +- 1.96 / sqrt(positives))); skipped (reported) with
+                  fewer than ``min_positives`` positives: a ratio on a handful of labels is noise
+log_loss          non-inferiority on the labels: the one-sided 95 % upper bound of the mean paired
+                  per-row log-loss difference (challenger - champion, test rows; CVR over clicked
+                  rows) exceeds ``max_log_loss_increase`` x the champion's log loss. Not judged
+                  (reported) with fewer than ``min_label_positives`` positives
 top24_overlap     mean share of each golden query's top-24 by eCPM (bid x pCTR) kept ``< min_overlap``
 cpc               ``|mean CPC change| > max_cpc_change`` (relative; CPC = GSP price of a winner)
 expected_spend    ``|change| > max_spend_change`` of sum over winners of price x pCTR (the spend the
@@ -28,6 +33,14 @@ parity            framework-vs-ONNX ``|dp|`` recorded at training (sidecar ``ext
                   rare row lying between a float64 threshold and its rounding takes the other branch
                   (measured 4e-4 on 192k GBDT rows), while a broken converter moves most rows
 ================  ==========================================================================
+
+The behaviour checks (mean_shift, ks, top24_overlap, cpc, expected_spend) guard what labels cannot see: a
+challenger that moves predictions, rankings or prices away from the champion's is refused... unless the
+labels explain the move. When ``log_loss`` shows the challenger no worse than the champion on every target a
+behaviour check involves (``both``: ctr and cvr), that check passes with the note ``explained by the
+labels``: a retrain on fresh labels is *expected* to move predictions toward what buyers do. A framework
+upgrade that shifts every prediction by +0.15 moves them away from the labels, fails ``log_loss`` and stays
+refused with every behaviour check named; with too few labels to judge, nothing is explained.
 
 Relative checks are skipped when there is no champion (first promotion). A refused challenger can be
 promoted with ``force=True`` and a non-empty reason; the reason and the failed checks are recorded.
@@ -88,8 +101,8 @@ from bidder.dataset import write_atomically
 from bidder.features import FEATURE_SPEC
 from bidder.scoring import Models, family_in, load_models
 
-__all__ = ["Check", "Limits", "PromotionReport", "Replay", "compare", "find_champion", "install_release", "main",
-           "model_source", "promote", "release_name"]
+__all__ = ["BEHAVIOUR", "EXPLAINED", "Check", "Limits", "PromotionReport", "Replay", "compare", "find_champion",
+           "install_release", "main", "model_source", "promote", "release_name"]
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -97,6 +110,7 @@ TARGETS = ("ctr", "cvr")
 CHAMPION = "CHAMPION"
 LOG = "promotions.jsonl"
 _LOG_PRICE = FEATURE_SPEC.index("log_price")
+EXPLAINED = "explained by the labels"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +122,9 @@ class Limits:
     calibration_low: float = 0.95
     calibration_high: float = 1.05
     min_positives: int = 100
+    max_log_loss_increase: float = 0.01
+    """non-inferiority margin of ``log_loss``, relative to the champion's mean log loss"""
+    min_label_positives: int = 30
     min_overlap: float = 0.80
     max_cpc_change: float = 0.10
     max_spend_change: float = 0.15
@@ -142,6 +159,11 @@ class Check:
     ok: bool | None
     note: str = ""
 
+    @property
+    def explained(self) -> bool:
+        """A behaviour check that failed its limit and was explained by the labels (``log_loss``)."""
+        return self.ok is True and EXPLAINED in self.note
+
     def why(self) -> str:
         v = "-" if self.value is None else f"{self.value:.4g}"
         return f"{self.name}[{self.target}] = {v} (limit {self.limit}){': ' + self.note if self.note else ''}"
@@ -166,12 +188,17 @@ class PromotionReport:
         return [c for c in self.checks if c.ok is False]
 
     @property
+    def explained(self) -> list[Check]:
+        return [c for c in self.checks if c.explained]
+
+    @property
     def passed(self) -> bool:
         return not self.failed
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["failed"] = [c.why() for c in self.failed]
+        d["explained"] = [c.why() for c in self.explained]
         return d
 
     def render(self) -> str:
@@ -188,7 +215,7 @@ class PromotionReport:
             return "-" if x is None or not math.isfinite(x) else f"{x:.5g}"
 
         for c in self.checks:
-            verdict = {True: "ok", False: "FAIL", None: "skip"}[c.ok]
+            verdict = "explained" if c.explained else {True: "ok", False: "FAIL", None: "skip"}[c.ok]
             lines.append(f"{c.name:15s} {c.target:6s} {f(c.champion):>12s} {f(c.challenger):>12s} "
                          f"{f(c.value):>11s}  {c.limit:30s} {verdict}{'  (' + c.note + ')' if c.note else ''}")
         lines.append("")
@@ -253,6 +280,65 @@ def _auction_stats(x: F32, pctr: F32, pcvr: F32, blocks: list[tuple[int, int]], 
     return tops, float(allp.mean()) if len(allp) else math.nan, spend / max(len(blocks), 1)
 
 
+BEHAVIOUR = ("mean_shift", "ks", "top24_overlap", "cpc", "expected_spend")
+_Z95 = 1.6448536269514722  # one-sided 95 %
+
+
+def _row_log_loss(p: F32, y: npt.NDArray[Any]) -> F64:
+    q = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+    yy = y.astype(np.float64)
+    out: F64 = -(yy * np.log(q) + (1 - yy) * np.log1p(-q))
+    return out
+
+
+def _auc(p: F32, y: npt.NDArray[Any]) -> float:
+    """Mann-Whitney AUC (ties averaged)."""
+    yb = y.astype(bool)
+    pos, neg = int(yb.sum()), int((~yb).sum())
+    if pos == 0 or neg == 0:
+        return math.nan
+    order = np.argsort(p, kind="mergesort")
+    ranks = np.empty(len(p), np.float64)
+    sp = p[order]
+    _, first, counts = np.unique(sp, return_index=True, return_counts=True)
+    avg = first + (counts - 1) / 2.0 + 1.0
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[yb].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
+
+
+def _log_loss_check(t: str, test: Any, preds: dict[str, dict[str, F32]], limits: Limits) -> Check:
+    """Non-inferiority of the challenger's log loss on the test labels (paired, per row)."""
+    _, y, _, _ = test.target(t)
+    mask = np.ones(len(test.x), bool) if t == "ctr" else test.cols["clicked"].astype(bool)
+    pc, po = preds["challenger"][t][mask], preds["champion"][t][mask]
+    lim = f"upper95 <= +{limits.max_log_loss_increase:g} rel"
+    pos = int(y.sum())
+    if pos < limits.min_label_positives or len(y) < 2:
+        return Check("log_loss", t, None, None, None, lim, None,
+                     f"{pos} positives < {limits.min_label_positives}: no worse cannot be shown")
+    lc, lo = _row_log_loss(pc, y), _row_log_loss(po, y)
+    d = lc - lo
+    upper = float(d.mean() + _Z95 * d.std(ddof=1) / math.sqrt(len(d)))
+    base = float(lo.mean())
+    value = upper / base if base > 0 else math.inf
+    return Check("log_loss", t, base, float(lc.mean()), value, lim, value <= limits.max_log_loss_increase,
+                 f"mean diff {float(d.mean()) / base:+.4f} rel over {len(d)} rows, {pos} positives; "
+                 f"AUC {_auc(po, y):.4f} -> {_auc(pc, y):.4f}")
+
+
+def _explained(c: Check, quality: dict[str, Check]) -> Check:
+    """A failed behaviour check passes when the labels show the challenger no worse on every target it
+    involves (see the module docstring)."""
+    if c.ok is not False or c.name not in BEHAVIOUR or not quality:
+        return c
+    targets = TARGETS if c.target == "both" else (c.target,)
+    if not all(quality[t].ok is True for t in targets):
+        return c
+    why = f"{EXPLAINED}: log_loss[" + ",".join(targets) + "] no worse"
+    return Check(c.name, c.target, c.champion, c.challenger, c.value, c.limit, True,
+                 f"{c.note}; {why}" if c.note else why)
+
+
 def compare(challenger: Models, champion: Models | None, test: Any, *, limits: Limits = Limits(),
             replay: Replay = Replay(), dataset_id: str = "") -> PromotionReport:
     """Run every check; ``test`` is a :class:`bidder.dataset.Frame` (the frozen test split)."""
@@ -293,9 +379,14 @@ def compare(challenger: Models, champion: Models | None, test: Any, *, limits: L
         if pos < limits.min_positives:
             checks.append(Check("calibration", t, cal_o, cal, cal, lim, None,
                                 f"{pos} positives < {limits.min_positives}: not gated"))
-        else:
+        else:  # the observed rate is a count: refuse only when its whole ~95 % interval puts the ratio outside
+            half = 1.96 / math.sqrt(pos)
+            lo, hi = cal / (1 + half), cal / (1 - half)
             checks.append(Check("calibration", t, cal_o, cal, cal, lim,
-                                limits.calibration_low <= cal <= limits.calibration_high, f"{pos} positives"))
+                                hi >= limits.calibration_low and lo <= limits.calibration_high,
+                                f"{pos} positives: ~95 % {lo:.3f}-{hi:.3f}"))
+    quality = {t: _log_loss_check(t, test, preds, limits) for t in TARGETS} if champion is not None else {}
+    checks += quality.values()
     c_tops, c_cpc, c_spend = _auction_stats(x, preds["challenger"]["ctr"], preds["challenger"]["cvr"], blocks, replay)
     if champion is None:
         for name in ("top24_overlap", "cpc", "expected_spend"):
@@ -323,6 +414,7 @@ def compare(challenger: Models, champion: Models | None, test: Any, *, limits: L
                                 f"max <= {limits.max_parity_dp:g}, p99.9 <= {limits.max_parity_p999:g}",
                                 dp <= limits.max_parity_dp and p999 <= limits.max_parity_p999,
                                 f"p99.9 {p999:.3g} over {par.get('rows', '?')} rows"))
+    checks = [_explained(c, quality) for c in checks]
     return PromotionReport(
         challenger=challenger.versions, champion=None if champion is None else champion.versions,
         dataset_id=dataset_id, checks=checks,
@@ -437,7 +529,8 @@ def promote(
     line: dict[str, Any] = {"ts": datetime.fromtimestamp(now, UTC).isoformat(), "decision": report.decision,
                             "release": release, "family": family, "versions": challenger.versions,
                             "champion": report.champion, "reason": reason, "dataset_id": dataset_id,
-                            "failed_checks": [c.why() for c in report.failed], "report": str(report_path.name)}
+                            "failed_checks": [c.why() for c in report.failed],
+                            "explained_checks": [c.why() for c in report.explained], "report": str(report_path.name)}
     if report.decision != "refused":
         names = [f"{family}_{t}{ext}" for t in TARGETS for ext in (".onnx", ".json")]
         rel_dir = model_dir / "releases" / release

@@ -17,7 +17,7 @@ from onnx import helper, numpy_helper
 
 from bidder.dataset import FrozenDataset, freeze, records_from_traffic
 from bidder.model_meta import ModelMeta, ModelSpecError
-from bidder.promotion import CHAMPION, LOG, promote
+from bidder.promotion import CHAMPION, LOG, Limits, promote
 from bidder.scoring import OnnxScorer, load_models
 from onnx_models.lifecycle import train_dataset
 from onnx_models.traffic import simulate
@@ -30,6 +30,20 @@ CLOCK = datetime(2026, 3, 1, tzinfo=UTC).timestamp
 def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[FrozenDataset, Path]:
     root = tmp_path_factory.mktemp("promo")
     cfg = TrainConfig.small()
+    data = freeze(records_from_traffic(simulate(cfg.sim, seed=3)), root=root / "ds", mature_after_s=0.0,
+                  clock=CLOCK)
+    _, models, _ = train_dataset("lr", data.id, cfg=cfg, datasets_root=root / "ds", runs_root=root / "runs",
+                                 clock=CLOCK)
+    return data, models
+
+
+@pytest.fixture(scope="module")
+def labelled_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[FrozenDataset, Path]:
+    """The small world with 12x its logged traffic: enough purchases in the test split (~40) for the labels
+    to judge a CVR model."""
+    root = tmp_path_factory.mktemp("promo-labelled")
+    cfg = TrainConfig.small()
+    cfg = dataclasses.replace(cfg, sim=dataclasses.replace(cfg.sim, n_log=12 * cfg.sim.n_log))
     data = freeze(records_from_traffic(simulate(cfg.sim, seed=3)), root=root / "ds", mature_after_s=0.0,
                   clock=CLOCK)
     _, models, _ = train_dataset("lr", data.id, cfg=cfg, datasets_root=root / "ds", runs_root=root / "runs",
@@ -117,6 +131,50 @@ def test_challenger_shifted_by_015_is_refused_and_the_report_names_why(
     last = json.loads((serving / LOG).read_text().splitlines()[-1])
     assert last["decision"] == "refused" and any("mean_shift" in f for f in last["failed_checks"])
     assert (serving / "reports" / last["report"]).exists()
+
+
+def test_a_retrain_that_the_labels_prefer_is_promoted_without_force(
+        labelled_world: tuple[FrozenDataset, Path], tmp_path: Path) -> None:
+    """The loop's case: the champion is off (here: +0.05 on every prediction), the retrain is not; the
+    challenger moves predictions, prices and rankings a lot, and the labels say it is no worse."""
+    data, models = labelled_world
+    serving = tmp_path / "serving"
+    off = shifted_copy(models, tmp_path / "off", shift=0.05)
+    assert promote(off, model_dir=serving, test=data.test, dataset_id=data.id, clock=CLOCK, force=True,
+                   reason="test: an off champion (its calibration fails)").decision == "forced"
+    retrain = tmp_path / "retrain"
+    shutil.copytree(models, retrain)
+    r = promote(retrain, model_dir=serving, test=data.test, dataset_id=data.id, clock=CLOCK)
+    assert r.decision == "promoted", r.render()
+    by = {(c.name, c.target): c for c in r.checks}
+    assert by[("log_loss", "ctr")].ok and by[("log_loss", "cvr")].ok
+    assert by[("log_loss", "ctr")].value is not None and by[("log_loss", "ctr")].value < 0  # better, not just equal
+    explained = {(c.name, c.target) for c in r.explained}
+    assert {("mean_shift", "ctr"), ("mean_shift", "cvr"), ("ks", "ctr")} <= explained  # over their limits
+    assert all(abs(by[k].value or 0) > 0.1 for k in (("mean_shift", "ctr"), ("mean_shift", "cvr")))
+    assert "explained" in r.render() and "REFUSED" not in r.render()
+    last = json.loads((serving / LOG).read_text().splitlines()[-1])
+    assert last["decision"] == "promoted" and any("mean_shift[ctr]" in e for e in last["explained_checks"])
+
+    # the same move with too few labels to judge: nothing is explained, the gate refuses and says why
+    strict = dataclasses.replace(Limits(), min_label_positives=10**9)
+    back = shifted_copy(models, tmp_path / "off-again", shift=0.05)
+    assert promote(back, model_dir=serving, test=data.test, dataset_id=data.id, clock=CLOCK, force=True,
+                   reason="test: the off champion again").decision == "forced"
+    r2 = promote(retrain, model_dir=serving, test=data.test, dataset_id=data.id, clock=CLOCK, limits=strict)
+    assert r2.decision == "refused" and not r2.explained
+    assert "no worse cannot be shown" in {(c.name, c.target): c for c in r2.checks}[("log_loss", "ctr")].note
+
+
+def test_the_shift_is_refused_by_the_labels_too(world: tuple[FrozenDataset, Path], serving: Path,
+                                                tmp_path: Path) -> None:
+    """+0.15 on every prediction moves away from what buyers did: log_loss fails, nothing is explained."""
+    data, models = world
+    r = promote(shifted_copy(models, tmp_path / "shifted"), model_dir=serving, test=data.test,
+                dataset_id=data.id, clock=CLOCK)
+    by = {(c.name, c.target): c for c in r.checks}
+    assert r.decision == "refused" and not r.explained
+    assert by[("log_loss", "ctr")].ok is False and "log_loss[ctr]" in r.render()
 
 
 def test_forced_promotion_is_recorded_with_its_reason(world: tuple[FrozenDataset, Path], serving: Path,

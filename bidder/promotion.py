@@ -99,6 +99,7 @@ from bidder.auction import run_auction
 from bidder.autobid import bids as auto_bids
 from bidder.dataset import write_atomically
 from bidder.features import FEATURE_SPEC
+from bidder.scoreboard import auc
 from bidder.scoring import Models, family_in, load_models
 
 __all__ = ["BEHAVIOUR", "EXPLAINED", "Check", "Limits", "PromotionReport", "Replay", "compare", "find_champion",
@@ -291,21 +292,6 @@ def _row_log_loss(p: F32, y: npt.NDArray[Any]) -> F64:
     return out
 
 
-def _auc(p: F32, y: npt.NDArray[Any]) -> float:
-    """Mann-Whitney AUC (ties averaged)."""
-    yb = y.astype(bool)
-    pos, neg = int(yb.sum()), int((~yb).sum())
-    if pos == 0 or neg == 0:
-        return math.nan
-    order = np.argsort(p, kind="mergesort")
-    ranks = np.empty(len(p), np.float64)
-    sp = p[order]
-    _, first, counts = np.unique(sp, return_index=True, return_counts=True)
-    avg = first + (counts - 1) / 2.0 + 1.0
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[yb].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
-
-
 def _log_loss_check(t: str, test: Any, preds: dict[str, dict[str, F32]], limits: Limits) -> Check:
     """Non-inferiority of the challenger's log loss on the test labels (paired, per row)."""
     _, y, _, _ = test.target(t)
@@ -323,7 +309,7 @@ def _log_loss_check(t: str, test: Any, preds: dict[str, dict[str, F32]], limits:
     value = upper / base if base > 0 else math.inf
     return Check("log_loss", t, base, float(lc.mean()), value, lim, value <= limits.max_log_loss_increase,
                  f"mean diff {float(d.mean()) / base:+.4f} rel over {len(d)} rows, {pos} positives; "
-                 f"AUC {_auc(po, y):.4f} -> {_auc(pc, y):.4f}")
+                 f"AUC {auc(y, po.astype(np.float64)):.4f} -> {auc(y, pc.astype(np.float64)):.4f}")
 
 
 def _explained(c: Check, quality: dict[str, Check]) -> Check:

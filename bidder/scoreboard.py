@@ -38,14 +38,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["METRICS", "Row", "build", "evaluate", "main", "model_rows", "plot", "render", "served_rows"]
+__all__ = ["METRICS", "Row", "auc", "build", "evaluate", "main", "model_rows", "plot", "render", "served_rows"]
 
 F64 = npt.NDArray[np.float64]
 METRICS = ("auc", "logloss", "ne", "calibration", "pr_auc")
 _EPS = 1e-7
 
 
-def _auc(y: F64, p: F64) -> float:
+def auc(y: F64, p: F64) -> float:
+    """Mann-Whitney ROC AUC, ties averaged; NaN without both classes."""
     pos = y > 0.5
     n1 = int(pos.sum())
     n0 = len(y) - n1
@@ -84,7 +85,7 @@ def evaluate(y: npt.ArrayLike, p: npt.ArrayLike) -> dict[str, float]:
     r = min(max(rate, _EPS), 1 - _EPS)
     h = -(r * math.log(r) + (1 - r) * math.log(1 - r))
     return {
-        "auc": _auc(yy, pp),
+        "auc": auc(yy, pp),
         "logloss": ll,
         "ne": ll / h if h > 0 else math.nan,
         "calibration": float(pp.mean()) / rate if rate > 0 else math.nan,

@@ -120,7 +120,7 @@ SCALE_10X = {
     "ctr_smoothed": (9, "mean"),
     "cvr_smoothed": (9, "scale"),
     "log_impressions": (19, "scale"),
-    "log_clicks": (366, "mean"),  # most listings have no click at ~3 % CTR: only non-zero rows can move
+    "log_clicks": (468, "mean"),  # most listings have no click at ~1.7 % CTR: only non-zero rows can move
     "impression_recency": (19, "scale"),
     "click_recency": (19, "scale"),
     "log_price": (19, "scale"),
@@ -131,7 +131,7 @@ SCALE_10X = {
     "page_search": (19, "scale"),
     "page_category": (85, "scale"),
     "page_market": (136, "scale"),
-    "log_spend": (420, "mean"),  # the same: spend only follows clicks
+    "log_spend": (477, "mean"),  # the same: spend only follows clicks
     "hour_sin": (19, "scale"),  # seasonal: judged by magnitude, a window holds one hour
     "hour_cos": (19, "scale"),
 }

@@ -61,9 +61,7 @@ def test_parity_gbdt(trained: tuple[Path, dict[str, tuple[ModelMeta, Fitted]]], 
     assert float(np.mean(diff <= 1e-6)) >= 0.999
 
 
-@pytest.mark.parametrize("target", ["ctr", pytest.param("cvr", marks=pytest.mark.xfail(strict=True, reason=(
-    "known: on the small config's toy (32, 16) CVR net, trained on ~1k clicks of the one-world log, dynamic int8 "
-    "quantization saturates (max |dp| ~0.3); the shipped int8 CVR model records 0.012 (mlp_int8_cvr.json)")))])
+@pytest.mark.parametrize("target", ["ctr", "cvr"])
 def test_int8_mlp_stays_close_to_float(trained: tuple[Path, dict[str, tuple[ModelMeta, Fitted]]],
                                        test_rows: np.ndarray, target: str) -> None:
     out, models = trained

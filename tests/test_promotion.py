@@ -39,11 +39,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[FrozenDataset, Path
 
 @pytest.fixture(scope="module")
 def labelled_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[FrozenDataset, Path]:
-    """The small world with 12x its logged traffic: enough purchases in the test split (~40) for the labels
-    to judge a CVR model."""
+    """The small world with 30x its logged traffic: enough purchases in the test split for the labels to
+    judge a CVR model (>= 30)."""
     root = tmp_path_factory.mktemp("promo-labelled")
     cfg = TrainConfig.small()
-    cfg = dataclasses.replace(cfg, sim=dataclasses.replace(cfg.sim, n_log=12 * cfg.sim.n_log))
+    cfg = dataclasses.replace(cfg, sim=dataclasses.replace(cfg.sim, n_log=30 * cfg.sim.n_log))
     data = freeze(records_from_traffic(simulate(cfg.sim, seed=3)), root=root / "ds", mature_after_s=0.0,
                   clock=CLOCK)
     _, models, _ = train_dataset("lr", data.id, cfg=cfg, datasets_root=root / "ds", runs_root=root / "runs",
@@ -166,15 +166,17 @@ def test_a_retrain_that_the_labels_prefer_is_promoted_without_force(
     assert "no worse cannot be shown" in {(c.name, c.target): c for c in r2.checks}[("log_loss", "ctr")].note
 
 
-def test_the_shift_is_refused_by_the_labels_too(world: tuple[FrozenDataset, Path], serving: Path,
-                                                tmp_path: Path) -> None:
+def test_the_shift_is_refused_by_the_labels_too(labelled_world: tuple[FrozenDataset, Path], tmp_path: Path) -> None:
     """+0.15 on every prediction moves away from what buyers did: log_loss fails, nothing is explained."""
-    data, models = world
+    data, models = labelled_world
+    serving = tmp_path / "serving"
+    assert promote(models, model_dir=serving, test=data.test, dataset_id=data.id, clock=CLOCK).decision == "promoted"
     r = promote(shifted_copy(models, tmp_path / "shifted"), model_dir=serving, test=data.test,
                 dataset_id=data.id, clock=CLOCK)
     by = {(c.name, c.target): c for c in r.checks}
     assert r.decision == "refused" and not r.explained
-    assert by[("log_loss", "ctr")].ok is False and "log_loss[ctr]" in r.render()
+    assert by[("log_loss", "ctr")].ok is False and by[("log_loss", "cvr")].ok is False
+    assert "log_loss[ctr]" in r.render() and "mean_shift[ctr]" in r.render()
 
 
 def test_forced_promotion_is_recorded_with_its_reason(world: tuple[FrozenDataset, Path], serving: Path,

@@ -136,7 +136,7 @@ async def _bidder(settings: Settings, bootstrap: str, *, rate: float, seconds: f
         "e2e": percentiles(r.latencies_ms),
         "model": percentiles(r.pipeline_ms),
         "rate_offered": rate,
-        "rate_achieved": round(len(r.latencies_ms) / max(r.elapsed_s, 1e-9), 1),
+        "rate_achieved": round(r.rate_achieved_qps, 1),
         "sent": sent,
         "received": len(r.latencies_ms),
         "first_10s": percentiles(r.window(0.0, 10.0)),

@@ -47,7 +47,25 @@ class SimulationReport:
     """in-worker pipeline time of each outcome (``timings_ms.total``)"""
     send_errors: int = 0
     elapsed_s: float = 0.0
+    """from the first query to the end of the run, the drain included (purchases due after the traffic)"""
+    sending_s: float = 0.0
+    """from the first query to the last one sent"""
+    answered_until_s: float = 0.0
+    """from the first query to the last outcome answered"""
     simulator: Simulator | None = None
+
+    @property
+    def rate_offered_qps(self) -> float:
+        """Queries sent per second while sending."""
+        n = self.sent.get("queries", 0)
+        return n / self.sending_s if self.sending_s > 0 else float("nan")
+
+    @property
+    def rate_achieved_qps(self) -> float:
+        """Outcomes per second up to the last one: the offered rate when the worker kept up, lower when the
+        answers trailed behind (not diluted by the drain's wait for purchases due after the traffic)."""
+        n = len(self.latencies_ms)
+        return n / max(self.answered_until_s, self.sending_s, 1e-9) if n else 0.0
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
@@ -179,7 +197,9 @@ async def run_simulation(
                     t_sent = sent_at.pop(str(outcome.get("query_id")), None)
                     if t_sent is None:
                         continue
-                    report.latencies_ms.append((time.perf_counter() - t_sent) * 1000.0)
+                    t_now = time.perf_counter()
+                    report.latencies_ms.append((t_now - t_sent) * 1000.0)
+                    report.answered_until_s = t_now - t_traffic["t0"]
                     report.sent_at_s.append(t_sent - t_traffic["t0"])
                     report.pipeline_ms.append(float(outcome.get("timings_ms", {}).get("total", 0.0)))
                     report.outcomes += 1
@@ -226,6 +246,7 @@ async def run_simulation(
                 done = [a for a in acks if a.done()]
                 report.send_errors += sum(1 for a in done if a.exception() is not None)
                 acks[:] = [a for a in acks if not a.done()]
+        report.sending_s = time.perf_counter() - t0
         # drain: outcomes still in flight, then purchases still due
         deadline = time.perf_counter() + drain_s
         while (sent_at or sim.pending_purchases) and time.perf_counter() < deadline:

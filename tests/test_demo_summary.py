@@ -123,3 +123,16 @@ def test_calibration_joins_clicks_to_what_was_predicted_for_them() -> None:
     assert cal["cvr"]["ratio"] == pytest.approx(((0.2 + 0.4) / 2) / (3 / 8)) and cal["cvr"]["n"] == 8
     low, high = cal["cvr"]["interval"]
     assert low < cal["cvr"]["ratio"] < high
+
+
+def test_achieved_rate_counts_answers_until_the_last_one_not_the_purchase_drain() -> None:
+    # 3,000 queries sent over 60 s, each answered 10 ms later; the run then waited 14 s for purchases
+    r = _report([(i / 50, 10.0) for i in range(3000)], 3000)
+    r.sending_s, r.answered_until_s, r.elapsed_s = 60.0, 60.0 + 0.01, 74.0
+    assert r.rate_offered_qps == 50.0
+    assert r.rate_achieved_qps == pytest.approx(3000 / 60.01)  # was 3000 / 74 = 40.5: read as "fell behind"
+    s = summarize(r, _tally(3000), {}, 60.0)
+    assert s.numbers["rate_offered_qps"] == 50.0 and s.numbers["rate_achieved_qps"] == 50.0
+    # a backlog: the last answer 30 s after the last query -> the answers came at 2/3 of the offered rate
+    r.answered_until_s = 90.0
+    assert r.rate_achieved_qps == pytest.approx(3000 / 90)

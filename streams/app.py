@@ -36,9 +36,10 @@ import orjson
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 
 from bidder.attribution import label_update, provisional_labels
-from bidder.billing import LedgerEntry, day_of
+from bidder.billing import LedgerEntry
 from bidder.budget import LedgerBudget
 from bidder.calibration import CalibrationAlert, CalibrationMonitor
+from bidder.click_decisions import ClickBatch, ClickDecision
 from bidder.decoding import Limits, Rejection, decode
 from bidder.drift import DriftMonitor
 from bidder.events import Click, Purchase, Query, to_json
@@ -525,35 +526,39 @@ class Runtime:
 
     # -- clicks -> billing ---------------------------------------------------------------------------
     async def handle_clicks(self, events: Sequence[Any]) -> None:
-        """Decide a batch of clicks in order, each seeing the spend of those before it (a batch overlay,
-        not the ledger fold); write the ledger lines and label updates together, wait for every
-        acknowledgement, and only then fold the lines in. A batch cut short (a failed write, a
-        rebalance) leaves the fold untouched: the redelivered clicks are decided again against the
-        ledger as the broker has it. If a write fails the process exits and rebuilds from the ledger."""
-        overlay: dict[tuple[int, int], float] = {}
-        batch_ids: set[str] = set()
-        decisions: list[tuple[int, Click, Any, LedgerEntry]] = []
+        """Decide a batch of clicks in order (:class:`bidder.click_decisions.ClickBatch`: each sees the
+        spend of those before it, not the ledger fold); write the ledger lines and label updates
+        together, wait for every acknowledgement, and only then fold the lines in. A batch cut short (a
+        failed write, a rebalance) leaves the fold untouched: the redelivered clicks are decided again
+        against the ledger as the broker has it. If a write fails the process exits and rebuilds from
+        the ledger."""
+        state = self.state
+        batch = ClickBatch(auctions=state.auctions, catalog=state.catalog, ledger=state.ledger,
+                           click_window_s=self.settings.click_window_s)
+        decisions: list[tuple[int, ClickDecision]] = []
         now = self.clock()
         decoded = [(ev.message, self.decode(ev.message, now)) for ev in events]  # each click parsed once
         # a click may arrive before this worker's replica has folded its auction (the buyer saw the
         # outcome first): catch up once for the whole batch rather than once per such click
-        if any(isinstance(c, Click) and not self.state.auctions.knows(c.query_id) for _, c in decoded):
+        if any(isinstance(c, Click) and not state.auctions.knows(c.query_id) for _, c in decoded):
             await self.replica.wait_caught_up(["auctions"])
-        for message, click_or_rejection in decoded:
-            decided = await self.decide_click(message, click_or_rejection, overlay)
-            if decided is None:
+        for message, click in decoded:
+            if isinstance(click, Rejection):
+                await self.dead_letter(message, click)
                 continue
-            click, ad, entry = decided
-            if entry.click_id in batch_ids and entry.status != "duplicate":  # resent within this batch
-                entry = replace(entry, status="duplicate", amount=0.0, spend_after=entry.spend_after - entry.amount)
-            key = (entry.shop_id, entry.day)
-            overlay[key] = overlay.get(key, 0.0) + entry.amount
-            batch_ids.add(entry.click_id)
-            decisions.append((message.partition, click, ad, entry))
+            assert isinstance(click, Click)
+            await self.billing_caught_up(message.partition)
+            if not state.auctions.knows(click.query_id):
+                await self.replica.wait_caught_up(["auctions"])
+            decided = batch.decide(click)
+            if isinstance(decided, Rejection):
+                await self.dead_letter(message, decided)
+            else:
+                decisions.append((message.partition, decided))
         # nothing is written until every decision is made: the replica folds our own lines as soon as
-        # the broker has them, and the overlay must not count them a second time. Nothing after this
-        # point raises out of the handler (a failed write exits): a batch tried again record by record
-        # (handle_isolating) never has half of its lines written.
+        # the broker has them, and the batch's pending spend must not count them a second time. Nothing
+        # after this point raises out of the handler (a failed write exits): a batch tried again record
+        # by record (handle_isolating) never has half of its lines written.
         try:
             writes, labels = await self._write_click_decisions(decisions)
             metas = await asyncio.gather(*(f for _, f, _ in writes), *labels)
@@ -562,15 +567,23 @@ class Runtime:
                          exc_info=True)
             os._exit(70)
         for (part, _, entry), meta in zip(writes, metas, strict=False):
-            self.state.apply_own_ledger(entry, partition=part, offset=int(meta.offset))
+            state.apply_own_ledger(entry, partition=part, offset=int(meta.offset))
 
-    async def _write_click_decisions(self, decisions: list[tuple[int, Click, Any, LedgerEntry]]
+    async def billing_caught_up(self, partition: int) -> None:
+        """Rebuild a billing partition's ledger (the replica reaches its end) before deciding anything on it."""
+        if partition not in self.billing_ready:
+            if not await self.replica.wait_caught_up(["billing"], partitions={"billing": partition}):
+                raise WorkerNotReadyError(f"billing partition {partition} did not catch up")
+            self.billing_ready.add(partition)
+
+    async def _write_click_decisions(self, decisions: list[tuple[int, ClickDecision]]
                                      ) -> tuple[list[tuple[int, Any, LedgerEntry]], list[Any]]:
         """Send each decision's ledger line (and its label update); returns (partition, delivery, entry)
         per line and the label deliveries, not awaited."""
         writes: list[tuple[int, Any, LedgerEntry]] = []
         labels: list[Any] = []
-        for part, click, ad, entry in decisions:
+        for part, d in decisions:
+            click, ad, entry = d.click, d.ad, d.entry
             writes.append((part, await self.send("billing", str(click.shop_id).encode(),
                                                  orjson.dumps(entry.to_dict()), partition=part), entry))
             self.counts[f"clicks_{entry.status}"] += 1
@@ -586,51 +599,6 @@ class Runtime:
                     query_id=click.query_id, slot=ad.slot, listing_id=click.listing_id, ts=click.ts,
                     click_id=click.click_id))))
         return writes, labels
-
-    async def decide_click(self, message: Any, click: Any, overlay: dict[tuple[int, int], float]
-                           ) -> tuple[Click, Any, Any] | None:
-        """Validate one decoded click (or its rejection) against its auction and decide its ledger line
-        (dead-letter otherwise)."""
-        if isinstance(click, Rejection):
-            await self.dead_letter(message, click)
-            return None
-        assert isinstance(click, Click)
-        part = message.partition
-        if part not in self.billing_ready:
-            # rebuild this partition's ledger before deciding anything on it
-            if not await self.replica.wait_caught_up(["billing"], partitions={"billing": part}):
-                raise WorkerNotReadyError(f"billing partition {part} did not catch up")
-            self.billing_ready.add(part)
-        state = self.state
-        ad = state.auctions.find(click.query_id, click.listing_id)
-        if ad is None and not state.auctions.knows(click.query_id):
-            await self.replica.wait_caught_up(["auctions"])
-            ad = state.auctions.find(click.query_id, click.listing_id)
-        if ad is None:
-            known = state.auctions.knows(click.query_id)
-            await self.dead_letter(message, Rejection(
-                "not_a_winner" if known else "unknown_auction",
-                f"listing {click.listing_id} in query {click.query_id!r}" if known
-                else f"no auction outcome for query {click.query_id!r} in the last "
-                     f"{self.settings.click_window_s:.0f}s"))
-            return None
-        if click.ts - ad.ts > self.settings.click_window_s:
-            await self.dead_letter(message, Rejection(
-                "click_after_window", f"click at {click.ts:.3f} is {click.ts - ad.ts:.0f}s after its auction "
-                                      f"(window {self.settings.click_window_s:.0f}s)"))
-            return None
-        if ad.shop_id != click.shop_id:
-            await self.dead_letter(message, Rejection(
-                "shop_mismatch", f"click names shop {click.shop_id}, the auction had shop {ad.shop_id}"))
-            return None
-        shop_row = state.catalog.shop_row_of(click.shop_id)
-        # spend of this batch's earlier clicks, not yet in the fold, comes off the budget
-        pending = overlay.get((click.shop_id, day_of(click.ts)), 0.0)
-        entry = state.ledger.decide(
-            click_id=click.click_id, shop_id=click.shop_id, listing_id=click.listing_id,
-            query_id=click.query_id, user_id=click.user_id, slot=ad.slot, ts=click.ts, price=ad.price,
-            budget=float(state.catalog.daily_budget[shop_row]) - pending)
-        return click, ad, replace(entry, spend_after=entry.spend_after + pending)
 
     # -- purchases -> labels -------------------------------------------------------------------------
     async def handle_purchase(self, message: Any) -> None:

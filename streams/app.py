@@ -22,7 +22,6 @@ import asyncio
 import functools
 import gc
 import logging
-import os
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -61,34 +60,15 @@ from streams.metrics import STAGES, WorkerMetrics
 from streams.model_watch import ModelWatcher, champion_dir
 from streams.replicator import Replicator
 from streams.serving import Serving
+from streams.workarounds import aiokafka_producer, exit_for_restart, forget, group_offsets, use_fetch_max_wait
 
-__all__ = ["Runtime", "build_app", "use_fetch_max_wait"]
+__all__ = ["Runtime", "build_app"]
 
 log = logging.getLogger(__name__)
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 _TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 """refusals of a record for its size: sending it again cannot help"""
-
-
-def use_fetch_max_wait(ms: int) -> None:
-    """faust-streaming 0.15.3 hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer
-    (``AIOKafkaConsumerThread._create_worker_consumer``), which put a ~390 ms median on every hop
-    through a polling broker. Wrap it so the consumer uses our setting before it starts."""
-    from faust.transport.drivers import aiokafka as driver
-
-    thread_class: Any = driver.AIOKafkaConsumerThread
-    original = getattr(thread_class, "_bidder_original_create", None)
-    if original is None:
-        original = thread_class._create_worker_consumer
-        thread_class._bidder_original_create = original
-
-    def create(self: Any, transport: Any) -> Any:
-        consumer = original(self, transport)
-        consumer._fetch_max_wait_ms = ms
-        return consumer
-
-    thread_class._create_worker_consumer = create
 
 
 class WorkerNotReadyError(RuntimeError):
@@ -285,9 +265,8 @@ class Runtime:
             except Exception:
                 if give_up:
                     raise
-                log.critical("send to %s still failing after 40 tries; exiting so the worker is restarted",
-                             topic, exc_info=True)
-                os._exit(70)
+                exit_for_restart("send to %s still failing after 40 tries; exiting so the worker is restarted",
+                                 topic, exc_info=True)
 
         return asyncio.ensure_future(delivered())
 
@@ -563,9 +542,8 @@ class Runtime:
             writes, labels = await self._write_click_decisions(decisions)
             metas = await asyncio.gather(*(f for _, f, _ in writes), *labels)
         except Exception:
-            log.critical("ledger write failed; exiting so the money state is rebuilt from the ledger",
-                         exc_info=True)
-            os._exit(70)
+            exit_for_restart("ledger write failed; exiting so the money state is rebuilt from the ledger",
+                             exc_info=True)
         for (part, _, entry), meta in zip(writes, metas, strict=False):
             state.apply_own_ledger(entry, partition=part, offset=int(meta.offset))
 
@@ -736,7 +714,7 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
 
     async def warm_producer() -> None:
         """Fetch the output topics' metadata now: the first send to a topic waits for it otherwise."""
-        producer: Any = app.producer._ensure_producer()  # type: ignore[attr-defined]  # the aiokafka producer Faust wraps
+        producer = aiokafka_producer(app)
         for topic in ("auctions", "labels", "billing", "dead-letters", "drift-alerts", "calibration-alerts"):
             await producer.partitions_for(topic)
     watcher = ModelWatcher(rt, settings)
@@ -803,13 +781,13 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
 
         def past_end() -> dict[Any, tuple[int, int]]:
             found: dict[Any, tuple[int, int]] = {}
+            read, committed = group_offsets(consumer)
             for tp in consumer.assignment():
                 high = consumer.highwater(tp)
-                read = consumer._read_offset.get(tp)  # faust keeps the last offset handed to a stream
                 if high is None:
                     continue
-                lag[tp.topic] = lag.get(tp.topic, 0) + max(0, int(high) - (int(read) + 1 if read is not None else 0))
-                seen = max(int(read) + 1 if read is not None else 0, int(consumer._committed_offset.get(tp) or 0))
+                lag[tp.topic] = lag.get(tp.topic, 0) + max(0, int(high) - read.get(tp, 0))
+                seen = max(read.get(tp, 0), committed.get(tp, 0))
                 if seen > int(high):
                     found[tp] = (int(high), seen)
             return found
@@ -831,16 +809,13 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
             return
         if rt.counts["group_reset_at"] and time.monotonic() - rt.counts["group_reset_at"] < 15.0:
             rt.counts["group_past_end"] = len(confirmed)
-            log.critical("group partitions %s still past their log end after a reset; exiting so the worker "
-                         "is restarted", sorted(f"{tp.topic}[{tp.partition}]" for tp in confirmed))
-            os._exit(70)
+            exit_for_restart("group partitions %s still past their log end after a reset; exiting so the worker "
+                             "is restarted", sorted(f"{tp.topic}[{tp.partition}]" for tp in confirmed))
         for tp, (high, seen) in confirmed.items():
             log.warning("group: %s[%d] high watermark %d is below the %d records already read: the log was "
                         "truncated (broker came back empty / unclean leader election); reading it again "
                         "from the start", tp.topic, tp.partition, high, seen)
-            for book in (consumer._gap, consumer._acked, consumer._acked_index, consumer._read_offset,
-                         consumer._committed_offset):
-                book.pop(tp, None)
+            forget(consumer, tp)
         await consumer.seek_wait(dict.fromkeys(confirmed, 0))
         rt.counts["group_truncations"] += len(confirmed)
         rt.counts["group_reset_at"] = int(time.monotonic())
@@ -859,19 +834,17 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
         uncommitted, ``/healthz`` fails and the process exits (70) for its supervisor to restart it
         (effects are idempotent: the reprocessed records change nothing)."""
         now = time.monotonic()
-        committed = {tp: int(v) for tp, v in consumer._committed_offset.items() if v is not None}
+        read, committed = group_offsets(consumer)
         if committed != commits["offsets"]:
             commits["offsets"], commits["progress_at"] = committed, now
             return
-        read = {tp: int(v) + 1 for tp, v in consumer._read_offset.items() if v is not None}
         behind = sorted(f"{tp.topic}[{tp.partition}]" for tp, n in read.items() if n > committed.get(tp, 0))
         stalled = now - commits["progress_at"]
         if behind and stalled > settings.commit_stall_s:
             rt.counts["commit_stalled"] = 1
-            log.critical("no offset committed for %.0fs while %s have records read and not committed (the "
-                         "group coordinator did not come back: aiokafka #1154); exiting so the worker is "
-                         "restarted", stalled, behind)
-            os._exit(70)
+            exit_for_restart("no offset committed for %.0fs while %s have records read and not committed (the "
+                             "group coordinator did not come back: aiokafka #1154); exiting so the worker is "
+                             "restarted", stalled, behind)
 
     app.timer(interval=5.0)(consumer_lag)
 
@@ -895,8 +868,7 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
         retried; faust-streaming #324 and #329 are about how hard it is to stop a worker from inside
         one). Exiting makes the pod (or the chaos harness) restart the worker, which resumes from the
         committed offsets; outputs are idempotent by their ids, as ``handle_clicks`` already assumes."""
-        log.critical("%s agent failed; exiting so the worker is restarted", topic, exc_info=True)
-        os._exit(70)
+        exit_for_restart("%s agent failed; exiting so the worker is restarted", topic, exc_info=True)
 
     def batch_agent(topic: str, size: int, within: float,
                     handler: Callable[[Sequence[Any]], Awaitable[None]]) -> None:

@@ -69,6 +69,7 @@ from bidder.simulator import Simulator
 from streams.admin import create_topics
 from streams.gap_repair import GapRepairer
 from streams.process import WorkerProcess
+from streams.workarounds import committed_offsets, fail_queued
 
 __all__ = ["SCENARIOS", "Cluster", "Figures", "Run", "ScenarioConfig", "Traffic", "main", "run_scenario",
            "verify"]
@@ -369,8 +370,7 @@ class Traffic:
         if old is not None:
             # aiokafka would deliver its queued batches as soon as a broker answers: fail them (the
             # senders retry them through the next producer)
-            inner: Any = old._producer
-            inner._message_accumulator.fail_all(KafkaConnectionError("held by the harness"))
+            fail_queued(old._producer, KafkaConnectionError("held by the harness"))
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(old.stop(), 5)
 
@@ -536,7 +536,7 @@ async def committed_lag(cluster: Cluster, ends: dict[tuple[str, int], int], *, g
     try:
         await asyncio.wait_for(consumer.start(), 10)
         tps = [TopicPartition(t, p) for t, p in ends]
-        got = await asyncio.wait_for(consumer._coordinator.fetch_committed_offsets(tps), 10)
+        got = await asyncio.wait_for(committed_offsets(consumer, tps), 10)
     except Exception:
         return None
     finally:

@@ -14,8 +14,8 @@ import faust
 
 from bidder.kafka_config import faust_app_kwargs
 from bidder.settings import Settings
-from streams.app import use_fetch_max_wait
 from streams.batching import batches
+from streams.workarounds import use_fetch_max_wait
 
 __all__ = ["ECHO_IN", "ECHO_OUT", "build_echo_app"]
 

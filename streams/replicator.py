@@ -46,6 +46,7 @@ from bidder.settings import Settings
 from bidder.state import REPLICATED_TOPICS, BidderState
 from bidder.topics import TOPICS
 from streams.gap_repair import GapRepairer
+from streams.workarounds import refresh_metadata
 
 __all__ = ["Replicator"]
 
@@ -93,7 +94,7 @@ class Replicator:
                 ids = consumer.partitions_for_topic(topic)
                 if ids:
                     break
-                await consumer._client.force_metadata_update()
+                await refresh_metadata(consumer)
                 await asyncio.sleep(0.1)
             else:
                 raise RuntimeError(f"topic {topic!r} does not exist; run `bidder topics create` first")

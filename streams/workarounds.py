@@ -1,0 +1,120 @@
+"""Every place the Faust layer reaches past faust-streaming's or aiokafka's public API, in one module.
+
+Each function below exists because of a defect or a missing API of a library or a broker; the table says
+which, how it was measured, and what removes the need. Nothing else in ``streams/`` touches a private
+attribute of faust or aiokafka (``tests/test_workarounds.py`` checks that), so an upgrade is checked here
+and a fixed upstream defect is deleted here.
+
+=========================  ==============================================================================
+function                   why (versions: faust-streaming 0.15.3, aiokafka 0.14.0)
+=========================  ==============================================================================
+use_fetch_max_wait         faust-streaming hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer
+                           (``AIOKafkaConsumerThread._create_worker_consumer`` in
+                           ``faust/transport/drivers/aiokafka.py``, no setting): a ~390 ms median per hop
+                           through a broker that holds fetches (Tansu, measured). No upstream issue found
+                           (searched 2026-12-06). Remove when faust takes the consumer setting.
+aiokafka_producer          Faust has no public handle on the aiokafka producer it wraps; the worker asks it
+                           for the output topics' metadata before the first query (else the first send to
+                           each topic waits for it: docs/realtime.md, "readiness = start-up work done").
+group_offsets, forget      faust's consumer keeps what it handed to streams (``_read_offset``) and what it
+                           committed (``_committed_offset``) privately. The worker reads them for its lag
+                           gauge, to notice a truncated log (Tansu restarted empty; an unclean leader
+                           election) and a commit stall (aiokafka #1154: the group coordinator never
+                           comes back after a broker restart), and drops a truncated partition's books as a
+                           revoke would, so the agents read the new log (docs/reliability.md, t2tansu_stay).
+refresh_metadata           ``AIOKafkaConsumer`` has no public metadata refresh; a just-created topic's
+                           partitions are unknown to a consumer for a moment.
+committed_offsets          a group's committed offsets asked by a consumer that never joins it (the chaos
+                           harness's drain check): aiokafka's admin ``list_consumer_group_offsets`` fails to
+                           decode Tansu's answer, and ``AIOKafkaConsumer.committed`` needs membership.
+fail_queued                aiokafka has no public way to drop what a producer has queued: the chaos harness
+                           holds a broker's traffic and fails the queued batches so its senders retry them
+                           through the next producer instead of delivering them when a broker answers.
+exit_for_restart           a worker whose state can only be rebuilt from the topics (a failed ledger write,
+                           a send failing for minutes, a stuck group, a crashed agent: faust-streaming
+                           catches an agent's exception and keeps the process running, #324, #329) exits 70
+                           so its supervisor (Kubernetes, the chaos harness) restarts it. ``os._exit``: a
+                           clean shutdown can hang (40 s seen) and would commit offsets of unwritten work.
+=========================  ==============================================================================
+
+Elsewhere, for a reason: :mod:`bidder.fetch_pacing` wraps aiokafka's ``Fetcher._proc_fetch_request``
+because the embedded default broker (noida-db 0.2.3) answers an empty fetch at once instead of holding it
+(an idle consumer spun at ~95 % of a core; ``tests/test_fetch_pacing.py`` pins the broker's behaviour):
+the client factories of :mod:`bidder.kafka_config` install it for every consumer of a process, the
+Faust worker's and the plain aiokafka ones outside ``streams/`` alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, NoReturn
+
+__all__ = ["EXIT_RESTART", "aiokafka_producer", "committed_offsets", "exit_for_restart", "fail_queued", "forget",
+           "group_offsets", "refresh_metadata", "use_fetch_max_wait"]
+
+log = logging.getLogger(__name__)
+
+EXIT_RESTART = 70
+"""exit status of a worker that must be restarted to rebuild its state from the topics (EX_SOFTWARE)"""
+
+
+def use_fetch_max_wait(ms: int) -> None:
+    """Make faust's worker consumer use ``fetch_max_wait_ms=ms`` (idempotent; the last call wins)."""
+    from faust.transport.drivers import aiokafka as driver
+
+    thread_class: Any = driver.AIOKafkaConsumerThread
+    original = getattr(thread_class, "_bidder_original_create", None)
+    if original is None:
+        original = thread_class._create_worker_consumer
+        thread_class._bidder_original_create = original
+
+    def create(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = ms
+        return consumer
+
+    thread_class._create_worker_consumer = create
+
+
+def aiokafka_producer(app: Any) -> Any:
+    """The aiokafka producer a Faust app sends with (started on first use)."""
+    return app.producer._ensure_producer()
+
+
+def group_offsets(consumer: Any) -> tuple[dict[Any, int], dict[Any, int]]:
+    """``(read, committed)`` of a Faust consumer, by topic-partition: the next offset after the last
+    record handed to a stream, and the committed offset (partitions without one are left out)."""
+    read = {tp: int(v) + 1 for tp, v in consumer._read_offset.items() if v is not None}
+    committed = {tp: int(v) for tp, v in consumer._committed_offset.items() if v is not None}
+    return read, committed
+
+
+def forget(consumer: Any, tp: Any) -> None:
+    """Drop a Faust consumer's bookkeeping of one partition, as a revoke does: it then hands records of
+    that partition from whatever offset it is sought to, even below ones it read before."""
+    for book in (consumer._gap, consumer._acked, consumer._acked_index, consumer._read_offset,
+                 consumer._committed_offset):
+        book.pop(tp, None)
+
+
+async def refresh_metadata(consumer: Any) -> None:
+    """Ask the broker for fresh metadata through an aiokafka consumer's client."""
+    await consumer._client.force_metadata_update()
+
+
+async def committed_offsets(consumer: Any, tps: list[Any]) -> dict[Any, Any]:
+    """OffsetFetch for ``tps`` through a started consumer's group coordinator: ``{tp: OffsetAndMetadata}``."""
+    got: dict[Any, Any] = await consumer._coordinator.fetch_committed_offsets(tps)
+    return got
+
+
+def fail_queued(producer: Any, exc: Exception) -> None:
+    """Fail every batch an ``AIOKafkaProducer`` has queued and not sent, with ``exc``."""
+    producer._message_accumulator.fail_all(exc)
+
+
+def exit_for_restart(message: str, *args: object, exc_info: bool = False) -> NoReturn:
+    """Log ``message`` as critical and end the process at once with :data:`EXIT_RESTART`."""
+    log.critical(message, *args, exc_info=exc_info)
+    os._exit(EXIT_RESTART)

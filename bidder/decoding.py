@@ -29,8 +29,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bidder.events import SCHEMA_VERSION, Click, Listing, Purchase, Query, Shop
-from bidder.features import QueryContext
-from bidder.market import DEVICES, PAGES
+from bidder.features import DEVICES, PAGES, QueryContext
 
 __all__ = ["REASONS", "DecodedEvent", "Limits", "Rejection", "decode", "decoder_for"]
 

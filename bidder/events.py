@@ -5,9 +5,8 @@ columns (``{"listing_id": [...], "relevance": [...]}``) because a query carries 
 and the hot path wants arrays, not objects. Decoding with validation lives in ``bidder.decoding``;
 this module only declares the shapes and encodes them.
 
-Topic keys: queries by ``query_id``, clicks by ``shop_id`` (money is owned by one partition per
-shop), purchases by ``user_id``, listings by ``listing_id``, shops by ``shop_id``, auctions by
-``query_id``, labels by ``impression_id``.
+Topic keys come from the one topic table, :mod:`bidder.topics` (e.g. clicks by ``shop_id``: money is
+owned by one partition per shop).
 """
 
 from __future__ import annotations

@@ -36,16 +36,20 @@ import numpy as np
 import numpy.typing as npt
 
 from bidder.catalog import Catalog
-from bidder.market import DEVICES, PAGES
 from bidder.rolling import RollingStats
 
-__all__ = ["FEATURE_SPEC", "FeatureSpec", "Priors", "QueryContext", "gather"]
+__all__ = ["DEVICES", "FEATURE_SPEC", "PAGES", "FeatureSpec", "Priors", "QueryContext", "gather"]
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
 RECENCY_CAP_S = 7 * 86_400.0
+DEVICES: tuple[str, ...] = ("mobile", "desktop", "app")
+"""a query's ``device``, one-hot in ``device_*`` (the feature contract's vocabulary: queries naming another
+device are rejected by ``bidder.decoding``)"""
+PAGES: tuple[str, ...] = ("search", "category", "market")
+"""a query's ``page``, one-hot in ``page_*``"""
 
 
 @dataclass(frozen=True, slots=True)

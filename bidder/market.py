@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from bidder.features import DEVICES, PAGES
+
 __all__ = [
-    "DEVICES",
-    "PAGES",
     "BuyerResponse",
     "QueryDraw",
     "World",
@@ -41,8 +41,6 @@ __all__ = [
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
-DEVICES: tuple[str, ...] = ("mobile", "desktop", "app")
-PAGES: tuple[str, ...] = ("search", "category", "market")
 _DEVICE_EFFECT = np.array([0.0, -0.15, 0.2])
 _LOG_PRICE_CENTER = 3.2
 CTR_INTERCEPT = -6.5

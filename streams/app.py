@@ -42,9 +42,8 @@ from bidder.click_decisions import ClickBatch, ClickDecision
 from bidder.decoding import Limits, Rejection, decode
 from bidder.drift import DriftMonitor
 from bidder.events import Click, Purchase, Query, to_json
-from bidder.features import Priors, QueryContext
+from bidder.features import DEVICES, PAGES, Priors, QueryContext
 from bidder.kafka_config import faust_app_kwargs
-from bidder.market import DEVICES, PAGES
 from bidder.microbatch import MicroBatcher
 from bidder.pipeline import BidPipeline
 from bidder.scoring import Models, load_models

@@ -1,0 +1,49 @@
+"""The query path's core is pure: importing any of its modules (fresh interpreter, transitively) loads no
+Kafka client, no Faust, no event loop, no subprocess machinery and nothing of ``streams/``. What does I/O
+lives in ``streams/`` or in the modules listed in ``IMPURE`` (with what they load), which the next step
+of the layout moves out of ``bidder/`` (docs/architecture.md, "Layout today")."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FORBIDDEN = ("faust", "aiokafka", "mode", "asyncio", "subprocess", "streams")
+CORE = ("events", "decoding", "topics", "catalog", "rolling", "features", "scoring", "model_meta", "autobid",
+        "auction", "pacing", "budget", "billing", "click_decisions", "attribution", "auction_log", "state",
+        "pipeline", "microbatch", "drift", "profile", "calibration", "history", "market", "simulator")
+IMPURE = {"broker": "subprocess", "cli": "asyncio", "drift_report": "subprocess", "producer": "asyncio",
+          "settings": "asyncio", "tracking": "subprocess"}
+"""modules of ``bidder/`` that load one of ``FORBIDDEN`` on import (one named each)"""
+
+
+def _loaded(module: str) -> list[str]:
+    code = (f"import json, sys; import bidder.{module}; "
+            f"print(json.dumps(sorted(k for k in {FORBIDDEN!r} if k in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    loaded: list[str] = json.loads(out.stdout.strip().splitlines()[-1])
+    return loaded
+
+
+@pytest.mark.parametrize("module", CORE)
+def test_a_core_module_loads_no_io_machinery(module: str) -> None:
+    assert _loaded(module) == []
+
+
+def test_every_module_of_bidder_is_classified() -> None:
+    modules = {p.stem for p in (ROOT / "bidder").glob("*.py")} - {"__init__", "__main__"}
+    unlisted = modules - set(CORE) - set(IMPURE)
+    # what neither list names is checked here: a new module must be pure or say what it loads
+    for m in sorted(unlisted):
+        assert _loaded(m) == [], f"bidder/{m}.py loads I/O machinery: add it to IMPURE or make it pure"
+
+
+@pytest.mark.parametrize(("module", "loads"), sorted(IMPURE.items()))
+def test_the_impure_list_is_true(module: str, loads: str) -> None:
+    # the list must not go stale either: a module made pure leaves it
+    assert loads in _loaded(module)

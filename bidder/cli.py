@@ -241,7 +241,7 @@ def drift() -> None:
 @click.pass_context
 def drift_report(ctx: click.Context) -> None:
     """Reference vs live distributions as a picture (--help for options)."""
-    from bidder.drift_report import main as report_main
+    from bidder.lifecycle.drift_report import main as report_main
 
     ctx.exit(report_main(list(ctx.args)))
 
@@ -329,13 +329,13 @@ def _passthrough(name: str, module: str, doc: str) -> None:
         ctx.exit(importlib.import_module(module).main(list(ctx.args)))
 
 
-_passthrough("dataset", "bidder.dataset",
+_passthrough("dataset", "bidder.lifecycle.dataset",
              "Frozen, content-hashed datasets from matured labels: freeze | list | verify ID (--help for more).")
 _passthrough("train", "onnx_models.lifecycle",
              "Train CTR+CVR of a family on a frozen dataset, record the run, optional --trials N (Optuna TPE).")
-_passthrough("scoreboard", "bidder.scoreboard",
+_passthrough("scoreboard", "bidder.lifecycle.scoreboard",
              "Every recorded run on a frozen test set, side by side, with the oracle; table and plot.")
-_passthrough("promote", "bidder.promotion",
+_passthrough("promote", "bidder.lifecycle.promotion",
              "Gate a challenger against the serving champion; promote atomically or refuse with a report.")
 _passthrough("shadow", "bidder.shadow",
              "Score live traffic with a challenger beside the champion: start MODEL | stop | status.")

@@ -18,7 +18,7 @@ exactly as served (one call per model for the whole batch) and each outcome carr
 them. The labels record copies the shadow predictions per impression, so the shadow is judged on the
 same impressions and labels as the champion: calibration per model version in the worker
 (:mod:`bidder.calibration`), AUC, log loss, NE, calibration and PR-AUC in ``bidder scoreboard --online``
-(:mod:`bidder.online_board`).
+(:mod:`bidder.lifecycle.online_board`).
 
 Scope and its bias: only winners get labels, so only winners are shadow-scored. They were chosen by the
 champion; a shadow's online metrics are therefore measured on the champion's selection (the usual
@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from bidder.dataset import write_atomically
 from bidder.events import AuctionOutcome
-from bidder.promotion import install_release, model_source, release_name
+from bidder.lifecycle.dataset import write_atomically
+from bidder.lifecycle.promotion import install_release, model_source, release_name
 from bidder.scoring import Models, family_in, load_models
 
 __all__ = ["SHADOW", "ShadowPointer", "read_pointer", "shadow_outcomes", "start", "stop"]

@@ -1,6 +1,6 @@
 """``bidder train --family lr|gbdt|mlp --dataset ID [--trials N]``: train on a frozen dataset, track the run.
 
-1. Load the frozen dataset (:func:`bidder.dataset.load`, which verifies its hashes).
+1. Load the frozen dataset (:func:`bidder.lifecycle.dataset.load`, which verifies its hashes).
 2. With ``--trials N``: Optuna TPE (seeded) per target over the family's knobs; each trial trains on the
    first 80 % (by time) of the *train* split and is scored on the last 20 % (validation log loss): the
    test split is never seen while tuning. Every trial is a run (``kind=trial``, ``parent`` = the main
@@ -8,7 +8,7 @@
 3. Train CTR and CVR on the whole train split with the chosen knobs, export ONNX with the sidecar
    (:func:`onnx_models.train.train_split`: feature spec, reference profiles, golden rows), measure
    framework-vs-ONNX parity on the test rows (stored as ``extra.parity`` in the sidecar, read by the
-   promotion gate), score the frozen test split (:func:`bidder.scoreboard.evaluate`) and record
+   promotion gate), score the frozen test split (:func:`bidder.lifecycle.scoreboard.evaluate`) and record
    everything in the run: params, ``test.<target>.*`` metrics, dataset id and content hash, code
    version; the four model files are the run's artifacts (``runs/<exp>/<run_id>/artifacts/``), a
    directory ``bidder promote`` accepts.
@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bidder import dataset as ds
+from bidder.lifecycle import dataset as ds
+from bidder.lifecycle.scoreboard import evaluate
+from bidder.lifecycle.tracking import RunStore, code_version
 from bidder.model_meta import ModelMeta
-from bidder.scoreboard import evaluate
-from bidder.tracking import RunStore, code_version
 from onnx_models.train import FAMILIES, TARGETS, TrainConfig, fit, train_split
 
 __all__ = ["main", "search_space", "train_dataset"]

@@ -13,7 +13,7 @@ import sys
 from collections import Counter
 from datetime import UTC, datetime
 
-from bidder.dataset import read_topic_snapshot
+from bidder.lifecycle.dataset import read_topic_snapshot
 from bidder.settings import Settings
 
 

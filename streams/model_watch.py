@@ -1,6 +1,6 @@
 """Hot swap: a running worker picks up a promoted model without stopping.
 
-``bidder promote`` (``bidder/promotion.py``) commits a release by replacing ``<model_dir>/CHAMPION``
+``bidder promote`` (``bidder/lifecycle/promotion.py``) commits a release by replacing ``<model_dir>/CHAMPION``
 atomically; the release directory it points to is complete and immutable. This watcher polls that
 pointer; when the release changes it loads the new CTR and CVR models in a thread (every load-time
 check of ``bidder.scoring``: sha256, feature spec, inputs/outputs, golden outputs) and checks that they

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bidder import dataset as ds
-from bidder.dataset import DatasetCorruptError, Window, fold_labels, freeze, load, records_from_traffic
+from bidder.lifecycle import dataset as ds
+from bidder.lifecycle.dataset import DatasetCorruptError, Window, fold_labels, freeze, load, records_from_traffic
 from bidder.settings import Settings
 from onnx_models.traffic import SimConfig, simulate
 

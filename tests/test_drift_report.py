@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from bidder.drift import DriftMonitor, DriftSettings
-from bidder.drift_report import main, run_demo, write_report
+from bidder.lifecycle.drift_report import main, run_demo, write_report
 from bidder.profile import FeatureProfile
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

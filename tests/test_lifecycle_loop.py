@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from bidder import dataset, promotion, scoreboard
-from bidder.dataset import records_from_traffic
+from bidder.lifecycle import dataset, promotion, scoreboard
+from bidder.lifecycle.dataset import records_from_traffic
+from bidder.lifecycle.tracking import RunStore
 from bidder.model_meta import ModelMeta
 from bidder.scoring import load_models
-from bidder.tracking import RunStore
 from onnx_models import lifecycle
 from onnx_models.traffic import simulate
 from onnx_models.train import TrainConfig

@@ -7,10 +7,11 @@ the marketplace simulator answering outcomes with clicks and purchases, as ``bid
 click and attribution windows are shortened through the settings (30 s + 20 s) so labels mature within
 the run; the freeze keeps only impressions older than their sum at the latest record it read.
 
-The CLI entry points are called in process (``bidder.dataset.main``, ``onnx_models.lifecycle.main``,
-``bidder.scoreboard.main``, ``bidder.promotion.main``) with the ``BIDDER_*`` environment a person would
-export. Every count is checked against the topics read independently, and the clicks and purchases
-against what the simulator itself decided (each one a label or a dead letter with its reason).
+The CLI entry points are called in process (``bidder.lifecycle.dataset.main``,
+``onnx_models.lifecycle.main``, ``bidder.lifecycle.scoreboard.main``, ``bidder.lifecycle.promotion.main``)
+with the ``BIDDER_*`` environment a person would export. Every count is checked against the topics read
+independently, and the clicks and purchases against what the simulator itself decided (each one a label
+or a dead letter with its reason).
 
 The world starts from its past (the shipped history), so the shipped champion is calibrated on this traffic.
 The gate decides by the labels (``log_loss`` non-inferiority on the frozen test rows, docs/lifecycle.md):
@@ -36,14 +37,14 @@ import numpy as np
 import orjson
 import pytest
 
-from bidder import dataset, promotion, scoreboard
 from bidder.broker import embedded_broker
 from bidder.events import encode
+from bidder.lifecycle import dataset, promotion, scoreboard
+from bidder.lifecycle.tracking import RunStore
 from bidder.market import WorldConfig
 from bidder.producer import EventProducer
 from bidder.settings import DEFAULT_MODEL_DIR, Settings
 from bidder.simulator import Simulator
-from bidder.tracking import RunStore
 from onnx_models import lifecycle
 from streams.admin import create_topics
 from streams.deadletter import original_bytes

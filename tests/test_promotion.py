@@ -15,9 +15,9 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from bidder.dataset import FrozenDataset, freeze, records_from_traffic
+from bidder.lifecycle.dataset import FrozenDataset, freeze, records_from_traffic
+from bidder.lifecycle.promotion import CHAMPION, LOG, Limits, promote
 from bidder.model_meta import ModelMeta, ModelSpecError
-from bidder.promotion import CHAMPION, LOG, Limits, promote
 from bidder.scoring import OnnxScorer, load_models
 from onnx_models.lifecycle import train_dataset
 from onnx_models.traffic import simulate

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 
-from bidder.dataset import freeze, records_from_traffic
-from bidder.scoreboard import build, evaluate, plot, render
-from bidder.tracking import RunStore
+from bidder.lifecycle.dataset import freeze, records_from_traffic
+from bidder.lifecycle.scoreboard import build, evaluate, plot, render
+from bidder.lifecycle.tracking import RunStore
 from onnx_models.traffic import SimConfig, simulate
 
 
@@ -59,7 +59,7 @@ def test_models_and_served_predictions_are_scored_on_the_frozen_test_rows(
     import json
     import shutil
 
-    from bidder import scoreboard
+    from bidder.lifecycle import scoreboard
     from bidder.scoring import load_models
     from bidder.settings import DEFAULT_MODEL_DIR
 

@@ -133,7 +133,7 @@ def test_watcher_starts_refuses_and_stops_the_shadow(tmp_path: Path, lr: Models)
 
 def test_scoreboard_online_shows_serving_and_shadow_on_the_same_impressions(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from bidder import scoreboard
+    from bidder.lifecycle import scoreboard
 
     rng = np.random.default_rng(3)
     dump = tmp_path / "labels.jsonl"

@@ -20,8 +20,8 @@ import pytest
 
 from bidder import shadow
 from bidder.broker import embedded_broker
+from bidder.lifecycle.online_board import fold_online, online_rows
 from bidder.market import WorldConfig
-from bidder.online_board import fold_online, online_rows
 from bidder.scoring import load_models
 from bidder.settings import Settings
 from streams.admin import create_topics

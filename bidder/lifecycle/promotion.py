@@ -97,9 +97,9 @@ import numpy.typing as npt
 
 from bidder.auction import run_auction
 from bidder.autobid import bids as auto_bids
-from bidder.dataset import write_atomically
 from bidder.features import FEATURE_SPEC
-from bidder.scoreboard import auc
+from bidder.lifecycle.dataset import write_atomically
+from bidder.lifecycle.scoreboard import auc
 from bidder.scoring import Models, family_in, load_models
 
 __all__ = ["BEHAVIOUR", "EXPLAINED", "Check", "Limits", "PromotionReport", "Replay", "compare", "find_champion",
@@ -327,7 +327,7 @@ def _explained(c: Check, quality: dict[str, Check]) -> Check:
 
 def compare(challenger: Models, champion: Models | None, test: Any, *, limits: Limits = Limits(),
             replay: Replay = Replay(), dataset_id: str = "") -> PromotionReport:
-    """Run every check; ``test`` is a :class:`bidder.dataset.Frame` (the frozen test split)."""
+    """Run every check; ``test`` is a :class:`bidder.lifecycle.dataset.Frame` (the frozen test split)."""
     x = test.x
     blocks = _golden_blocks(len(x), replay)
     gold = np.concatenate([np.arange(a, b) for a, b in blocks])
@@ -448,7 +448,7 @@ def model_source(model: str, runs: Path) -> Path:
     src = Path(model)
     if src.is_dir():
         return src
-    from bidder.tracking import RunStore
+    from bidder.lifecycle.tracking import RunStore
 
     return RunStore(runs, clock=lambda: 0.0).get(model).artifacts
 
@@ -546,7 +546,7 @@ def promote(
 def main(argv: list[str] | None = None) -> int:
     """``bidder promote MODEL [--force --reason TEXT] [--model-dir DIR] [--dataset ID]``; 0 promoted
     (or forced), 1 refused."""
-    from bidder import dataset as ds
+    from bidder.lifecycle import dataset as ds
     from bidder.model_meta import ModelMeta
     from bidder.settings import Settings
 

@@ -11,7 +11,7 @@ Metrics (:func:`evaluate`, numpy only, the same function training uses to record
 
 The oracle row scores the simulator's true probabilities (``p_click_true``, ``p_buy_true`` of the frozen
 test rows) with the same metrics: the best any model could do on those rows. Runs are read from the
-:class:`bidder.tracking.RunStore`; a run appears when its ``dataset.id`` is the dataset's and it has
+:class:`bidder.lifecycle.tracking.RunStore`; a run appears when its ``dataset.id`` is the dataset's and it has
 ``test.<target>.<metric>`` metrics (``kind=train``) or ``online.<target>.<metric>`` (``kind=online``,
 shadow/champion scores of live traffic).
 
@@ -133,7 +133,7 @@ def build(dataset: Any, runs: list[Any], *, include_trials: bool = False) -> lis
 def model_rows(dataset: Any, model_dir: Path, family: str | None = None, *, name: str = "") -> list[Row]:
     """Score the ONNX pair of ``model_dir`` on the frozen test split (CPU, every load-time check).
     ``family`` defaults to the ``CHAMPION`` pointer's, else to the only ``<family>_ctr.onnx`` there."""
-    from bidder.promotion import find_champion
+    from bidder.lifecycle.promotion import find_champion
     from bidder.scoring import family_in, load_models
 
     model_dir = Path(model_dir)
@@ -242,15 +242,15 @@ def plot(rows: list[Row], path: Path, *, title: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """``bidder scoreboard --dataset ID [--runs runs/] [--plot scoreboard.png] [--trials]``; with ``--online``
-    the serving and shadow model versions on live labels instead (:mod:`bidder.online_board`)."""
+    the serving and shadow model versions on live labels instead (:mod:`bidder.lifecycle.online_board`)."""
     from datetime import UTC, datetime
 
-    from bidder import dataset as ds
-    from bidder.tracking import RunStore
+    from bidder.lifecycle import dataset as ds
+    from bidder.lifecycle.tracking import RunStore
 
     args_in = sys.argv[1:] if argv is None else list(argv)
     if "--online" in args_in:
-        from bidder import online_board
+        from bidder.lifecycle import online_board
 
         return online_board.main(args_in)
 

@@ -2,11 +2,11 @@
 
 Every impression's labels record (:mod:`bidder.attribution`) names the model versions that priced it and,
 while a shadow ran (:mod:`bidder.shadow`), the shadow's versions and predictions for the same impression.
-:func:`fold_online` (the frozen datasets' fold, :func:`bidder.dataset.fold_labels`, with the shadow columns)
+:func:`fold_online` (the frozen datasets' fold, :func:`bidder.lifecycle.dataset.fold_labels`, with the shadow columns)
 keeps per ``impression_id`` the provisional example and the highest label version (clicked, converted); only
 impressions older than ``mature_after_s`` (click window + attribution window:
 no click or purchase can still change them) are judged. :func:`online_rows` then evaluates, per target
-and model version, with the scoreboard's metrics (:func:`bidder.scoreboard.evaluate`):
+and model version, with the scoreboard's metrics (:func:`bidder.lifecycle.scoreboard.evaluate`):
 
 * CTR on every matured impression (``p`` = pCTR, ``y`` = clicked),
 * CVR on every matured clicked impression (``p`` = pCVR, ``y`` = converted),
@@ -33,14 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from bidder.dataset import Fold, fold_labels
-from bidder.scoreboard import Row, evaluate
+from bidder.lifecycle.dataset import Fold, fold_labels
+from bidder.lifecycle.scoreboard import Row, evaluate
 
 __all__ = ["fold_online", "online_rows"]
 
 
 def fold_online(records: Iterable[Mapping[str, Any]], *, as_of: float, mature_after_s: float) -> Fold:
-    """Matured impressions as columns, with the shadow's predictions: :func:`bidder.dataset.fold_labels`
+    """Matured impressions as columns, with the shadow's predictions: :func:`bidder.lifecycle.dataset.fold_labels`
     (the same fold a frozen dataset is made of) with its shadow columns."""
     return fold_labels(records, as_of=as_of, mature_after_s=mature_after_s, shadow=True)
 
@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     import time
     from pathlib import Path
 
-    from bidder import dataset as ds
-    from bidder.scoreboard import plot, render
+    from bidder.lifecycle import dataset as ds
+    from bidder.lifecycle.scoreboard import plot, render
     from bidder.settings import Settings
 
     ap = argparse.ArgumentParser(prog="bidder scoreboard --online",

@@ -134,7 +134,7 @@ class Fold:
 
 SHADOW_COLUMNS: tuple[str, ...] = ("shadow_pctr", "shadow_pcvr", "shadow_ctr_version", "shadow_cvr_version")
 """what ``fold_labels(..., shadow=True)`` adds (not frozen): a shadow model's predictions for the same
-impressions (NaN and "" where none ran), for :mod:`bidder.online_board`"""
+impressions (NaN and "" where none ran), for :mod:`bidder.lifecycle.online_board`"""
 
 
 def fold_labels(records: Iterable[Mapping[str, Any]], *, as_of: float | None = None,

@@ -1,5 +1,5 @@
 """``python -m bidder`` is the ``bidder`` command."""
 
-from bidder.cli import main
+from streams.cli import main
 
 main()

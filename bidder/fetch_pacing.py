@@ -7,25 +7,24 @@ then sends ~2,000 fetches a second and burns ~95 % of a core in aiokafka's pure-
 (measured, ``tests/test_fetch_pacing.py`` pins the broker's behaviour). A worker holds three such
 consumers, the demo two more: the idle system used most of both cores before the first query.
 
-This module is the one place that works around it. After a fetch that came back **empty and early**
-(in less than half the time the consumer asked the broker to hold it), the next fetch to that broker
-waits until ``gap`` has passed since the previous one was sent::
+This module holds the rule (pure); ``streams/workarounds.py`` applies it to aiokafka. After a fetch that
+came back **empty and early** (in less than half the time the consumer asked the broker to hold it), the
+next fetch to that broker waits until ``gap`` has passed since the previous one was sent::
 
     gap = clip(ratio * idle, floor, ceiling)     idle = time since this consumer last received data
 
 A consumer that just received data polls again within ``floor`` (``BIDDER_FETCH_FLOOR_MS``, 4 ms: at
 50 queries/s, 4 ms instead of 1 ms cut the worker's CPU per query by ~10 % with the same median
 latency, ``docs/realtime.md``; readers off the query path,
-such as the replica, set a higher one with :func:`pace_consumer`); one idle for a second polls every
+such as the replica, set a higher one with :func:`streams.workarounds.pace_consumer`); one idle for a second polls every
 ``ceiling`` (100 ms, ~10 requests/s, ~1 % of a core). The delay a poll adds to a record is at
 most ``gap``, i.e. at most ``ratio`` of the quiet time before it (the first record after a long quiet
 spell waits up to ``ceiling``). A broker that holds fetches (Kafka; Tansu, which polls its log) answers
 an empty fetch after about the time asked for, so nothing here ever pauses on it.
 
-:func:`install` wraps aiokafka's ``Fetcher._proc_fetch_request`` once per process (idempotent); the
-Kafka client factories in :mod:`bidder.kafka_config` call it, so every consumer of the project (the
-Faust worker's too) is paced with the process's settings. ``aiokafka`` is imported inside
-:func:`install` only.
+:func:`streams.workarounds.install_fetch_pacing` wraps aiokafka's ``Fetcher._proc_fetch_request`` once
+per process (idempotent); the Kafka client factories in :mod:`streams.kafka_config` call it, so every
+consumer of the project (the Faust worker's too) is paced with the process's settings.
 
 >>> p = FetchPacing(max_wait_s=0.010)
 >>> p.pause_s(elapsed_s=0.0002, idle_s=0.0)    # just had data: poll again within the floor
@@ -38,11 +37,9 @@ Faust worker's too) is paced with the process's settings. ``aiokafka`` is import
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
 
-__all__ = ["FetchPacing", "install", "installed", "pace_consumer"]
+__all__ = ["FetchPacing"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,59 +61,3 @@ class FetchPacing:
             return 0.0
         gap = min(max(self.ratio * idle_s, self.floor_s), self.ceiling_s)
         return round(max(gap - elapsed_s, 0.0), 9)
-
-
-_state: dict[str, Any] = {"policy": None}
-
-
-def installed() -> FetchPacing | None:
-    """The policy in force in this process, or None before :func:`install`."""
-    policy: FetchPacing | None = _state["policy"]
-    return policy
-
-
-def pace_consumer(consumer: Any, *, floor_s: float) -> None:
-    """Give one started aiokafka consumer a higher floor than the process's policy: for readers that
-    are not on a query's path (the replica, the catalog check), each poll of a busy broker is a fetch
-    round of every assigned partition through aiokafka's Python protocol code. Measured at 50
-    queries/s: a 100 ms replica floor used ~15 % less worker CPU than 20 ms, but the attribute agent
-    waits for replica rounds one purchase at a time, so the default is 20 ms (``docs/realtime.md``)."""
-    consumer._fetcher._bidder_floor_s = floor_s
-
-
-def install(policy: FetchPacing) -> None:
-    """Pace every aiokafka consumer of this process with ``policy`` (the last call wins)."""
-    _state["policy"] = policy
-    if _state.get("wrapped"):
-        return
-    import asyncio
-
-    from aiokafka.consumer.fetcher import Fetcher
-
-    original = Fetcher._proc_fetch_request
-
-    async def paced(self: Any, assignment: Any, node_id: int, request: Any) -> bool:
-        sent = time.monotonic()
-        got = bool(await original(self, assignment, node_id, request))
-        now = time.monotonic()
-        if got:
-            self._bidder_last_data = now
-            return got
-        rule: FetchPacing | None = _state["policy"]
-        if rule is None:
-            return got
-        floor = getattr(self, "_bidder_floor_s", None)
-        if floor is not None:
-            rule = replace(rule, floor_s=floor, ceiling_s=max(rule.ceiling_s, floor))
-        pause = rule.pause_s(elapsed_s=now - sent, idle_s=now - getattr(self, "_bidder_last_data", 0.0))
-        if pause > 0.0:
-            # the fetcher sends nothing more to this broker until this task ends; a new assignment or
-            # close() cancels the task, which then ends quietly as aiokafka's own fetch does
-            try:
-                await asyncio.sleep(pause)
-            except asyncio.CancelledError:
-                return False
-        return got
-
-    Fetcher._proc_fetch_request = paced
-    _state["wrapped"] = True

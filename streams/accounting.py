@@ -24,8 +24,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from bidder.kafka_config import aiokafka_admin_kwargs
 from bidder.settings import Settings
+from streams.kafka_config import aiokafka_admin_kwargs
 from streams.simulate import tail_consumer
 
 __all__ = ["InputAccount", "QueryAccount", "TopicMarks", "account_queries", "group_backlog", "group_backlogs",

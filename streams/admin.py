@@ -5,9 +5,9 @@ from __future__ import annotations
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from bidder.kafka_config import aiokafka_admin_kwargs
 from bidder.settings import Settings
 from bidder.topics import topic_specs
+from streams.kafka_config import aiokafka_admin_kwargs
 
 __all__ = ["create_topics"]
 

@@ -43,7 +43,6 @@ from bidder.decoding import Limits, Rejection, decode
 from bidder.drift import DriftMonitor
 from bidder.events import Click, Purchase, Query, to_json
 from bidder.features import DEVICES, PAGES, Priors, QueryContext
-from bidder.kafka_config import faust_app_kwargs
 from bidder.microbatch import MicroBatcher
 from bidder.pipeline import BidPipeline
 from bidder.scoring import Models, load_models
@@ -55,6 +54,7 @@ from streams.batching import batches
 from streams.catalog_check import CatalogChecker
 from streams.deadletter import dead_letter_record
 from streams.gap_repair import GapRepairer, Repair, RepairedEvent, RepairedMessage
+from streams.kafka_config import faust_app_kwargs
 from streams.metrics import STAGES, WorkerMetrics
 from streams.model_watch import ModelWatcher, champion_dir
 from streams.replicator import Replicator

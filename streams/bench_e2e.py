@@ -30,13 +30,13 @@ import numpy as np
 from bidder.bench_kernel import run_bench as run_kernel_bench
 from bidder.events import encode
 from bidder.market import World, WorldConfig
-from bidder.producer import EventProducer
 from bidder.settings import Settings
 from bidder.simulator import Simulator
 from streams.accounting import account_queries, topic_marks
 from streams.cpu_meter import CpuMeter, local_broker_pid
 from streams.echo import ECHO_IN, ECHO_OUT
 from streams.process import WorkerProcess
+from streams.producer import EventProducer
 from streams.simulate import run_simulation, tail_consumer
 
 __all__ = ["percentiles", "run_bench"]
@@ -54,7 +54,7 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
 async def _ensure_echo_topics(settings: Settings, bootstrap: str) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    from bidder.kafka_config import aiokafka_admin_kwargs
+    from streams.kafka_config import aiokafka_admin_kwargs
 
     admin = AIOKafkaAdminClient(**aiokafka_admin_kwargs(settings, bootstrap=bootstrap))
     await admin.start()

@@ -22,9 +22,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
-from bidder.fetch_pacing import pace_consumer
-from bidder.kafka_config import aiokafka_consumer_kwargs
 from bidder.settings import Settings
+from streams.kafka_config import aiokafka_consumer_kwargs
+from streams.workarounds import pace_consumer
 
 __all__ = ["CatalogChecker"]
 

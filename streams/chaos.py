@@ -57,18 +57,18 @@ from aiokafka.structs import ConsumerRecord
 from rich.console import Console
 from rich.table import Table
 
-from bidder.broker import BrokerKind, EmbeddedBroker
 from bidder.events import AuctionOutcome, Click, Listing, Purchase, Shop, Winner, encode
 from bidder.hostile import KINDS, HostileFactory, HostileRecord
-from bidder.kafka_config import aiokafka_consumer_kwargs, aiokafka_producer_kwargs
 from bidder.market import World, WorldConfig
 from bidder.oracle import ClickFact, verify_ledger
-from bidder.producer import EventProducer, key_of, topic_of
 from bidder.settings import Settings
 from bidder.simulator import Simulator
 from streams.admin import create_topics
+from streams.broker import BrokerKind, EmbeddedBroker
 from streams.gap_repair import GapRepairer
+from streams.kafka_config import aiokafka_consumer_kwargs, aiokafka_producer_kwargs
 from streams.process import WorkerProcess
+from streams.producer import EventProducer, key_of, topic_of
 from streams.workarounds import committed_offsets, fail_queued
 
 __all__ = ["SCENARIOS", "Cluster", "Figures", "Run", "ScenarioConfig", "Traffic", "main", "run_scenario",

@@ -12,9 +12,9 @@ from typing import Any
 
 import faust
 
-from bidder.kafka_config import faust_app_kwargs
 from bidder.settings import Settings
 from streams.batching import batches
+from streams.kafka_config import faust_app_kwargs
 from streams.workarounds import use_fetch_max_wait
 
 __all__ = ["ECHO_IN", "ECHO_OUT", "build_echo_app"]

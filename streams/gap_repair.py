@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from bidder.kafka_config import aiokafka_consumer_kwargs
 from bidder.offset_gaps import Gap, GapTracker
 from bidder.settings import Settings
+from streams.kafka_config import aiokafka_consumer_kwargs
 
 __all__ = ["GapRepairer", "Repair", "RepairedEvent", "RepairedMessage"]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bidder.broker import free_port
+from streams.broker import free_port
 
 __all__ = ["WorkerProcess"]
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import orjson
 
-from bidder.producer import EventProducer
 from bidder.settings import Settings
 from bidder.topics import TOPICS
+from streams.producer import EventProducer
 
 __all__ = ["key_for_line", "produce_lines"]
 

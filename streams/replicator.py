@@ -40,13 +40,12 @@ from collections.abc import Callable, Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bidder.fetch_pacing import pace_consumer
-from bidder.kafka_config import aiokafka_consumer_kwargs
 from bidder.settings import Settings
 from bidder.state import REPLICATED_TOPICS, BidderState
 from bidder.topics import TOPICS
 from streams.gap_repair import GapRepairer
-from streams.workarounds import refresh_metadata
+from streams.kafka_config import aiokafka_consumer_kwargs
+from streams.workarounds import pace_consumer, refresh_metadata
 
 __all__ = ["Replicator"]
 

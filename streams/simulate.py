@@ -20,11 +20,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bidder.events import encode
 from bidder.history import HISTORY_TOPIC, ListingHistory, shipped_history, world_key
-from bidder.kafka_config import aiokafka_consumer_kwargs
 from bidder.market import World, WorldConfig
-from bidder.producer import EventProducer, key_of, topic_of
 from bidder.settings import Settings
 from bidder.simulator import Simulator
+from streams.kafka_config import aiokafka_consumer_kwargs
+from streams.producer import EventProducer, key_of, topic_of
 
 __all__ = ["HistoryExistsError", "SimulationReport", "malformed_query", "run_simulation", "tail_consumer",
            "world_history", "write_history"]

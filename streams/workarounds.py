@@ -30,6 +30,12 @@ committed_offsets          a group's committed offsets asked by a consumer that 
 fail_queued                aiokafka has no public way to drop what a producer has queued: the chaos harness
                            holds a broker's traffic and fails the queued batches so its senders retry them
                            through the next producer instead of delivering them when a broker answers.
+install_fetch_pacing,      the embedded default broker (noida-db 0.2.3) answers an empty fetch at once instead
+pace_consumer,             of holding it for ``fetch.max.wait.ms``: an idle aiokafka consumer spun at ~95 % of
+fetch_pacing_installed     a core. aiokafka's ``Fetcher._proc_fetch_request`` is wrapped to pause after an
+                           empty, early answer by the rule of :mod:`bidder.fetch_pacing`;
+                           ``tests/test_fetch_pacing.py`` pins the broker's behaviour and says when this can
+                           go. Installed by the client factories of :mod:`streams.kafka_config`.
 exit_for_restart           a worker whose state can only be rebuilt from the topics (a failed ledger write,
                            a send failing for minutes, a stuck group, a crashed agent: faust-streaming
                            catches an agent's exception and keeps the process running, #324, #329) exits 70
@@ -37,21 +43,22 @@ exit_for_restart           a worker whose state can only be rebuilt from the top
                            clean shutdown can hang (40 s seen) and would commit offsets of unwritten work.
 =========================  ==============================================================================
 
-Elsewhere, for a reason: :mod:`bidder.fetch_pacing` wraps aiokafka's ``Fetcher._proc_fetch_request``
-because the embedded default broker (noida-db 0.2.3) answers an empty fetch at once instead of holding it
-(an idle consumer spun at ~95 % of a core; ``tests/test_fetch_pacing.py`` pins the broker's behaviour):
-the client factories of :mod:`bidder.kafka_config` install it for every consumer of a process, the
-Faust worker's and the plain aiokafka ones outside ``streams/`` alike.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import time
+from dataclasses import replace
 from typing import Any, NoReturn
 
-__all__ = ["EXIT_RESTART", "aiokafka_producer", "committed_offsets", "exit_for_restart", "fail_queued", "forget",
-           "group_offsets", "refresh_metadata", "use_fetch_max_wait"]
+from bidder.fetch_pacing import FetchPacing
+
+__all__ = ["EXIT_RESTART", "aiokafka_producer", "committed_offsets", "exit_for_restart", "fail_queued",
+           "fetch_pacing_installed", "forget", "group_offsets", "install_fetch_pacing", "pace_consumer",
+           "refresh_metadata", "use_fetch_max_wait"]
 
 log = logging.getLogger(__name__)
 
@@ -118,3 +125,57 @@ def exit_for_restart(message: str, *args: object, exc_info: bool = False) -> NoR
     """Log ``message`` as critical and end the process at once with :data:`EXIT_RESTART`."""
     log.critical(message, *args, exc_info=exc_info)
     os._exit(EXIT_RESTART)
+
+
+_pacing: dict[str, Any] = {"policy": None}
+
+
+def fetch_pacing_installed() -> FetchPacing | None:
+    """The fetch pacing in force in this process, or None before :func:`install_fetch_pacing`."""
+    policy: FetchPacing | None = _pacing["policy"]
+    return policy
+
+
+def pace_consumer(consumer: Any, *, floor_s: float) -> None:
+    """Give one started aiokafka consumer a higher floor than the process's policy: for readers that
+    are not on a query's path (the replica, the catalog check), each poll of a busy broker is a fetch
+    round of every assigned partition through aiokafka's Python protocol code. Measured at 50
+    queries/s: a 100 ms replica floor used ~15 % less worker CPU than 20 ms, but the attribute agent
+    waits for replica rounds one purchase at a time, so the default is 20 ms (``docs/realtime.md``)."""
+    consumer._fetcher._bidder_floor_s = floor_s
+
+
+def install_fetch_pacing(policy: FetchPacing) -> None:
+    """Pace every aiokafka consumer of this process with ``policy`` (the last call wins)."""
+    _pacing["policy"] = policy
+    if _pacing.get("wrapped"):
+        return
+    from aiokafka.consumer.fetcher import Fetcher
+
+    original = Fetcher._proc_fetch_request
+
+    async def paced(self: Any, assignment: Any, node_id: int, request: Any) -> bool:
+        sent = time.monotonic()
+        got = bool(await original(self, assignment, node_id, request))
+        now = time.monotonic()
+        if got:
+            self._bidder_last_data = now
+            return got
+        rule: FetchPacing | None = _pacing["policy"]
+        if rule is None:
+            return got
+        floor = getattr(self, "_bidder_floor_s", None)
+        if floor is not None:
+            rule = replace(rule, floor_s=floor, ceiling_s=max(rule.ceiling_s, floor))
+        pause = rule.pause_s(elapsed_s=now - sent, idle_s=now - getattr(self, "_bidder_last_data", 0.0))
+        if pause > 0.0:
+            # the fetcher sends nothing more to this broker until this task ends; a new assignment or
+            # close() cancels the task, which then ends quietly as aiokafka's own fetch does
+            try:
+                await asyncio.sleep(pause)
+            except asyncio.CancelledError:
+                return False
+        return got
+
+    Fetcher._proc_fetch_request = paced
+    _pacing["wrapped"] = True

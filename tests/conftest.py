@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from bidder.broker import embedded_broker
 from bidder.settings import Settings
 from streams.admin import create_topics
+from streams.broker import embedded_broker
 
 
 @pytest.fixture(scope="session")
@@ -58,9 +58,9 @@ def worker(bootstrap: str, settings: Settings, small_world, artifacts: Path):  #
 
     import numpy as np
 
-    from bidder.producer import EventProducer
     from bidder.simulator import Simulator
     from streams.process import WorkerProcess
+    from streams.producer import EventProducer
 
     sim = Simulator(small_world, rng=np.random.default_rng(0))
     shops, listings = sim.catalog(now=time.time())

@@ -11,10 +11,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from bidder.decoding import Rejection
-from bidder.kafka_config import aiokafka_consumer_kwargs, aiokafka_producer_kwargs
 from bidder.settings import Settings
 from streams.accounting import account_queries, topic_marks
 from streams.deadletter import dead_letter_record
+from streams.kafka_config import aiokafka_consumer_kwargs, aiokafka_producer_kwargs
 
 pytestmark = pytest.mark.broker
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bidder.broker import BrokerError, EmbeddedBroker, embedded_broker, free_port, probe_kafka
+from streams.broker import BrokerError, EmbeddedBroker, embedded_broker, free_port, probe_kafka
 
 
 @pytest.mark.parametrize("kind", ["noida", "tansu"])

@@ -1,7 +1,8 @@
 """The query path's core is pure: importing any of its modules (fresh interpreter, transitively) loads no
 Kafka client, no Faust, no event loop, no subprocess machinery and nothing of ``streams/``. What does I/O
-lives in ``streams/`` or in the modules listed in ``IMPURE`` (with what they load), which the next step
-of the layout moves out of ``bidder/`` (docs/architecture.md, "Layout today")."""
+lives in ``streams/`` (the Kafka clients, the embedded broker, the CLI) or is listed in ``IMPURE`` with
+what it loads: ``settings`` (pydantic-settings imports asyncio) and two lifecycle tools off the query path
+(``tracking`` runs git; ``drift_report`` draws its picture with a library that loads subprocess)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = ("faust", "aiokafka", "mode", "asyncio", "subprocess", "streams")
 CORE = ("events", "decoding", "topics", "catalog", "rolling", "features", "scoring", "model_meta", "autobid",
         "auction", "pacing", "budget", "billing", "click_decisions", "attribution", "auction_log", "state",
-        "pipeline", "microbatch", "drift", "profile", "calibration", "history", "market", "simulator")
-IMPURE = {"broker": "subprocess", "cli": "asyncio", "lifecycle.drift_report": "subprocess", "producer": "asyncio",
-          "settings": "asyncio", "lifecycle.tracking": "subprocess"}
+        "pipeline", "microbatch", "drift", "profile", "calibration", "history", "market", "simulator",
+        "fetch_pacing")
+IMPURE = {"settings": "asyncio", "lifecycle.drift_report": "subprocess", "lifecycle.tracking": "subprocess"}
 """modules of ``bidder/`` that load one of ``FORBIDDEN`` on import (one named each)"""
 
 

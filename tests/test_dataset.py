@@ -132,7 +132,7 @@ def test_reads_the_labels_topic_to_its_end(bootstrap: str, settings: Settings) -
 
     import orjson
 
-    from bidder.producer import EventProducer
+    from streams.producer import EventProducer
 
     recs = [_imp("topic-q1", 10.0), _upd("topic-q1:1", 2, 20.0), _imp("topic-q2", 30.0)]
 
@@ -175,7 +175,7 @@ def test_topic_snapshot_names_the_offsets_it_read(bootstrap: str, settings: Sett
 
     import orjson
 
-    from bidder.producer import EventProducer
+    from streams.producer import EventProducer
 
     async def send(recs: list[dict[str, Any]], junk: bool) -> None:
         async with EventProducer(settings, bootstrap=bootstrap) as p:

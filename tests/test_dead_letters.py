@@ -151,12 +151,12 @@ def test_a_900_kb_query_stops_nothing(case: str, tmp_path: Any, small_world: Any
 
     import numpy as np
 
-    from bidder.broker import embedded_broker
     from bidder.events import encode
-    from bidder.producer import EventProducer
     from bidder.simulator import Simulator
     from streams.admin import create_topics
+    from streams.broker import embedded_broker
     from streams.process import WorkerProcess
+    from streams.producer import EventProducer
     from tests.kafka_helpers import read_until
 
     settings_ = Settings()

@@ -18,9 +18,10 @@ from aiokafka.protocol.fetch import FetchRequest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bidder.fetch_pacing import FetchPacing, installed
-from bidder.kafka_config import aiokafka_consumer_kwargs, aiokafka_producer_kwargs
+from bidder.fetch_pacing import FetchPacing
 from bidder.settings import Settings
+from streams.kafka_config import aiokafka_consumer_kwargs, aiokafka_producer_kwargs
+from streams.workarounds import fetch_pacing_installed
 from tests.test_gap_repair import new_topic
 
 # --- the rule ----------------------------------------------------------------------------------------
@@ -110,7 +111,7 @@ def test_broker_behaviour_and_an_idle_consumer_polls_at_most_once_per_ceiling(se
             await consumer.stop()
 
     held, fetches, idle_s = asyncio.run(run())
-    policy = installed()
+    policy = fetch_pacing_installed()
     assert policy is not None
     # a broker that holds (Kafka) answers after ~400 ms; the embedded noida-db answers at once (the gap
     # this module exists for: when a new version holds, this line says the work-around can go)

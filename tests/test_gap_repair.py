@@ -19,15 +19,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bidder.billing import Ledger
-from bidder.broker import embedded_broker
 from bidder.decoding import Limits
 from bidder.events import Listing, Shop, encode
-from bidder.kafka_config import aiokafka_admin_kwargs, aiokafka_consumer_kwargs, aiokafka_producer_kwargs
 from bidder.settings import Settings
 from bidder.state import BidderState
 from streams.admin import create_topics
 from streams.app import Runtime
+from streams.broker import embedded_broker
 from streams.gap_repair import GapRepairer, RepairedEvent
+from streams.kafka_config import aiokafka_admin_kwargs, aiokafka_consumer_kwargs, aiokafka_producer_kwargs
 from streams.replicator import Replicator
 
 pytestmark = pytest.mark.broker

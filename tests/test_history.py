@@ -120,8 +120,8 @@ def _small_world():  # type: ignore[no-untyped-def]
 @pytest.mark.broker
 def test_history_is_written_once_and_a_worker_reading_it_starts_warm(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from bidder.broker import embedded_broker
     from streams.admin import create_topics
+    from streams.broker import embedded_broker
     from streams.process import WorkerProcess
     from streams.simulate import HistoryExistsError, run_simulation, world_history, write_history
 

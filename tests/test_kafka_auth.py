@@ -25,7 +25,8 @@ from cryptography.x509.oid import NameOID
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types.auth import AuthProtocol
 
-from bidder.kafka_config import (
+from bidder.settings import Settings
+from streams.kafka_config import (
     KafkaConfigError,
     aiokafka_admin_kwargs,
     aiokafka_auth_kwargs,
@@ -36,7 +37,6 @@ from bidder.kafka_config import (
     faust_credentials,
     ssl_context,
 )
-from bidder.settings import Settings
 
 BROKER_HOST = "kafka-0.kafka.test"
 

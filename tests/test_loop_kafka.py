@@ -37,18 +37,18 @@ import numpy as np
 import orjson
 import pytest
 
-from bidder.broker import embedded_broker
 from bidder.events import encode
 from bidder.lifecycle import dataset, promotion, scoreboard
 from bidder.lifecycle.tracking import RunStore
 from bidder.market import WorldConfig
-from bidder.producer import EventProducer
 from bidder.settings import DEFAULT_MODEL_DIR, Settings
 from bidder.simulator import Simulator
 from onnx_models import lifecycle
 from streams.admin import create_topics
+from streams.broker import embedded_broker
 from streams.deadletter import original_bytes
 from streams.process import WorkerProcess
+from streams.producer import EventProducer
 from streams.simulate import SimulationReport, run_simulation, tail_consumer, world_history
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.timeout(600)]

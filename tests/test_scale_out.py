@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bidder.broker import embedded_broker
 from bidder.events import encode
 from bidder.market import World, WorldConfig
-from bidder.producer import EventProducer
 from bidder.settings import Settings
 from bidder.simulator import Simulator
 from streams.admin import create_topics
+from streams.broker import embedded_broker
 from streams.process import WorkerProcess
+from streams.producer import EventProducer
 from tests.kafka_helpers import read_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]

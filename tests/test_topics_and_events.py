@@ -10,10 +10,10 @@ import numpy as np
 from bidder.decoding import Limits, decode
 from bidder.events import Click, Listing, Purchase, Query, Shop
 from bidder.features import QueryContext
-from bidder.producer import EventProducer, key_of, topic_of
 from bidder.settings import Settings
 from bidder.topics import ALL_TOPICS, TOPICS
 from streams.admin import create_topics
+from streams.producer import EventProducer, key_of, topic_of
 from tests.kafka_helpers import read_until
 
 

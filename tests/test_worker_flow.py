@@ -16,8 +16,8 @@ import pytest
 
 from bidder.events import Click, Purchase, Query, encode
 from bidder.features import QueryContext
-from bidder.producer import EventProducer
 from bidder.settings import Settings
+from streams.producer import EventProducer
 from tests.kafka_helpers import read_until
 
 pytestmark = pytest.mark.broker

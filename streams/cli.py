@@ -26,8 +26,8 @@ def kafka_bootstrap(settings: Settings, *, override: str | None = None, create: 
     if bootstrap:
         yield bootstrap
         return
-    from bidder.broker import embedded_broker
     from streams.admin import create_topics
+    from streams.broker import embedded_broker
 
     with embedded_broker(settings.broker_kind) as broker:
         click.echo(f"embedded {broker.kind} broker at {broker.bootstrap}", err=True)
@@ -59,7 +59,7 @@ def main(ctx: click.Context) -> None:
 @click.pass_obj
 def broker(settings: Settings, port: int | None, kind: str | None, data_dir: Path | None) -> None:
     """Run an embedded Kafka-protocol broker until Ctrl-C / SIGTERM."""
-    from bidder.broker import EmbeddedBroker
+    from streams.broker import EmbeddedBroker
 
     b = EmbeddedBroker.start(kind or settings.broker_kind, port=port, data_dir=data_dir)  # type: ignore[arg-type]
     click.echo(f"bootstrap: {b.bootstrap}")

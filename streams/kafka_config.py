@@ -154,10 +154,13 @@ def aiokafka_auth_kwargs(settings: Settings) -> dict[str, Any]:
 def pace_fetches(settings: Settings) -> None:
     """Pace this process's consumers against a broker that answers empty fetches at once
     (:mod:`bidder.fetch_pacing`); called by the consumer and Faust factories below."""
-    from bidder.fetch_pacing import FetchPacing, install
+    from bidder.fetch_pacing import FetchPacing
+    from streams.workarounds import install_fetch_pacing
 
-    install(FetchPacing(max_wait_s=settings.fetch_max_wait_ms / 1000.0, floor_s=settings.fetch_floor_ms / 1000.0,
-                        ceiling_s=settings.fetch_idle_ceiling_ms / 1000.0, ratio=settings.fetch_idle_ratio))
+    install_fetch_pacing(FetchPacing(max_wait_s=settings.fetch_max_wait_ms / 1000.0,
+                                     floor_s=settings.fetch_floor_ms / 1000.0,
+                                     ceiling_s=settings.fetch_idle_ceiling_ms / 1000.0,
+                                     ratio=settings.fetch_idle_ratio))
 
 
 def aiokafka_consumer_kwargs(settings: Settings, *, bootstrap: str | None = None) -> dict[str, Any]:

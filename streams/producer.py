@@ -1,6 +1,6 @@
 """Publishing events: the small async API other services use, and ``bidder produce``.
 
-This is the one async module in ``bidder/`` (the issue names ``bidder.producer``); it holds no logic
+This is the one async module in ``bidder/`` (the issue names ``streams.producer``); it holds no logic
 beyond choosing the topic and key of an event and waiting for the broker's acknowledgement.
 Producers are idempotent with ``acks=all`` so a retried send does not duplicate a record, except on
 a broker that cannot do it (the embedded Tansu rejects aiokafka's InitProducerId v0): then
@@ -19,9 +19,9 @@ from types import TracebackType
 from typing import Any, Self
 
 from bidder.events import AuctionOutcome, Click, Listing, Purchase, Query, Shop, encode
-from bidder.kafka_config import aiokafka_producer_kwargs
 from bidder.settings import Settings
 from bidder.topics import TOPICS
+from streams.kafka_config import aiokafka_producer_kwargs
 
 __all__ = ["EventProducer", "key_of", "topic_of"]
 

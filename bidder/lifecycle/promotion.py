@@ -99,7 +99,7 @@ from bidder.auction import run_auction
 from bidder.autobid import bids as auto_bids
 from bidder.features import FEATURE_SPEC
 from bidder.lifecycle.dataset import write_atomically
-from bidder.lifecycle.scoreboard import auc
+from bidder.lifecycle.scoreboard import auc, row_log_loss
 from bidder.scoring import Models, family_in, load_models
 
 __all__ = ["BEHAVIOUR", "EXPLAINED", "Check", "Limits", "PromotionReport", "Replay", "compare", "find_champion",
@@ -285,13 +285,6 @@ BEHAVIOUR = ("mean_shift", "ks", "top24_overlap", "cpc", "expected_spend")
 _Z95 = 1.6448536269514722  # one-sided 95 %
 
 
-def _row_log_loss(p: F32, y: npt.NDArray[Any]) -> F64:
-    q = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
-    yy = y.astype(np.float64)
-    out: F64 = -(yy * np.log(q) + (1 - yy) * np.log1p(-q))
-    return out
-
-
 def _log_loss_check(t: str, test: Any, preds: dict[str, dict[str, F32]], limits: Limits) -> Check:
     """Non-inferiority of the challenger's log loss on the test labels (paired, per row)."""
     _, y, _, _ = test.target(t)
@@ -302,7 +295,7 @@ def _log_loss_check(t: str, test: Any, preds: dict[str, dict[str, F32]], limits:
     if pos < limits.min_label_positives or len(y) < 2:
         return Check("log_loss", t, None, None, None, lim, None,
                      f"{pos} positives < {limits.min_label_positives}: no worse cannot be shown")
-    lc, lo = _row_log_loss(pc, y), _row_log_loss(po, y)
+    lc, lo = row_log_loss(y, pc), row_log_loss(y, po)
     d = lc - lo
     upper = float(d.mean() + _Z95 * d.std(ddof=1) / math.sqrt(len(d)))
     base = float(lo.mean())

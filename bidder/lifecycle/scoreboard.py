@@ -38,7 +38,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["METRICS", "Row", "auc", "build", "evaluate", "main", "model_rows", "plot", "render", "served_rows"]
+__all__ = ["METRICS", "Row", "auc", "build", "evaluate", "main", "model_rows", "plot", "render", "row_log_loss",
+           "served_rows"]
 
 F64 = npt.NDArray[np.float64]
 METRICS = ("auc", "logloss", "ne", "calibration", "pr_auc")
@@ -76,12 +77,20 @@ def _average_precision(y: F64, p: F64) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
+def row_log_loss(y: npt.ArrayLike, p: npt.ArrayLike) -> F64:
+    """Per-row log loss of ``p`` (clipped to ``[1e-7, 1 - 1e-7]``) against ``y``; ``evaluate``'s is its mean."""
+    yy = np.asarray(y, np.float64).ravel()
+    pp = np.clip(np.asarray(p, np.float64).ravel(), _EPS, 1 - _EPS)
+    out: F64 = -(yy * np.log(pp) + (1 - yy) * np.log(1 - pp))
+    return out
+
+
 def evaluate(y: npt.ArrayLike, p: npt.ArrayLike) -> dict[str, float]:
     """AUC, log loss, normalized entropy, calibration (mean p / rate) and PR-AUC of ``p`` against ``y``."""
     yy = np.asarray(y, np.float64).ravel()
     pp = np.clip(np.asarray(p, np.float64).ravel(), _EPS, 1 - _EPS)
     rate = float(yy.mean()) if len(yy) else math.nan
-    ll = float(-np.mean(yy * np.log(pp) + (1 - yy) * np.log(1 - pp))) if len(yy) else math.nan
+    ll = float(row_log_loss(yy, pp).mean()) if len(yy) else math.nan
     r = min(max(rate, _EPS), 1 - _EPS)
     h = -(r * math.log(r) + (1 - r) * math.log(1 - r))
     return {

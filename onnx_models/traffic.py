@@ -1,8 +1,9 @@
 """Logged simulator traffic: the training data of the CTR and CVR models, produced offline.
 
-``simulate`` runs the seeded :class:`bidder.market.World` (the same laws, rate and buyers as the live
-simulator: :meth:`~bidder.market.World.draw_query`, :meth:`~bidder.market.World.respond`) under a simple
-bidding policy and records what the bidder would have logged:
+``simulate`` runs the seeded :class:`streams.harness.market.World` (the same laws, rate and buyers as the
+live simulator: :meth:`~streams.harness.market.World.draw_query`,
+:meth:`~streams.harness.market.World.respond`) under a simple bidding policy and records what the bidder
+would have logged:
 
 * every query draws 600 candidates; features are gathered exactly as served
   (:func:`bidder.features.gather` over a :class:`bidder.catalog.Catalog` and the live
@@ -42,8 +43,8 @@ from bidder.autobid import bids as auto_bids
 from bidder.catalog import Catalog
 from bidder.features import FEATURE_SPEC, Priors, QueryContext, gather
 from bidder.history import ListingHistory, world_key
-from bidder.market import World, WorldConfig
 from bidder.rolling import RollingStats
+from streams.harness.market import World, WorldConfig
 
 __all__ = ["SERVED_STRIDE", "Policy", "SimConfig", "TrafficLog", "build_catalog", "prior_policy", "simulate"]
 

@@ -63,9 +63,9 @@ PY
       | tee "$out/providers.txt"
     echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH" >> "$out/providers.txt"
     # the command the issue names; the CPU baseline runs first in the same process
-    PYTHONPATH=$SITE:. python3 -m bidder.bench_kernel --provider cuda --queries-per-batch "$QPB" --calls "$CALLS" \
+    PYTHONPATH=$SITE:. python3 -m streams.harness.bench_kernel --provider cuda --queries-per-batch "$QPB" --calls "$CALLS" \
       --json > "$out/bench_cuda.json" 2> "$out/bench_cuda.txt" || echo "bench exit $? (see errors in the JSON)" >&2
-    PYTHONPATH=$SITE:. python3 -c "import json, sys; from bidder.bench_kernel import _print_batch_text as p; \
+    PYTHONPATH=$SITE:. python3 -c "import json, sys; from streams.harness.bench_kernel import _print_batch_text as p; \
 p(json.load(open(sys.argv[1])))" "$out/bench_cuda.json" || tail -n 50 "$out/bench_cuda.txt"
     ;;
   *)

@@ -26,7 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from bidder.settings import Settings
 from streams.kafka_config import aiokafka_admin_kwargs
-from streams.simulate import tail_consumer
+from streams.tail import tail_consumer
 
 __all__ = ["InputAccount", "QueryAccount", "TopicMarks", "account_queries", "group_backlog", "group_backlogs",
            "topic_marks"]

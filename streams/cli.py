@@ -122,8 +122,8 @@ def simulate(settings: Settings, rate: float, duration: float, seed: int, candid
     from rich.progress import Progress
     from rich.table import Table
 
-    from bidder.market import WorldConfig
-    from streams.simulate import run_simulation, world_history
+    from streams.harness.market import WorldConfig
+    from streams.harness.simulate import run_simulation, world_history
 
     console = Console()
     with Progress(console=console, transient=True) as bar:
@@ -189,7 +189,7 @@ _ARGPARSE = {"ignore_unknown_options": True, "allow_extra_args": True, "help_opt
 @click.pass_context
 def bench_kernel(ctx: click.Context) -> None:
     """Hot-path kernel benchmark: the pipeline beside bare ONNX Runtime calls (--help for options)."""
-    from bidder.bench_kernel import main as kernel_main
+    from streams.harness.bench_kernel import main as kernel_main
 
     ctx.exit(kernel_main(list(ctx.args)))
 
@@ -277,7 +277,7 @@ def bench_e2e(settings: Settings, rate: float, seconds: float, sweep: bool, rate
     from rich.console import Console
     from rich.table import Table
 
-    from streams.bench_e2e import run_bench
+    from streams.harness.bench_e2e import run_bench
 
     console = Console(stderr=True)
     plan = [rate] + ([float(r) for r in rates.split(",") if float(r) != rate] if sweep else [])
@@ -311,7 +311,7 @@ def bench_e2e(settings: Settings, rate: float, seconds: float, sweep: bool, rate
 def chaos(ctx: click.Context) -> None:
     """Run one fault scenario (t1 worker kill, t2 broker restart, t4 hostile, t5 clicks, t6 redelivery)
     and print its figure table (--help for options)."""
-    from streams.chaos import main as chaos_main
+    from streams.harness.chaos import main as chaos_main
 
     stop_children_on_signals()
 

@@ -38,13 +38,13 @@ from rich.progress import Progress
 from rich.table import Table
 
 from bidder.history import ListingHistory
-from bidder.market import WorldConfig
 from bidder.settings import Settings
 from streams.accounting import InputAccount, group_backlogs
 from streams.cpu_meter import CpuMeter, local_broker_pid
+from streams.harness.market import WorldConfig
+from streams.harness.simulate import SimulationReport, run_simulation, world_history
 from streams.monitor import OutputTally, TopicMonitor
 from streams.process import WorkerProcess
-from streams.simulate import SimulationReport, run_simulation, world_history
 
 __all__ = ["INPUTS", "DemoSummary", "run_demo"]
 
@@ -414,7 +414,7 @@ def run_demo(settings: Settings, *, bootstrap: str, seconds: float, rate: float,
     """Run a worker and the simulator against ``bootstrap``, drain (at most ``drain_timeout_s`` after the
     traffic) and account for every input record from the topics.
 
-    The world starts with its past (``streams.simulate.world_history``: the shipped one unless
+    The world starts with its past (``streams.harness.simulate.world_history``: the shipped one unless
     ``history_hours`` says how many hours to simulate; 0 starts cold), so the worker serves warm features."""
     world = world or WorldConfig()
     with Progress(console=console, disable=console is None, transient=True) as bar:

@@ -18,7 +18,7 @@ import orjson
 from bidder.attribution import IMPRESSIONS_PREFIX
 from bidder.settings import Settings
 from streams.gap_repair import GapRepairer
-from streams.simulate import tail_consumer
+from streams.tail import tail_consumer
 
 __all__ = ["OutputTally", "TopicMonitor"]
 

@@ -9,7 +9,7 @@ import orjson
 
 from bidder.drift import DriftEvent
 from bidder.settings import Settings
-from streams.simulate import tail_consumer
+from streams.tail import tail_consumer
 
 __all__ = ["watch_drift_alerts"]
 

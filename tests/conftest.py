@@ -46,7 +46,7 @@ SMALL_WORLD = {"n_shops": 20, "n_listings": 2000, "n_users": 500}
 
 @pytest.fixture(scope="session")
 def small_world():  # type: ignore[no-untyped-def]
-    from bidder.market import World, WorldConfig
+    from streams.harness.market import World, WorldConfig
 
     return World.generate(WorldConfig(**SMALL_WORLD), seed=11)
 
@@ -58,7 +58,7 @@ def worker(bootstrap: str, settings: Settings, small_world, artifacts: Path):  #
 
     import numpy as np
 
-    from bidder.simulator import Simulator
+    from streams.harness.simulator import Simulator
     from streams.process import WorkerProcess
     from streams.producer import EventProducer
 

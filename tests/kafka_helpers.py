@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from bidder.settings import Settings
-from streams.simulate import tail_consumer
+from streams.tail import tail_consumer
 
 
 async def read_until(settings: Settings, bootstrap: str, topics: list[str],

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bidder.bench_kernel import main
+from streams.harness.bench_kernel import main
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--iterations", "20", "--warmup", "2", "--candidates", "100"]
@@ -45,7 +45,7 @@ def test_runs_with_only_numpy_and_onnxruntime() -> None:
     code = (
         "import sys\n"
         f"for m in {blocked!r}: sys.modules[m] = None\n"
-        "from bidder.bench_kernel import main\n"
+        "from streams.harness.bench_kernel import main\n"
         f"raise SystemExit(main({[*SMALL, '--json']!r}))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
@@ -94,7 +94,7 @@ def test_batch_mode_runs_with_only_numpy_and_onnxruntime() -> None:
     code = (
         "import sys\n"
         f"for m in {blocked!r}: sys.modules[m] = None\n"
-        "from bidder.bench_kernel import main\n"
+        "from streams.harness.bench_kernel import main\n"
         f"raise SystemExit(main({[*BATCH, '--json']!r}))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = ("faust", "aiokafka", "mode", "asyncio", "subprocess", "streams")
 CORE = ("events", "decoding", "topics", "catalog", "rolling", "features", "scoring", "model_meta", "autobid",
         "auction", "pacing", "budget", "billing", "click_decisions", "attribution", "auction_log", "state",
-        "pipeline", "microbatch", "drift", "profile", "calibration", "history", "market", "simulator",
+        "pipeline", "microbatch", "drift", "profile", "calibration", "history",
         "fetch_pacing")
 IMPURE = {"settings": "asyncio", "lifecycle.drift_report": "subprocess", "lifecycle.tracking": "subprocess"}
 """modules of ``bidder/`` that load one of ``FORBIDDEN`` on import (one named each)"""
@@ -49,3 +49,31 @@ def test_every_module_of_bidder_is_classified() -> None:
 def test_the_impure_list_is_true(module: str, loads: str) -> None:
     # the list must not go stale either: a module made pure leaves it
     assert loads in _loaded(module)
+
+
+HARNESS_USERS = {"demo": "README command 1 drives the simulator"}
+"""modules of ``streams/`` that load the harness (the simulated world, chaos, benchmarks) on import, with why;
+the CLI loads it only inside the commands that use it"""
+
+
+def _loads_harness(module: str) -> bool:
+    code = f"import sys; import {module}; print(int('streams.harness' in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1] == "1"
+
+
+@pytest.mark.parametrize("module", sorted(p.stem for p in (ROOT / "streams").glob("*.py") if p.stem != "__init__"))
+def test_the_product_does_not_load_the_harness(module: str) -> None:
+    # the Faust layer and the core serve without the simulated world, chaos or benchmarks; only the
+    # commands that drive them (HARNESS_USERS) load it, and that list is checked both ways
+    assert _loads_harness(f"streams.{module}") == (module in HARNESS_USERS)
+
+
+def test_no_core_module_loads_the_harness() -> None:
+    modules = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts) for p in (ROOT / "bidder").rglob("*.py")
+                     if p.stem != "__main__")
+    code = ("import sys, importlib\n"
+            f"for m in {[m.removesuffix('.__init__') for m in modules]!r}: importlib.import_module(m)\n"
+            "print(int('streams.harness' in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "0"

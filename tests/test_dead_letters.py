@@ -152,9 +152,9 @@ def test_a_900_kb_query_stops_nothing(case: str, tmp_path: Any, small_world: Any
     import numpy as np
 
     from bidder.events import encode
-    from bidder.simulator import Simulator
     from streams.admin import create_topics
     from streams.broker import embedded_broker
+    from streams.harness.simulator import Simulator
     from streams.process import WorkerProcess
     from streams.producer import EventProducer
     from tests.kafka_helpers import read_until

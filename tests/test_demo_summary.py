@@ -11,8 +11,8 @@ import orjson
 import pytest
 
 from streams.demo import Drain, kept_up, summarize
+from streams.harness.simulate import SimulationReport
 from streams.monitor import OutputTally
-from streams.simulate import SimulationReport
 
 
 def _report(latency_at: list[tuple[float, float]], sent: int) -> SimulationReport:

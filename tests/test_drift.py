@@ -26,10 +26,10 @@ from bidder.drift import (
     DriftSettings,
     column_drift,
 )
-from bidder.drift_inject import DriftInjection, apply_to_matrix, offline_stream, proxy_predictions
 from bidder.features import FEATURE_SPEC
-from bidder.market import World, WorldConfig
 from bidder.profile import FeatureProfile, profile_matrix
+from streams.harness.drift_inject import DriftInjection, apply_to_matrix, offline_stream, proxy_predictions
+from streams.harness.market import World, WorldConfig
 
 N_CANDIDATES = 100
 N_QUERIES = 10_000

@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 
 from bidder.drift import PREDICTION_NAMES, DriftEvent, DriftMonitor, DriftSettings
-from bidder.drift_inject import (
+from bidder.events import Listing, Query
+from bidder.features import FEATURE_SPEC, QueryContext
+from bidder.profile import FeatureProfile, profile_matrix
+from streams.harness.drift_inject import (
     DriftInjection,
     apply_to_matrix,
     inject_listing,
@@ -24,10 +27,7 @@ from bidder.drift_inject import (
     remap_context,
     upstream_source,
 )
-from bidder.events import Listing, Query
-from bidder.features import FEATURE_SPEC, QueryContext
-from bidder.market import World, WorldConfig
-from bidder.profile import FeatureProfile, profile_matrix
+from streams.harness.market import World, WorldConfig
 
 NAMES = FEATURE_SPEC.names
 D = len(NAMES)

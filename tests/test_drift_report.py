@@ -7,8 +7,9 @@ import orjson
 import pytest
 
 from bidder.drift import DriftMonitor, DriftSettings
-from bidder.lifecycle.drift_report import main, run_demo, write_report
+from bidder.lifecycle.drift_report import main, write_report
 from bidder.profile import FeatureProfile
+from streams.harness.drift_demo import run_demo
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 from bidder.decoding import Limits
 from bidder.events import encode
 from bidder.history import HISTORY_TOPIC, ListingHistory, merge_record, shipped_history, world_key
-from bidder.market import WorldConfig
 from bidder.rolling import COUNTERS, RollingStats
 from bidder.settings import DEFAULT_MODEL_DIR, Settings
-from bidder.simulator import Simulator
 from bidder.state import BidderState
 from onnx_models.traffic import SimConfig, simulate
+from streams.harness.market import WorldConfig
+from streams.harness.simulator import Simulator
 
 HALF_LIFE = 600.0
 T0 = 1_767_272_400.0
@@ -112,7 +112,7 @@ def test_state_merges_history_once_its_listing_is_known_and_skips_another_half_l
 
 
 def _small_world():  # type: ignore[no-untyped-def]
-    from bidder.market import World
+    from streams.harness.market import World
 
     return World.generate(WorldConfig(n_shops=3, n_listings=50, n_users=10), seed=1)
 
@@ -122,8 +122,8 @@ def test_history_is_written_once_and_a_worker_reading_it_starts_warm(tmp_path: P
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from streams.admin import create_topics
     from streams.broker import embedded_broker
+    from streams.harness.simulate import HistoryExistsError, run_simulation, world_history, write_history
     from streams.process import WorkerProcess
-    from streams.simulate import HistoryExistsError, run_simulation, world_history, write_history
 
     world = WorldConfig(n_shops=20, n_listings=2_000, n_users=500)
     with embedded_broker("noida") as broker:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bidder.decoding import Limits, Rejection, decode
-from bidder.hostile import KINDS, HostileFactory
+from streams.harness.hostile import KINDS, HostileFactory
 
 NOW = 1_800_000_000.0
 

@@ -40,16 +40,17 @@ import pytest
 from bidder.events import encode
 from bidder.lifecycle import dataset, promotion, scoreboard
 from bidder.lifecycle.tracking import RunStore
-from bidder.market import WorldConfig
 from bidder.settings import DEFAULT_MODEL_DIR, Settings
-from bidder.simulator import Simulator
 from onnx_models import lifecycle
 from streams.admin import create_topics
 from streams.broker import embedded_broker
 from streams.deadletter import original_bytes
+from streams.harness.market import WorldConfig
+from streams.harness.simulate import SimulationReport, run_simulation, world_history
+from streams.harness.simulator import Simulator
 from streams.process import WorkerProcess
 from streams.producer import EventProducer
-from streams.simulate import SimulationReport, run_simulation, tail_consumer, world_history
+from streams.tail import tail_consumer
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -13,9 +13,9 @@ import pytest
 
 from bidder.events import Query, encode
 from bidder.settings import Settings
-from bidder.simulator import Simulator
 from streams.admin import create_topics
 from streams.broker import embedded_broker
+from streams.harness.simulator import Simulator
 from streams.process import WorkerProcess
 from streams.producer import EventProducer
 from tests.kafka_helpers import read_until

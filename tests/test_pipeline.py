@@ -9,12 +9,12 @@ import pytest
 
 from bidder.events import Query
 from bidder.features import FEATURE_SPEC, Priors, QueryContext, gather
-from bidder.market import World, WorldConfig
 from bidder.pipeline import BidPipeline, BudgetView, StaticBudget, UnlimitedBudget
 from bidder.rolling import RollingStats
 from bidder.scoring import Models, load_models
 from bidder.settings import DEFAULT_MODEL_DIR
 from onnx_models.traffic import build_catalog
+from streams.harness.market import World, WorldConfig
 
 NOW = 1_767_272_400.0
 

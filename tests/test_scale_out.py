@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from bidder.events import encode
-from bidder.market import World, WorldConfig
 from bidder.settings import Settings
-from bidder.simulator import Simulator
 from streams.admin import create_topics
 from streams.broker import embedded_broker
+from streams.harness.market import World, WorldConfig
+from streams.harness.simulator import Simulator
 from streams.process import WorkerProcess
 from streams.producer import EventProducer
 from tests.kafka_helpers import read_until

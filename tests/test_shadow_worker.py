@@ -20,13 +20,13 @@ import pytest
 
 from bidder import shadow
 from bidder.lifecycle.online_board import fold_online, online_rows
-from bidder.market import WorldConfig
 from bidder.scoring import load_models
 from bidder.settings import Settings
 from streams.admin import create_topics
 from streams.broker import embedded_broker
+from streams.harness.market import WorldConfig
+from streams.harness.simulate import SimulationReport, run_simulation
 from streams.process import WorkerProcess
-from streams.simulate import SimulationReport, run_simulation
 from tests.kafka_helpers import read_until
 from tests.test_promotion import shifted_copy
 

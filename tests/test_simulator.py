@@ -9,8 +9,8 @@ import sys
 import numpy as np
 
 from bidder.events import encode
-from bidder.market import World, WorldConfig, position_bias
-from bidder.simulator import Simulator
+from streams.harness.market import World, WorldConfig, position_bias
+from streams.harness.simulator import Simulator
 
 SMALL = WorldConfig(n_shops=10, n_listings=500, n_users=100)
 

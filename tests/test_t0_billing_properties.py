@@ -4,7 +4,7 @@ Random click sequences with resends (same ``click_id``), shuffled arrival and a 
 replays the last ``k`` ledger lines / reprocesses the last ``k`` clicks, through
 :class:`bidder.billing.Ledger` (what the billing agent decides with) and :class:`bidder.state.BidderState`
 (what every worker folds from the ``billing`` topic). Checked against the independent integer oracle
-:mod:`bidder.oracle`: spend never exceeds a budget, a click id is decided (charged or unbilled) at
+:mod:`streams.harness.oracle`: spend never exceeds a budget, a click id is decided (charged or unbilled) at
 most once, the decisions equal the sequential oracle's, and a replay leaves the state as it was.
 """
 
@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from bidder.billing import Ledger, LedgerEntry
 from bidder.decoding import Limits
-from bidder.oracle import BillingOracle, ClickFact, expected_charged, verify_ledger
 from bidder.state import BidderState
+from streams.harness.oracle import BillingOracle, ClickFact, expected_charged, verify_ledger
 
 DAY = 86_400.0
 T0 = 20_000 * DAY + 3600.0

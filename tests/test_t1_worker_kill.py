@@ -13,7 +13,7 @@ import asyncio
 
 import pytest
 
-from streams.chaos import run_scenario
+from streams.harness.chaos import run_scenario
 
 pytestmark = pytest.mark.slow
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.chaos import run_scenario
+from streams.harness.chaos import run_scenario
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +60,7 @@ def test_memory_only_broker_restart_is_found_and_served_through(tmp_path: Path) 
     # after the test had passed (a /tmp probe found it broken ~1 s after the topics were recreated,
     # cause inside the interpreter not isolated). The scenario's own process ends right after.
     figures = tmp_path / "figures.json"
-    proc = subprocess.run([sys.executable, "-m", "streams.chaos", "t2tansu_stay", "--workdir",
+    proc = subprocess.run([sys.executable, "-m", "streams.harness.chaos", "t2tansu_stay", "--workdir",
                            str(tmp_path / "run"), "--json", str(figures)],
                           capture_output=True, text=True, timeout=280, check=False)
     assert figures.exists(), proc.stdout[-4000:] + proc.stderr[-4000:]

@@ -23,9 +23,9 @@ from onnx import numpy_helper
 
 from bidder.events import encode
 from bidder.settings import Settings
-from bidder.simulator import Simulator
 from streams.admin import create_topics
 from streams.broker import embedded_broker
+from streams.harness.simulator import Simulator
 from streams.process import WorkerProcess
 from streams.producer import EventProducer
 from tests.kafka_helpers import read_until
@@ -97,7 +97,7 @@ def half_written(d: Path) -> None:
 async def outcome_versions_by_partition(settings: Settings, bootstrap: str, ids: set[str]) -> dict[int, list[str]]:
     import orjson
 
-    from streams.simulate import tail_consumer
+    from streams.tail import tail_consumer
 
     consumer = await tail_consumer(settings, bootstrap, ["auctions"], from_beginning=True)
     out: dict[int, list[str]] = {}

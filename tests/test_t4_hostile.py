@@ -4,7 +4,7 @@ truncated to fit), a poison record on every input topic (the worker raises while
 ``BIDDER_FAULT_MARKER``) and a worker restart (which must not meet a poison record again).
 
 No fault in the group or the broker is exercised, so the broker with correct end offsets and
-sub-millisecond fetches is used. Every hostile record (bidder.hostile) must land in ``dead-letters``
+sub-millisecond fetches is used. Every hostile record (streams.harness.hostile) must land in ``dead-letters``
 exactly once with its reason, nothing valid may, and no worker may restart. The valid query throughput
 of bursts with hostile records mixed in, against clean bursts (``throughput_ratio``, goal >= 0.90), is a
 speed figure: `bidder chaos t4` reports it; a test does not judge it (it read 0.89 with correct code on a
@@ -17,8 +17,8 @@ import asyncio
 
 import pytest
 
-from bidder.hostile import KINDS
-from streams.chaos import run_scenario
+from streams.harness.chaos import run_scenario
+from streams.harness.hostile import KINDS
 
 pytestmark = pytest.mark.slow
 

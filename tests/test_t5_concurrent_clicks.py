@@ -4,7 +4,7 @@ Tansu because a worker joins mid-burst and the partitions move (a rebalance; noi
 keep rejoining). The clicks refer to synthetic auction outcomes the harness writes to ``auctions``
 (the bill agent refuses clicks on unknown auctions); 10% are resent with the same ``click_id``, the
 order is shuffled (resends often arrive before the original) and timestamps are not monotonic. The
-ledger must match the sequential oracle (bidder.oracle) line by line and in total per shop, no shop
+ledger must match the sequential oracle (streams.harness.oracle) line by line and in total per shop, no shop
 may spend past its budget, and clicks past a budget are recorded as unbilled.
 """
 
@@ -14,7 +14,7 @@ import asyncio
 
 import pytest
 
-from streams.chaos import run_scenario
+from streams.harness.chaos import run_scenario
 
 pytestmark = pytest.mark.slow
 

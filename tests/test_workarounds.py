@@ -25,7 +25,7 @@ def _private_attributes(path: Path) -> set[tuple[str, int]]:
 def _own_private_names() -> set[str]:
     """Private names the project itself defines (attributes it assigns, functions, classes)."""
     names: set[str] = set()
-    for path in [*ROOT.glob("bidder/*.py"), *ROOT.glob("streams/*.py")]:
+    for path in [*ROOT.glob("bidder/**/*.py"), *ROOT.glob("streams/**/*.py")]:
         if path.name == "workarounds.py":
             continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -43,7 +43,7 @@ def _own_private_names() -> set[str]:
 def test_no_library_private_attribute_outside_the_workarounds_module() -> None:
     own = _own_private_names()
     found = {f"{path.relative_to(ROOT)}:{line} {name}"
-             for path in ROOT.glob("streams/*.py") if path.name != "workarounds.py"
+             for path in ROOT.glob("streams/**/*.py") if path.name != "workarounds.py"
              for name, line in _private_attributes(path) if name not in own}
     assert found == set(), "move these into streams/workarounds.py with the reason: " + ", ".join(sorted(found))
 

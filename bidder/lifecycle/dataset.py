@@ -474,7 +474,7 @@ class TopicSnapshot:
 def read_topic_snapshot(bootstrap: str, *, settings: Settings | None = None, topic: str = "labels",
                         idle_polls: int = 3) -> TopicSnapshot:
     """Every record of ``topic`` from the beginning up to the end it had when reading started (a synchronous
-    wrapper around the group-less consumer of :func:`streams.simulate.tail_consumer`). Records written
+    wrapper around the group-less consumer of :func:`streams.tail.tail_consumer`). Records written
     meanwhile are left out, so the result is exactly the records below :attr:`TopicSnapshot.end_offsets`.
     A record a fetch skipped (:mod:`bidder.offset_gaps`) is fetched again, so no label row goes missing."""
     import asyncio
@@ -483,7 +483,7 @@ def read_topic_snapshot(bootstrap: str, *, settings: Settings | None = None, top
 
     from bidder.settings import Settings
     from streams.gap_repair import GapRepairer
-    from streams.simulate import tail_consumer
+    from streams.tail import tail_consumer
 
     settings = settings or Settings()
     loop = asyncio.new_event_loop()

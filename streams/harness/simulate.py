@@ -16,15 +16,14 @@ from typing import Any
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bidder.events import encode
 from bidder.history import HISTORY_TOPIC, ListingHistory, shipped_history, world_key
-from bidder.market import World, WorldConfig
 from bidder.settings import Settings
-from bidder.simulator import Simulator
-from streams.kafka_config import aiokafka_consumer_kwargs
+from streams.harness.market import World, WorldConfig
+from streams.harness.simulator import Simulator
 from streams.producer import EventProducer, key_of, topic_of
+from streams.tail import tail_consumer
 
 __all__ = ["HistoryExistsError", "SimulationReport", "malformed_query", "run_simulation", "tail_consumer",
            "world_history", "write_history"]
@@ -87,23 +86,6 @@ def malformed_query(query: Any, i: int) -> tuple[str, bytes]:
         ("missing_field", good.replace(b'"user_id":', b'"user":', 1)),
     ]
     return kinds[i % len(kinds)]
-
-
-async def tail_consumer(settings: Settings, bootstrap: str | None, topics: list[str],
-                        *, from_beginning: bool = False) -> AIOKafkaConsumer:
-    """A group-less consumer on every partition of ``topics``, at their end (or beginning)."""
-    kwargs = aiokafka_consumer_kwargs(settings, bootstrap=bootstrap)
-    kwargs.pop("session_timeout_ms", None)
-    kwargs.pop("heartbeat_interval_ms", None)
-    consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, **kwargs)
-    await consumer.start()
-    parts = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
-    consumer.assign(parts)
-    if from_beginning:
-        await consumer.seek_to_beginning(*parts)
-    else:
-        await consumer.seek_to_end(*parts)
-    return consumer
 
 
 def world_history(settings: Settings, *, world: WorldConfig, seed: int, hours: float | None = None,

@@ -1,9 +1,9 @@
 """Kernel benchmark: the in-process bidding pipeline beside bare ``InferenceSession.run``, same run.
 
-    python -m bidder.bench_kernel [--provider cpu|cuda] [--candidates 600] [--family mlp|gbdt|lr] [--json]
-    python -m bidder.bench_kernel --provider cuda --queries-per-batch 1,8,16,32 [--calls 300] [--json]
+    python -m streams.harness.bench_kernel [--provider cpu|cuda] [--candidates 600] [--family mlp|gbdt|lr] [--json]
+    python -m streams.harness.bench_kernel --provider cuda --queries-per-batch 1,8,16,32 [--calls 300] [--json]
 
-Setup (untimed): a seeded :class:`bidder.market.World` loaded into a catalog, rolling stats warmed
+Setup (untimed): a seeded :class:`streams.harness.market.World` loaded into a catalog, rolling stats warmed
 with synthetic history, a set of prepared queries, and for each query its gathered feature matrix.
 Then, for each iteration, one query goes through :meth:`bidder.pipeline.BidPipeline.process` and,
 interleaved in the same loop (alternating which goes first), the same CTR and CVR sessions run bare on
@@ -53,7 +53,7 @@ import numpy.typing as npt
 __all__ = ["main", "run_batch_bench", "run_bench", "summarize", "summarize_calls"]
 
 F32 = npt.NDArray[np.float32]
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "onnx_models"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "onnx_models"
 SIM_NOW = 1_767_272_400.0
 """2026-01-01T13:00:00Z: the benchmark's fixed clock"""
 
@@ -123,9 +123,9 @@ class _World:
 def _build_world(*, candidates: int, n_queries: int, seed: int) -> _World:
     from bidder.events import Query
     from bidder.features import Priors, QueryContext, gather
-    from bidder.market import World, WorldConfig
     from bidder.rolling import RollingStats
     from onnx_models.traffic import build_catalog
+    from streams.harness.market import World, WorldConfig
 
     rng = np.random.default_rng(seed)
     world = World.generate(WorldConfig(), seed=seed)

@@ -4,7 +4,7 @@ Each kind builds the raw ``(topic, key, value)`` of one record and the dead-lett
 bidder must give it (:data:`bidder.decoding.REASONS`). Most are refused by the strict decoder; a few
 only by the worker, which knows the catalog and the auctions (``no_known_candidates``,
 ``unknown_auction``, ``unattributed_purchase``, ``wrong_key``). Pure and seeded: the reliability
-harness (``streams/chaos.py``) mixes them into live traffic and checks that every one lands in
+harness (``streams/harness/chaos.py``) mixes them into live traffic and checks that every one lands in
 ``dead-letters`` exactly once with its reason, and that nothing valid does.
 
 Catalog records (``listings``, ``shops``) use ids far above any real one: the topics are compacted,

@@ -1,6 +1,6 @@
 """The reliability harness: traffic with its truth, faults, the drain rule, a verifier and a figure table.
 
-``bidder chaos NAME`` (or ``python -m streams.chaos NAME``) runs one scenario and prints its figures;
+``bidder chaos NAME`` (or ``python -m streams.harness.chaos NAME``) runs one scenario and prints its figures;
 ``tests/test_t*_*.py`` run the same scenarios and assert on the figures. The shape is Kafka's own
 exactly-once system tests: generate traffic while recording the truth of every record sent, inject a
 fault, stop sending, drain, then read *every output topic from the start* and check each record sent
@@ -8,7 +8,7 @@ against an oracle.
 
 * **Traffic** (:class:`Traffic`): open-loop queries from the seeded simulator world; clicks on the
   winners the bidder answered with (``resend_rate`` of them sent twice with the same ``click_id``);
-  purchases for some clicks once their ledger line exists; hostile records (:mod:`bidder.hostile`)
+  purchases for some clicks once their ledger line exists; hostile records (:mod:`streams.harness.hostile`)
   with the reason each must be dead-lettered with. A send that fails is retried with the same bytes
   until acknowledged: only acknowledged records count as sent.
 * **Cluster** (:class:`Cluster`): the embedded broker (noida or tansu, started here) and worker
@@ -21,7 +21,7 @@ against an oracle.
   failure (a stuck consumer).
 * **Verifier** (:func:`verify`): reads ``auctions``, ``billing``, ``dead-letters`` and ``labels`` from
   the start and fills :class:`Figures`: sent valid/invalid, processed, dead-lettered, lost, both,
-  redelivered, duplicate charges, overspend (checked by :mod:`bidder.oracle` line by line), false
+  redelivered, duplicate charges, overspend (checked by :mod:`streams.harness.oracle` line by line), false
   rejects/accepts, wrong reasons, recovery seconds and latency p99 before/during/after the faults.
 
 Faust reprocesses up to one commit interval after every rebalance (faust-streaming #502), so repeats
@@ -58,14 +58,14 @@ from rich.console import Console
 from rich.table import Table
 
 from bidder.events import AuctionOutcome, Click, Listing, Purchase, Shop, Winner, encode
-from bidder.hostile import KINDS, HostileFactory, HostileRecord
-from bidder.market import World, WorldConfig
-from bidder.oracle import ClickFact, verify_ledger
 from bidder.settings import Settings
-from bidder.simulator import Simulator
 from streams.admin import create_topics
 from streams.broker import BrokerKind, EmbeddedBroker
 from streams.gap_repair import GapRepairer
+from streams.harness.hostile import KINDS, HostileFactory, HostileRecord
+from streams.harness.market import World, WorldConfig
+from streams.harness.oracle import ClickFact, verify_ledger
+from streams.harness.simulator import Simulator
 from streams.kafka_config import aiokafka_consumer_kwargs, aiokafka_producer_kwargs
 from streams.process import WorkerProcess
 from streams.producer import EventProducer, key_of, topic_of

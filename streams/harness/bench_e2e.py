@@ -27,17 +27,18 @@ from typing import Any
 
 import numpy as np
 
-from bidder.bench_kernel import run_bench as run_kernel_bench
 from bidder.events import encode
-from bidder.market import World, WorldConfig
 from bidder.settings import Settings
-from bidder.simulator import Simulator
 from streams.accounting import account_queries, topic_marks
 from streams.cpu_meter import CpuMeter, local_broker_pid
 from streams.echo import ECHO_IN, ECHO_OUT
+from streams.harness.bench_kernel import run_bench as run_kernel_bench
+from streams.harness.market import World, WorldConfig
+from streams.harness.simulate import run_simulation
+from streams.harness.simulator import Simulator
 from streams.process import WorkerProcess
 from streams.producer import EventProducer
-from streams.simulate import run_simulation, tail_consumer
+from streams.tail import tail_consumer
 
 __all__ = ["percentiles", "run_bench"]
 

@@ -1,6 +1,6 @@
 """The marketplace world the bidder lives in: shops, listings, buyers and the true click/purchase laws.
 
-This is the simulator's ground truth, pure and seeded. It never talks to Kafka; ``streams/simulate.py``
+This is the simulator's ground truth, pure and seeded. It never talks to Kafka; ``streams/harness/simulate.py``
 drives it over the broker and ``onnx_models/`` drives it offline to log training traffic.
 
 True laws (the models never see ``quality``/``appeal``; they must learn them from rolling stats):

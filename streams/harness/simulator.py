@@ -1,6 +1,6 @@
 """The marketplace simulator's behaviour: what it sends and how buyers answer auction outcomes.
 
-Pure and seeded: ``streams/simulate.py`` moves these events over Kafka. The simulator keeps the
+Pure and seeded: ``streams/harness/simulate.py`` moves these events over Kafka. The simulator keeps the
 truth behind everything it sent (true click and purchase probabilities of each shown ad), so models
 can be scored against the oracle and every charge can be checked.
 
@@ -26,7 +26,7 @@ import numpy as np
 
 from bidder.events import Click, Listing, Purchase, Query, Shop
 from bidder.features import QueryContext
-from bidder.market import World, WorldConfig
+from streams.harness.market import World, WorldConfig
 
 __all__ = ["Impression", "Simulator", "World", "WorldConfig"]
 

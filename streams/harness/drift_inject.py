@@ -12,7 +12,7 @@ missing     a share ``amount`` of rows becomes NaN (1.0: all); needs a generator
 remap       query understanding renumbers categories: category ``c`` -> ``(c + amount) % n``
 ==========  ====================================================================================
 
-Entry points for the simulator (``streams/simulate.py``), upstream of the bidder where the feature
+Entry points for the simulator (``streams/harness/simulate.py``), upstream of the bidder where the feature
 has a source event, so the bidder's own decoding and gathering run on the drifted data:
 
 - ``relevance`` scale/shift: :func:`inject_query` rewrites a :class:`~bidder.events.Query`'s
@@ -49,8 +49,8 @@ import numpy.typing as npt
 from bidder.catalog import Catalog
 from bidder.events import Listing, Query
 from bidder.features import FEATURE_SPEC, Priors, QueryContext, gather
-from bidder.market import World, position_bias, sigmoid
 from bidder.rolling import RollingStats
+from streams.harness.market import World, position_bias, sigmoid
 
 __all__ = [
     "DriftInjection",

@@ -24,8 +24,8 @@ judged on the same impressions.
 >>> log.add({"query_id": "q1", "ts": 100.0, "winners": [
 ...     {"slot": 0, "listing_id": 103, "shop_id": 7, "price": 0.25, "pctr": 0.1, "pcvr": 0.05}]})
 True
->>> log.find("q1", 103).price
-0.25
+>>> log.find("q1", 103).price, log.auction_ts("q1")
+(0.25, 100.0)
 """
 
 from __future__ import annotations
@@ -35,25 +35,27 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["AuctionLog", "Matured", "ShownAd"]
+from bidder.events import Winner
+
+__all__ = ["AuctionLog", "Matured"]
 
 _NAN = math.nan
 
 
 @dataclass(frozen=True, slots=True)
-class ShownAd:
-    """One winner of a recorded auction."""
+class _Auction:
+    """One recorded outcome: its winners as they are on the topic (:meth:`Winner.from_wire`, no features)
+    and, when a shadow model scored them, the shadow's predictions slot by slot."""
 
-    query_id: str
-    slot: int
-    listing_id: int
-    shop_id: int
-    price: float
-    pctr: float
-    pcvr: float
     ts: float
-    shadow_pctr: float = _NAN
-    shadow_pcvr: float = _NAN
+    winners: dict[int, Winner]
+    """by listing id"""
+    shadow: dict[int, tuple[float, float]]
+    """listing id -> the shadow's (pCTR, pCVR); empty when no shadow scored this auction"""
+
+    def shadow_of(self, ads: list[Winner], target: str) -> tuple[float, ...]:
+        i = 0 if target == "ctr" else 1
+        return tuple(self.shadow.get(ad.listing_id, (_NAN, _NAN))[i] for ad in ads)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +83,12 @@ class _Pending:
     ts: float
     version: str
     shadow_version: str
-    ads: list[ShownAd]
+    ads: list[Winner]
+    shadow_p: tuple[float, ...]
 
 
 class AuctionLog:
-    """``query_id -> {listing_id: ShownAd}`` for the recent past."""
+    """``query_id -> {listing_id: Winner}`` for the recent past."""
 
     def __init__(self, *, window_s: float, conversion_window_s: float = 600.0, retain_s: float | None = None,
                  capacity: int = 200_000, max_matured: int = 100_000) -> None:
@@ -94,7 +97,7 @@ class AuctionLog:
         self.conversion_window_s = conversion_window_s
         self.capacity = capacity
         self.max_matured = max_matured
-        self._by_query: OrderedDict[str, tuple[float, dict[int, ShownAd]]] = OrderedDict()
+        self._by_query: OrderedDict[str, _Auction] = OrderedDict()
         self._versions: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
         self._clicked: set[tuple[str, int]] = set()
         self._converted: set[tuple[str, int]] = set()
@@ -117,18 +120,11 @@ class AuctionLog:
             return False
         ts = float(outcome["ts"])
         shadow = outcome.get("shadow") or {}
-        s_ctr = list(shadow.get("pctr", ()))
-        s_cvr = list(shadow.get("pcvr", ()))
-        winners = outcome["winners"]
-        if len(s_ctr) != len(winners) or len(s_cvr) != len(winners):
-            s_ctr = s_cvr = [_NAN] * len(winners)
-        ads = {
-            int(w["listing_id"]): ShownAd(qid, int(w["slot"]), int(w["listing_id"]), int(w["shop_id"]),
-                                          float(w["price"]), float(w["pctr"]), float(w["pcvr"]), ts,
-                                          float(sc), float(sv))
-            for w, sc, sv in zip(winners, s_ctr, s_cvr, strict=True)
-        }
-        self._by_query[qid] = (ts, ads)
+        ads = {ad.listing_id: ad for ad in map(Winner.from_wire, outcome["winners"])}
+        s_ctr, s_cvr = list(shadow.get("pctr", ())), list(shadow.get("pcvr", ()))
+        scored = len(s_ctr) == len(ads) == len(s_cvr)  # the shadow's predictions are in winner order
+        by_listing = {lid: (float(c), float(v)) for lid, c, v in zip(ads, s_ctr, s_cvr, strict=True)} if scored else {}
+        self._by_query[qid] = _Auction(ts, ads, by_listing)
         self._versions[qid] = ({str(k): str(v) for k, v in (outcome.get("model_versions") or {}).items()},
                                {str(k): str(v) for k, v in (shadow.get("versions") or {}).items()})
         self._evict(ts)
@@ -156,34 +152,40 @@ class AuctionLog:
 
     def _evict(self, now: float) -> None:
         while self._by_query:
-            ts, _ = next(iter(self._by_query.values()))
-            if not (len(self._by_query) > self.capacity or ts < now - self.retain_s):
+            oldest = next(iter(self._by_query.values()))
+            if not (len(self._by_query) > self.capacity or oldest.ts < now - self.retain_s):
                 break
-            qid, (ts, ads) = self._by_query.popitem(last=False)
+            qid, auction = self._by_query.popitem(last=False)
             versions, shadow = self._versions.pop(qid, ({}, {}))
-            shown = list(ads.values())
+            shown = list(auction.winners.values())
             flags = tuple(int((qid, ad.listing_id) in self._clicked) for ad in shown)
             clicked = [ad for ad, f in zip(shown, flags, strict=True) if f]
             self._clicked.difference_update((qid, ad.listing_id) for ad in shown)
-            self._emit(Matured("ctr", versions.get("ctr", ""), ts, tuple(a.pctr for a in shown), flags,
-                               shadow.get("ctr", ""), tuple(a.shadow_pctr for a in shown) if shadow else ()))
+            self._emit(Matured("ctr", versions.get("ctr", ""), auction.ts, tuple(a.pctr for a in shown), flags,
+                               shadow.get("ctr", ""), auction.shadow_of(shown, "ctr") if shadow else ()))
             self._converted.difference_update((qid, ad.listing_id) for ad, f in zip(shown, flags, strict=True)
                                               if not f)
             if clicked:
                 self._awaiting.update((qid, ad.listing_id) for ad in clicked)
-                self._pending.append(_Pending(ts + self.retain_s + self.conversion_window_s, qid, ts,
-                                              versions.get("cvr", ""), shadow.get("cvr", ""), clicked))
+                self._pending.append(_Pending(auction.ts + self.retain_s + self.conversion_window_s, qid,
+                                              auction.ts, versions.get("cvr", ""), shadow.get("cvr", ""), clicked,
+                                              auction.shadow_of(clicked, "cvr")))
         while self._pending and self._pending[0].due <= now:
             p = self._pending.popleft()
             y = tuple(int((p.query_id, ad.listing_id) in self._converted) for ad in p.ads)
             self._converted.difference_update((p.query_id, ad.listing_id) for ad in p.ads)
             self._awaiting.difference_update((p.query_id, ad.listing_id) for ad in p.ads)
             self._emit(Matured("cvr", p.version, p.ts, tuple(a.pcvr for a in p.ads), y, p.shadow_version,
-                               tuple(a.shadow_pcvr for a in p.ads) if p.shadow_version else ()))
+                               p.shadow_p if p.shadow_version else ()))
 
     def knows(self, query_id: str) -> bool:
         return query_id in self._by_query
 
-    def find(self, query_id: str, listing_id: int) -> ShownAd | None:
+    def find(self, query_id: str, listing_id: int) -> Winner | None:
+        """The winner ``listing_id`` of the recorded auction ``query_id`` (None: no such auction or winner)."""
         entry = self._by_query.get(query_id)
-        return None if entry is None else entry[1].get(listing_id)
+        return None if entry is None else entry.winners.get(listing_id)
+
+    def auction_ts(self, query_id: str) -> float:
+        """Event time of the recorded auction ``query_id`` (KeyError if it is not recorded)."""
+        return self._by_query[query_id].ts

@@ -16,7 +16,7 @@ with their reasons. A click is
 >>> from bidder.auction_log import AuctionLog
 >>> from bidder.billing import Ledger
 >>> from bidder.catalog import Catalog
->>> from bidder.events import Click
+>>> from bidder.events import Click, Winner
 >>> log = AuctionLog(window_s=60.0)
 >>> log.add({"query_id": "q1", "ts": 100.0, "winners": [
 ...     {"slot": 0, "listing_id": 5, "shop_id": 7, "price": 0.3, "pctr": 0.02, "pcvr": 0.1}]})
@@ -37,11 +37,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from bidder.auction_log import AuctionLog, ShownAd
+from bidder.auction_log import AuctionLog
 from bidder.billing import Ledger, LedgerEntry, day_of
 from bidder.catalog import Catalog
 from bidder.decoding import Rejection
-from bidder.events import Click
+from bidder.events import Click, Winner
 
 __all__ = ["ClickBatch", "ClickDecision"]
 
@@ -51,7 +51,7 @@ class ClickDecision:
     """A click's ledger line and the auction slot it was charged for."""
 
     click: Click
-    ad: ShownAd
+    ad: Winner
     entry: LedgerEntry
 
 
@@ -75,8 +75,9 @@ class ClickBatch:
                 return Rejection("not_a_winner", f"listing {click.listing_id} in query {click.query_id!r}")
             return Rejection("unknown_auction", f"no auction outcome for query {click.query_id!r} in the last "
                                                 f"{self.click_window_s:.0f}s")
-        if click.ts - ad.ts > self.click_window_s:
-            return Rejection("click_after_window", f"click at {click.ts:.3f} is {click.ts - ad.ts:.0f}s after its "
+        shown_at = self.auctions.auction_ts(click.query_id)
+        if click.ts - shown_at > self.click_window_s:
+            return Rejection("click_after_window", f"click at {click.ts:.3f} is {click.ts - shown_at:.0f}s after its "
                                                    f"auction (window {self.click_window_s:.0f}s)")
         if ad.shop_id != click.shop_id:
             return Rejection("shop_mismatch", f"click names shop {click.shop_id}, the auction had shop {ad.shop_id}")

@@ -122,6 +122,33 @@ class Winner(NamedTuple):
     features: tuple[float, ...] = ()
     """the feature vector exactly as served (for labels)"""
 
+    def wire(self) -> dict[str, Any]:
+        """The winner as it is on the ``auctions`` topic (inside an outcome's ``winners``)."""
+        return {
+            "slot": self.slot,
+            "listing_id": self.listing_id,
+            "shop_id": self.shop_id,
+            # model outputs and features are float32: written at float32's shortest repr
+            "pctr": np.float32(self.pctr),
+            "pcvr": np.float32(self.pcvr),
+            "bid": self.bid,
+            "price": self.price,
+            "features": np.asarray(self.features, np.float32),
+        }
+
+    @classmethod
+    def from_wire(cls, w: dict[str, Any], *, features: bool = False) -> Winner:
+        """A winner read back from an outcome on the topic; the feature vector only when asked
+        (the auction log keeps a click's price, not what the models saw).
+
+        >>> w = Winner(0, 103, 7, 0.1, 0.05, 0.4, 0.25, (1.0, 2.0))
+        >>> Winner.from_wire(orjson.loads(orjson.dumps(w.wire(), option=orjson.OPT_SERIALIZE_NUMPY)))
+        Winner(slot=0, listing_id=103, shop_id=7, pctr=0.1, pcvr=0.05, bid=0.4, price=0.25, features=())
+        """
+        return cls(int(w["slot"]), int(w["listing_id"]), int(w["shop_id"]), float(w["pctr"]), float(w["pcvr"]),
+                   float(w.get("bid", 0.0)), float(w["price"]),
+                   tuple(map(float, w.get("features", ()))) if features else ())
+
 
 @dataclass(frozen=True, slots=True)
 class AuctionOutcome:
@@ -170,20 +197,7 @@ def to_json(obj: Any) -> Any:
             "query_id": obj.query_id,
             "ts": obj.ts,
             "user_id": obj.user_id,
-            "winners": [
-                {
-                    "slot": w.slot,
-                    "listing_id": w.listing_id,
-                    "shop_id": w.shop_id,
-                    # model outputs and features are float32: written at float32's shortest repr
-                    "pctr": np.float32(w.pctr),
-                    "pcvr": np.float32(w.pcvr),
-                    "bid": w.bid,
-                    "price": w.price,
-                    "features": np.asarray(w.features, np.float32),
-                }
-                for w in obj.winners
-            ],
+            "winners": [w.wire() for w in obj.winners],
             "model_versions": obj.model_versions,
             "timings_ms": obj.timings_ms,
             "n_candidates": obj.n_candidates,

@@ -27,9 +27,7 @@ limit of shadow evaluation; an A/B split of traffic is what measures a challenge
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -40,7 +38,7 @@ import numpy as np
 
 from bidder.events import AuctionOutcome
 from bidder.lifecycle.dataset import write_atomically
-from bidder.lifecycle.promotion import install_release, model_source, release_name
+from bidder.lifecycle.promotion import install_release, release_name
 from bidder.scoring import Models, family_in, load_models
 
 __all__ = ["SHADOW", "ShadowPointer", "read_pointer", "shadow_outcomes", "start", "stop"]
@@ -116,39 +114,3 @@ def stop(model_dir: Path) -> bool:
     except FileNotFoundError:
         return False
     return True
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``bidder shadow start MODEL | stop | status [--model-dir DIR] [--runs DIR]``."""
-    from bidder.settings import Settings
-
-    ap = argparse.ArgumentParser(prog="bidder shadow",
-                                 description="score live traffic with a challenger beside the champion")
-    ap.add_argument("--model-dir", type=Path, default=None, help="serving dir (default BIDDER_MODEL_DIR)")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    st = sub.add_parser("start", help="shadow a challenger (a model directory or a run id under --runs)")
-    st.add_argument("model")
-    st.add_argument("--runs", type=Path, default=Path("runs"))
-    sub.add_parser("stop", help="stop shadowing")
-    sub.add_parser("status", help="print the SHADOW pointer")
-    args = ap.parse_args(argv)
-    model_dir = args.model_dir or Settings().model_dir
-    if args.cmd == "start":
-        pointer = start(model_source(args.model, args.runs), model_dir=model_dir,
-                        clock=lambda: datetime.now(UTC).timestamp(), source=args.model)
-        print(json.dumps(pointer, indent=1))
-        return 0
-    if args.cmd == "stop":
-        stopped = stop(model_dir)
-        print("shadow stopped" if stopped else "no shadow was set")
-        return 0
-    found = read_pointer(model_dir)
-    if found is None:
-        print("no shadow")
-        return 1
-    print(json.dumps({"release": found.release, "family": found.family, "versions": found.versions}, indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

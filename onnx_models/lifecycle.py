@@ -16,14 +16,11 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
-import sys
 import tempfile
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +33,7 @@ from bidder.lifecycle.tracking import RunStore, code_version
 from bidder.model_meta import ModelMeta
 from onnx_models.train import FAMILIES, TARGETS, TrainConfig, fit, train_split
 
-__all__ = ["main", "search_space", "train_dataset"]
+__all__ = ["search_space", "train_dataset"]
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -172,27 +169,3 @@ def _with_parity(meta: ModelMeta, predict: Callable[[F32], F64], x: F32, out_dir
         f.write(json.dumps(meta.to_dict(), indent=1) + "\n")
     Path(f.name).replace(out_dir / f"{meta.name}.json")
     return meta
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``bidder train --family lr|gbdt|mlp --dataset ID [--trials N] [--small]``."""
-    ap = argparse.ArgumentParser(prog="bidder train", description="train CTR + CVR on a frozen dataset")
-    ap.add_argument("--family", choices=FAMILIES, required=True)
-    ap.add_argument("--dataset", required=True)
-    ap.add_argument("--trials", type=int, default=0)
-    ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--small", action="store_true", help="small networks/ensembles (smoke runs)")
-    ap.add_argument("--datasets-root", type=Path, default=ds.DEFAULT_ROOT)
-    ap.add_argument("--runs", type=Path, default=Path("runs"))
-    args = ap.parse_args(argv)
-    cfg = TrainConfig.small() if args.small else TrainConfig()
-    run_id, out, metrics = train_dataset(args.family, args.dataset, trials=args.trials, seed=args.seed, cfg=cfg,
-                                         datasets_root=args.datasets_root, runs_root=args.runs,
-                                         clock=lambda: datetime.now(UTC).timestamp())
-    print(json.dumps({"run_id": run_id, "models": str(out), "metrics": metrics}, indent=1))
-    print(f"promote with: bidder promote {out}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

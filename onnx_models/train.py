@@ -24,13 +24,10 @@ profiles, golden rows). The same seed on the same machine gives the same files.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import itertools
-import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,7 +46,7 @@ from bidder.profile import FeatureProfile, profile_matrix
 from onnx_models.export import INPUT_NAME, OUTPUT_NAME, mlp_graph, narrow_to_positive_class
 from onnx_models.traffic import Policy, SimConfig, TrafficLog, prior_policy, simulate
 
-__all__ = ["Fitted", "TrainConfig", "fit", "main", "run", "split_log", "train_one", "train_split"]
+__all__ = ["Fitted", "TrainConfig", "fit", "run", "split_log", "train_one", "train_split"]
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -438,27 +435,7 @@ def run(
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m onnx_models.train", description=__doc__.split("\n")[0])
-    ap.add_argument("--family", choices=[*FAMILIES, "all"], default="all")
-    ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--out", type=Path, default=MODEL_DIR)
-    ap.add_argument("--small", action="store_true", help="tiny world and log (smoke test)")
-    args = ap.parse_args(argv)
-    cfg = TrainConfig.small() if args.small else TrainConfig()
-    families = FAMILIES if args.family == "all" else (args.family,)
-    t0 = time.perf_counter()
-    results = run(families, seed=args.seed, cfg=cfg, out_dir=args.out)
-    print(f"{'model':13s} {'auc':>8s} {'oracle':>8s} {'logloss':>8s} {'oracle':>8s} {'n_train':>9s}  version")
-    for name, (meta, _) in results.items():
-        m: dict[str, Any] = meta.metrics
-        print(
-            f"{name:13s} {m['test']['auc']:8.4f} {m['oracle_test']['auc']:8.4f} {m['test']['logloss']:8.4f} "
-            f"{m['oracle_test']['logloss']:8.4f} {meta.training['n_train']:9d}  {meta.version}"
-        )
-    print(f"done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from streams.cli.lifecycle import train_models  # the command line lives in the CLI
+
+    train_models(prog_name="python -m onnx_models.train")

@@ -62,10 +62,13 @@ PY
     PYTHONPATH=$SITE:. python3 -c "import onnxruntime as o; print(o.__version__, o.get_available_providers())" \
       | tee "$out/providers.txt"
     echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH" >> "$out/providers.txt"
-    # the command the issue names; the CPU baseline runs first in the same process
-    PYTHONPATH=$SITE:. python3 -m streams.harness.bench_kernel --provider cuda --queries-per-batch "$QPB" --calls "$CALLS" \
-      --json > "$out/bench_cuda.json" 2> "$out/bench_cuda.txt" || echo "bench exit $? (see errors in the JSON)" >&2
-    PYTHONPATH=$SITE:. python3 -c "import json, sys; from streams.harness.bench_kernel import _print_batch_text as p; \
+    # `bidder bench kernel --provider cuda --queries-per-batch $QPB --calls $CALLS --json` without the CLI
+    # (click is not installed here); the CPU baseline runs first in the same process
+    PYTHONPATH=$SITE:. python3 -c "import json, sys; from streams.harness import bench_kernel as b; \
+r = b.run_batch_bench(provider='cuda', queries_per_batch=[int(k) for k in sys.argv[1].split(',')], \
+calls=int(sys.argv[2]), warmup=50); print(json.dumps(r)); sys.exit(2 if b.batch_failed(r) else 0)" "$QPB" "$CALLS" \
+      > "$out/bench_cuda.json" 2> "$out/bench_cuda.txt" || echo "bench exit $? (see errors in the JSON)" >&2
+    PYTHONPATH=$SITE:. python3 -c "import json, sys; from streams.harness.bench_kernel import print_batch_report as p; \
 p(json.load(open(sys.argv[1])))" "$out/bench_cuda.json" || tail -n 50 "$out/bench_cuda.txt"
     ;;
   *)

@@ -9,16 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from streams.harness.bench_kernel import main
+from tests.cli_helpers import bidder
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--iterations", "20", "--warmup", "2", "--candidates", "100"]
 
 
 @pytest.mark.parametrize("family", ["mlp", "gbdt", "lr"])
-def test_json_output(family: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([*SMALL, "--family", family, "--json"]) == 0
-    r = json.loads(capsys.readouterr().out)
+def test_json_output(family: str) -> None:
+    res = bidder("bench", "kernel", *SMALL, "--family", family, "--json")
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)
     for key in ("p50_ms", "p99_ms", "p999_ms", "qps", "candidates_per_s"):
         assert r["pipeline"][key] > 0
         assert r["bare"][key] > 0
@@ -31,22 +32,25 @@ def test_json_output(family: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert r["mean_winners"] == 24
 
 
-def test_text_output(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([*SMALL, "--family", "lr"]) == 0
-    out = capsys.readouterr().out
+def test_text_output() -> None:
+    res = bidder("bench", "kernel", *SMALL, "--family", "lr")
+    assert res.exit_code == 0, res.output
+    out = res.stdout
     assert "pipeline" in out
     assert "ratio" in out
 
 
 def test_runs_with_only_numpy_and_onnxruntime() -> None:
-    """As on the GPU machine: faust, aiokafka, orjson, pydantic, click, rich are not importable."""
+    """As on the GPU machine: faust, aiokafka, orjson, pydantic, click, rich are not importable; the library
+    runs without the command line (``scripts/gpu_bench.sh`` calls it so)."""
     blocked = ["faust", "aiokafka", "orjson", "pydantic", "pydantic_settings", "click", "rich", "mode",
                "torch", "sklearn", "lightgbm", "onnxmltools", "skl2onnx"]
     code = (
         "import sys\n"
         f"for m in {blocked!r}: sys.modules[m] = None\n"
-        "from streams.harness.bench_kernel import main\n"
-        f"raise SystemExit(main({[*SMALL, '--json']!r}))\n"
+        "import json\n"
+        "from streams.harness.bench_kernel import run_bench\n"
+        "print(json.dumps(run_bench(iterations=20, warmup=2, candidates=100)))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           check=False)
@@ -59,9 +63,10 @@ def test_runs_with_only_numpy_and_onnxruntime() -> None:
 BATCH = ["--queries-per-batch", "1,3", "--calls", "6", "--warmup", "1", "--candidates", "50"]
 
 
-def test_batch_mode_json(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([*BATCH, "--json"]) == 0
-    r = json.loads(capsys.readouterr().out)
+def test_batch_mode_json() -> None:
+    res = bidder("bench", "kernel", *BATCH, "--json")
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)
     assert r["mode"] == "queries_per_batch"
     assert r["providers_run"] == ["cpu"] and r["errors"] == {}
     assert r["buckets"] == [50, 150]
@@ -79,9 +84,10 @@ def test_batch_mode_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.skipif("CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers(),
                     reason="CUDA is available here")
-def test_batch_mode_cuda_without_cuda_keeps_the_cpu_baseline_and_says_why(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([*BATCH, "--provider", "cuda", "--json"]) == 2
-    r = json.loads(capsys.readouterr().out)
+def test_batch_mode_cuda_without_cuda_keeps_the_cpu_baseline_and_says_why() -> None:
+    res = bidder("bench", "kernel", *BATCH, "--provider", "cuda", "--json")
+    assert res.exit_code == 2, res.output
+    r = json.loads(res.stdout)
     assert r["providers_run"] == ["cpu", "cuda"]
     assert r["results"]["cpu"]["3"]["scorer"]["p50_ms"] > 0
     assert "install onnxruntime-gpu" in r["errors"]["cuda/iobinding"]
@@ -94,8 +100,11 @@ def test_batch_mode_runs_with_only_numpy_and_onnxruntime() -> None:
     code = (
         "import sys\n"
         f"for m in {blocked!r}: sys.modules[m] = None\n"
-        "from streams.harness.bench_kernel import main\n"
-        f"raise SystemExit(main({[*BATCH, '--json']!r}))\n"
+        "import json, sys\n"
+        "from streams.harness import bench_kernel as b\n"
+        "r = b.run_batch_bench(queries_per_batch=[1, 3], calls=6, warmup=1, candidates=50)\n"
+        "print(json.dumps(r))\n"
+        "sys.exit(2 if b.batch_failed(r) else 0)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           check=False)

@@ -16,6 +16,7 @@ from bidder.lifecycle import dataset as ds
 from bidder.lifecycle.dataset import DatasetCorruptError, Window, fold_labels, freeze, load, records_from_traffic
 from bidder.settings import Settings
 from onnx_models.traffic import SimConfig, simulate
+from tests.cli_helpers import bidder
 
 D = 18
 
@@ -112,18 +113,20 @@ def test_a_changed_file_is_detected(tmp_path: Path, sim_records: list[dict]) -> 
         load("0" * 16, root=tmp_path)
     with pytest.raises(DatasetCorruptError):  # re-freezing never silently repairs a frozen dataset
         freeze(sim_records, root=tmp_path, mature_after_s=0.0, clock=lambda: 0.0)
-    assert ds.main(["verify", d.id, "--root", str(tmp_path)]) == 1
+    corrupt = bidder("dataset", "verify", d.id, "--root", tmp_path)
+    assert corrupt.exit_code == 1 and "CORRUPT: " in corrupt.stderr
 
 
-def test_cli_freeze_from_a_jsonl_dump_matches_the_library(tmp_path: Path, sim_records: list[dict],
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_freeze_from_a_jsonl_dump_matches_the_library(tmp_path: Path, sim_records: list[dict]) -> None:
     dump = tmp_path / "labels.jsonl"
     dump.write_text("".join(json.dumps(r) + "\n" for r in sim_records))
-    assert ds.main(["freeze", "--labels", str(dump), "--root", str(tmp_path / "a"), "--mature-after-s", "0"]) == 0
-    out = json.loads(capsys.readouterr().out)
+    froze = bidder("dataset", "freeze", "--labels", dump, "--root", tmp_path / "a", "--mature-after-s", "0")
+    assert froze.exit_code == 0, froze.output
+    out = json.loads(froze.stdout)
     lib = freeze(sim_records, root=tmp_path / "b", mature_after_s=0.0, clock=lambda: 0.0)
     assert out["id"] == lib.id
-    assert ds.main(["verify", lib.id, "--root", str(tmp_path / "b")]) == 0
+    verified = bidder("dataset", "verify", lib.id, "--root", tmp_path / "b")
+    assert verified.exit_code == 0 and verified.stdout == f"{lib.id}: ok\n"
 
 
 @pytest.mark.broker
@@ -169,8 +172,7 @@ def test_unknown_fields_and_stray_records_are_ignored() -> None:
 
 @pytest.mark.broker
 def test_topic_snapshot_names_the_offsets_it_read(bootstrap: str, settings: Settings, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
 
     import orjson
@@ -197,8 +199,9 @@ def test_topic_snapshot_names_the_offsets_it_read(bootstrap: str, settings: Sett
     assert "snap-q3" not in {r.get("query_id") for r in first.records}
 
     monkeypatch.setenv("BIDDER_KAFKA_BOOTSTRAP", bootstrap)
-    assert ds.main(["freeze", "--topic", "labels", "--root", str(tmp_path), "--mature-after-s", "0"]) == 0
-    out = json.loads(capsys.readouterr().out)
+    froze = bidder("dataset", "freeze", "--topic", "labels", "--root", tmp_path, "--mature-after-s", "0")
+    assert froze.exit_code == 0, froze.output
+    out = json.loads(froze.stdout)
     src = ds.load(out["id"], root=tmp_path).entry["source"]
     assert src["kind"] == "topic" and src["topic"] == "labels" and out["source"] == src
     assert sum(src["end_offsets"].values()) >= sum(second.end_offsets.values()) and src["impressions"] >= 6

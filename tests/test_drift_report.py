@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import orjson
-import pytest
 
 from bidder.drift import DriftMonitor, DriftSettings
-from bidder.lifecycle.drift_report import main, write_report
+from bidder.lifecycle.drift_report import write_report
 from bidder.profile import FeatureProfile
 from streams.harness.drift_demo import run_demo
+from tests.cli_helpers import bidder
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -64,20 +64,22 @@ def test_write_report_is_deterministic_and_copes_with_an_empty_window(tmp_path):
     assert write_report(empty, tmp_path / "e.png").read_bytes().startswith(PNG_MAGIC)
 
 
-def test_cli_renders_a_snapshot(tmp_path, capsys):
+def test_cli_renders_a_snapshot(tmp_path):
     snap = tmp_path / "snap.json"
     snap.write_bytes(orjson.dumps(_monitor().snapshot()))
     out = tmp_path / "snap.png"
-    assert main(["--snapshot", str(snap), "--out", str(out)]) == 0
+    res = bidder("drift", "report", "--snapshot", snap, "--out", out)
+    assert res.exit_code == 0, res.output
     assert out.read_bytes().startswith(PNG_MAGIC)
-    assert f"wrote {out}" in capsys.readouterr().out
+    assert f"wrote {out}" in res.stdout
 
 
-def test_cli_demo_reports_the_injected_feature(tmp_path, capsys):
+def test_cli_demo_reports_the_injected_feature(tmp_path):
     out = tmp_path / "demo.png"
-    argv = ["--demo", "--out", str(out), "--reference-queries", "400", "--stationary-queries", "500"]
-    assert main([*argv, "--queries-after", "60", "--feature", "ctr_smoothed", "--kind", "scale"]) == 0
-    text = capsys.readouterr().out
+    argv = ["--demo", "--out", out, "--reference-queries", "400", "--stationary-queries", "500"]
+    res = bidder("drift", "report", *argv, "--queries-after", "60", "--feature", "ctr_smoothed", "--kind", "scale")
+    assert res.exit_code == 0, res.output
+    text = res.stdout
     assert "drift alert: feature ctr_smoothed scale=" in text
     alerted = {line.split("feature ")[1].split()[0] for line in text.splitlines() if ": feature " in line}
     assert alerted == {"ctr_smoothed"}
@@ -92,6 +94,11 @@ def test_demo_without_drift_raises_nothing():
 
 
 def test_cli_needs_a_source():
-    with pytest.raises(SystemExit) as exc:
-        main(["--out", "x.png"])
-    assert exc.value.code == 2
+    res = bidder("drift", "report", "--out", "x.png")
+    assert res.exit_code == 2 and "pass one of --snapshot | --demo" in res.stderr
+
+
+def test_cli_takes_one_source(tmp_path):
+    res = bidder("drift", "report", "--snapshot", tmp_path / "s.json", "--demo", "--out", tmp_path / "x.png")
+    assert res.exit_code == 2 and "--snapshot and --demo exclude each other" in res.stderr
+    assert not (tmp_path / "x.png").exists()

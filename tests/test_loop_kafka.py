@@ -41,7 +41,6 @@ from bidder.events import encode
 from bidder.lifecycle import dataset, promotion, scoreboard
 from bidder.lifecycle.tracking import RunStore
 from bidder.settings import DEFAULT_MODEL_DIR, Settings
-from onnx_models import lifecycle
 from streams.admin import create_topics
 from streams.broker import embedded_broker
 from streams.deadletter import original_bytes
@@ -51,6 +50,7 @@ from streams.harness.simulator import Simulator
 from streams.process import WorkerProcess
 from streams.producer import EventProducer
 from streams.tail import tail_consumer
+from tests.cli_helpers import bidder
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -145,8 +145,7 @@ def _wait_versions(worker: WorkerProcess, want: dict[str, str], *, timeout_s: fl
     raise AssertionError(f"worker did not swap to {want}: /readyz {body}; log:\n{worker.log_tail()}")
 
 
-def test_loop_over_kafka(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_loop_over_kafka(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if Settings().kafka_bootstrap:
         pytest.skip("needs fresh topics of its own: runs on an embedded broker only")
     t_start = time.monotonic()
@@ -187,8 +186,9 @@ def test_loop_over_kafka(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                            for t in ("ctr", "cvr")}  # the shipped pair
 
             # 2. dataset freeze --topic labels (maturity default: click + attribution window of the settings)
-            assert dataset.main(["freeze", "--topic", "labels", "--root", str(ds_root)]) == 0
-            frozen = _last_json(capsys.readouterr().out)
+            froze = bidder("dataset", "freeze", "--topic", "labels", "--root", ds_root)
+            assert froze.exit_code == 0, froze.output
+            frozen = _last_json(froze.stdout)
             ds_id = frozen["id"]
             data = dataset.load(ds_id, root=ds_root)
             src, rows = data.entry["source"], data.entry["rows"]
@@ -255,18 +255,18 @@ def test_loop_over_kafka(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
             numbers["dataset"] = {"id": ds_id, **rows, "immature": src["immature"], "as_of": as_of}
 
             # 3. train (lr: seconds; the MLP takes minutes here and did worse on this little data)
-            assert lifecycle.main(["--family", "lr", "--dataset", ds_id, "--datasets-root", str(ds_root),
-                                   "--runs", str(runs)]) == 0
-            trained = _last_json(capsys.readouterr().out)
+            trains = bidder("train", "--family", "lr", "--dataset", ds_id, "--datasets-root", ds_root, "--runs", runs)
+            assert trains.exit_code == 0, trains.output
+            trained = _last_json(trains.stdout)
             run = RunStore(runs, clock=lambda: 0.0).get(trained["run_id"])
             new = {"ctr": run.tags["ctr_version"], "cvr": run.tags["cvr_version"]}
             assert run.status == "FINISHED" and run.dataset["id"] == ds_id and new != old
 
             # 4. scoreboard: the loop-trained pair and the shipped one on the same frozen test rows
-            assert scoreboard.main(["--dataset", ds_id, "--datasets-root", str(ds_root), "--runs", str(runs),
-                                    "--models", f"{DEFAULT_MODEL_DIR}:mlp", "--served",
-                                    "--plot", str(tmp_path / "board.png")]) == 0
-            board = capsys.readouterr().out
+            boards = bidder("scoreboard", "--dataset", ds_id, "--datasets-root", ds_root, "--runs", runs,
+                            "--models", f"{DEFAULT_MODEL_DIR}:mlp", "--served", "--plot", tmp_path / "board.png")
+            assert boards.exit_code == 0, boards.output
+            board = boards.stdout
             assert run.run_id in board and old["ctr"] in board
             shipped = {r.target: r.metrics for r in scoreboard.model_rows(data, DEFAULT_MODEL_DIR, "mlp")}
             served = {r.target: r.metrics for r in scoreboard.served_rows(data)}
@@ -283,8 +283,9 @@ def test_loop_over_kafka(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
             sender.start()
             try:
                 args = [run.run_id, "--runs", str(runs), "--datasets-root", str(ds_root)]
-                rc = promotion.main(args)
-                gate = capsys.readouterr().out
+                gated = bidder("promote", *args)
+                rc, gate = gated.exit_code, gated.stdout
+                assert rc in (0, 1), gated.output
                 log = [json.loads(x) for x in (model_dir / promotion.LOG).read_text().splitlines()]
                 checks = {(c["name"], c["target"]): c for c in
                           json.loads((model_dir / "reports" / log[-1]["report"]).with_suffix(".json")
@@ -317,8 +318,9 @@ def test_loop_over_kafka(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                         c["ok"] is False for (n, _), c in checks.items() if n not in promotion.BEHAVIOUR)
                     reason = (f"loop demo: a retrain on {ds_id}'s minute of labels, refused: "
                               + "; ".join(log[-1]["failed_checks"]))
-                    assert promotion.main([*args, "--force", "--reason", reason]) == 0
-                    assert "decision: forced" in capsys.readouterr().out
+                    forced = bidder("promote", *args, "--force", "--reason", reason)
+                    assert forced.exit_code == 0, forced.output
+                    assert "decision: forced" in forced.stdout
                 pointer = json.loads((model_dir / promotion.CHAMPION).read_text())
                 assert pointer["versions"] == new and pointer["dataset_id"] == ds_id
                 assert pointer["forced"] is (rc != 0)

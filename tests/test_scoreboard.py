@@ -13,6 +13,7 @@ from bidder.lifecycle.dataset import freeze, records_from_traffic
 from bidder.lifecycle.scoreboard import build, evaluate, plot, render
 from bidder.lifecycle.tracking import RunStore
 from onnx_models.traffic import SimConfig, simulate
+from tests.cli_helpers import bidder
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -54,8 +55,7 @@ def test_board_lists_oracle_first_and_only_runs_of_the_dataset(tmp_path: Path) -
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
-def test_models_and_served_predictions_are_scored_on_the_frozen_test_rows(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_models_and_served_predictions_are_scored_on_the_frozen_test_rows(tmp_path: Path) -> None:
     import json
     import shutil
 
@@ -90,8 +90,9 @@ def test_models_and_served_predictions_are_scored_on_the_frozen_test_rows(
     assert served["cvr"].metrics["auc"] == evaluate(data.test.cols["converted"][clicked],
                                                     data.test.cols["cvr_smoothed"][clicked])["auc"]
 
-    assert scoreboard.main(["--dataset", data.id, "--datasets-root", str(tmp_path / "ds"), "--runs",
-                            str(tmp_path / "runs"), "--models", f"{DEFAULT_MODEL_DIR}:lr", "--models", str(serving),
-                            "--served", "--plot", str(tmp_path / "b.png")]) == 0
-    board = capsys.readouterr().out
+    boards = bidder("scoreboard", "--dataset", data.id, "--datasets-root", tmp_path / "ds", "--runs",
+                    tmp_path / "runs", "--models", f"{DEFAULT_MODEL_DIR}:lr", "--models", serving,
+                    "--served", "--plot", tmp_path / "b.png")
+    assert boards.exit_code == 0, boards.output
+    board = boards.stdout
     assert lr.versions["ctr"] in board and "gbdt" in board and "served" in board

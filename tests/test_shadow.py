@@ -131,9 +131,8 @@ def test_watcher_starts_refuses_and_stops_the_shadow(tmp_path: Path, lr: Models)
     assert rt.metrics.model_swaps.labels(result="shadow_refused")._value.get() == 1.0
 
 
-def test_scoreboard_online_shows_serving_and_shadow_on_the_same_impressions(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from bidder.lifecycle import scoreboard
+def test_scoreboard_online_shows_serving_and_shadow_on_the_same_impressions(tmp_path: Path) -> None:
+    from tests.cli_helpers import bidder
 
     rng = np.random.default_rng(3)
     dump = tmp_path / "labels.jsonl"
@@ -153,11 +152,12 @@ def test_scoreboard_online_shows_serving_and_shadow_on_the_same_impressions(
                 f.write(json.dumps({"type": "label_update", "impression_id": f"q{q}:{i}", "label_version": 1,
                                     "clicked": 1, "converted": 0}) + "\n")
             n, clicked = n + 24, clicked + int(y.sum())
-    assert scoreboard.main(["--online", "--labels", str(dump), "--as-of", "10000", "--mature-after-s", "60",
-                            "--plot", str(tmp_path / "online.png")]) == 0
-    out = capsys.readouterr().out
+    board = bidder("scoreboard", "--online", "--labels", dump, "--as-of", "10000", "--mature-after-s", "60",
+                   "--plot", tmp_path / "online.png")
+    assert board.exit_code == 0, board.output
+    out = board.stdout
     assert f"{n} matured impressions ({clicked} clicked" in out
     assert "shadow lr-ctr-ccc" in out and "serving mlp-ctr-aaa (vs shadow)" in out
     assert (tmp_path / "online.png").exists()
     # nothing matured yet: no rows, exit 1
-    assert scoreboard.main(["--online", "--labels", str(dump), "--as-of", "150", "--mature-after-s", "60"]) == 1
+    assert bidder("scoreboard", "--online", "--labels", dump, "--as-of", "150", "--mature-after-s", "60").exit_code == 1

@@ -47,11 +47,9 @@ does not know them), ``ctr_version, cvr_version`` (str, the models that served).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
-import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -77,12 +75,14 @@ __all__ = [
     "Window",
     "fold_labels",
     "freeze",
+    "jsonl_source",
     "load",
-    "main",
     "read_jsonl",
     "read_labels_topic",
     "read_topic_snapshot",
     "records_from_traffic",
+    "simulator_source",
+    "topic_source",
     "write_atomically",
 ]
 
@@ -561,75 +561,29 @@ def records_from_traffic(log: Any, *, query_prefix: str = "sim") -> Iterator[dic
                        "ts": ts, "clicked": 1, "converted": int(bought), "label_version": 2 if bought else 1}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``bidder dataset freeze (--labels FILE.jsonl | --topic labels | --simulate small|full)``."""
-    from bidder.settings import Settings
-
-    ap = argparse.ArgumentParser(prog="bidder dataset", description="frozen, content-hashed datasets")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    fz = sub.add_parser("freeze", help="fold matured labels into a frozen dataset")
-    src = fz.add_mutually_exclusive_group(required=True)
-    src.add_argument("--labels", type=Path, help="JSONL dump of the labels topic")
-    src.add_argument("--topic", help="read this topic from the beginning (BIDDER_KAFKA_BOOTSTRAP)")
-    src.add_argument("--simulate", choices=["small", "medium", "full"],
-                     help="offline simulator traffic (onnx_models.traffic), with the oracle")
-    fz.add_argument("--seed", type=int, default=7)
-    fz.add_argument("--root", type=Path, default=DEFAULT_ROOT)
-    fz.add_argument("--train-frac", type=float, default=0.8)
-    fz.add_argument("--train-hours", type=float, default=None)
-    fz.add_argument("--test-hours", type=float, default=None)
-    fz.add_argument("--mature-after-s", type=float, default=None,
-                    help="default: click_window_s + attribution_window_s from the settings")
-    sub.add_parser("list", help="the manifest's datasets").add_argument("--root", type=Path, default=DEFAULT_ROOT)
-    vf = sub.add_parser("verify", help="check a frozen dataset's files")
-    vf.add_argument("id")
-    vf.add_argument("--root", type=Path, default=DEFAULT_ROOT)
-    args = ap.parse_args(argv)
-    if args.cmd == "list":
-        for ds_id, e in read_manifest(args.root)["datasets"].items():
-            print(f"{ds_id}  train={e['rows']['train']} test={e['rows']['test']}  "
-                  f"{e['window']['train_start_utc']} .. {e['window']['test_end_utc']}  {e['source'].get('kind')}")
-        return 0
-    if args.cmd == "verify":
-        try:
-            load(args.id, root=args.root)
-        except DatasetCorruptError as e:
-            print(f"CORRUPT: {e}", file=sys.stderr)
-            return 1
-        print(f"{args.id}: ok")
-        return 0
-    settings = Settings()
-    mature = args.mature_after_s
-    if mature is None:
-        mature = settings.click_window_s + settings.attribution_window_s
-    records: Iterable[Mapping[str, Any]]
-    source: dict[str, Any]
-    if args.labels is not None:
-        records, source = read_jsonl(args.labels), {"kind": "jsonl", "path": str(args.labels)}
-    elif args.topic is not None:
-        if not settings.kafka_bootstrap:
-            print("--topic needs BIDDER_KAFKA_BOOTSTRAP", file=sys.stderr)
-            return 2
-        snap = read_topic_snapshot(settings.kafka_bootstrap, settings=settings, topic=args.topic)
-        records = snap.records
-        source = {"kind": "topic", "topic": args.topic, "bootstrap": settings.kafka_bootstrap,
-                  "end_offsets": {str(p): o for p, o in snap.end_offsets.items()}, "not_objects": snap.skipped}
-    else:
-        from onnx_models.traffic import SimConfig, simulate
-
-        cfg = {"small": SimConfig.small(), "medium": SimConfig(n_log=10_000), "full": SimConfig()}[args.simulate]
-        log = simulate(cfg, seed=args.seed)
-        records, source = records_from_traffic(log), {"kind": "simulator", "config": args.simulate,
-                                                      "seed": args.seed, "world_seed": cfg.world_seed}
-        mature = 0.0 if args.mature_after_s is None else args.mature_after_s  # offline labels are final
-    hours = (args.train_hours, args.test_hours)
-    ds = freeze(records, root=args.root, mature_after_s=mature, clock=_wall_clock, train_frac=args.train_frac,
-                train_s=None if hours[0] is None else hours[0] * 3600.0,
-                test_s=None if hours[1] is None else hours[1] * 3600.0, source=source)
-    print(json.dumps({"id": ds.id, "rows": ds.entry["rows"], "window": ds.entry["window"],
-                      "maturity": ds.entry["maturity"], "source": ds.entry["source"]}, indent=1))
-    return 0
+Source = tuple[Iterable[Mapping[str, Any]], dict[str, Any]]
+"""label records to freeze, and what the manifest records as their ``source``"""
+SIMULATIONS = ("small", "medium", "full")
+"""sizes of the offline simulator's traffic (:mod:`onnx_models.traffic`) a dataset can be frozen from"""
 
 
-def _wall_clock() -> float:
-    return datetime.now(UTC).timestamp()
+def jsonl_source(path: Path) -> Source:
+    """The records of a JSONL dump of the labels topic."""
+    return read_jsonl(path), {"kind": "jsonl", "path": str(path)}
+
+
+def topic_source(bootstrap: str, *, settings: Settings, topic: str) -> Source:
+    """Everything in ``topic`` from the beginning up to its end offsets now."""
+    snap = read_topic_snapshot(bootstrap, settings=settings, topic=topic)
+    return snap.records, {"kind": "topic", "topic": topic, "bootstrap": bootstrap,
+                          "end_offsets": {str(p): o for p, o in snap.end_offsets.items()}, "not_objects": snap.skipped}
+
+
+def simulator_source(size: str, *, seed: int) -> Source:
+    """Offline simulator traffic with the oracle's probabilities; its labels are final (mature at once)."""
+    from onnx_models.traffic import SimConfig, simulate
+
+    cfg = {"small": SimConfig.small(), "medium": SimConfig(n_log=10_000), "full": SimConfig()}[size]
+    log = simulate(cfg, seed=seed)
+    return records_from_traffic(log), {"kind": "simulator", "config": size, "seed": seed,
+                                       "world_seed": cfg.world_seed}

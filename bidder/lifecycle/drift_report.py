@@ -7,17 +7,15 @@ shift / missing share in the title. Columns inside an alert episode get a red fr
 figure title names them. Rendering uses matplotlib's Agg canvas directly (no pyplot, no global
 backend switch), so it is safe inside a worker or a test.
 
-``bidder drift report`` is :func:`main`: either render a monitor snapshot
-(``DriftMonitor.snapshot()`` as JSON, ``--snapshot FILE``) or run the seeded offline demo
-(``--demo``: a stationary stream, then an injected drift, through
-:func:`streams.harness.drift_demo.run_demo`) and write the
-PNG (and with ``--html`` a page with the picture and a statistics table). ``docs/drift-report.png``
+``bidder drift report`` either renders a monitor snapshot (``DriftMonitor.snapshot()`` as JSON,
+``--snapshot FILE``, read by :func:`load_snapshot`) or runs the seeded offline demo (``--demo``: a
+stationary stream, then an injected drift, through :func:`streams.harness.drift_demo.run_demo`) and
+writes the PNG (and with ``--html`` a page with the picture and a statistics table). ``docs/drift-report.png``
 is ``bidder drift report --demo --out docs/drift-report.png``.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import math
@@ -33,7 +31,7 @@ from matplotlib.figure import Figure
 from bidder.drift import STATISTICS, DriftMonitor
 from bidder.profile import FeatureProfile
 
-__all__ = ["main", "write_report"]
+__all__ = ["load_snapshot", "write_report"]
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -147,49 +145,6 @@ def _write_html(out: Path, png: Path, monitor: DriftMonitor, head: str) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``bidder drift report``: render a snapshot, or run the offline injected-drift demo."""
-    p = argparse.ArgumentParser(prog="bidder drift report", description=__doc__.split("\n\n")[0])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--snapshot", type=Path, help="JSON of DriftMonitor.snapshot() to render")
-    src.add_argument("--demo", action="store_true", help="run the seeded injected-drift demo offline")
-    p.add_argument("--out", type=Path, default=Path("docs/drift-report.png"), help="PNG to write")
-    p.add_argument("--html", type=Path, default=None, help="also write an HTML page here")
-    p.add_argument("--feature", default="relevance", help="demo: feature to drift ('none': no drift)")
-    p.add_argument("--kind", default="scale", choices=["scale", "shift", "missing", "remap"])
-    p.add_argument("--amount", type=float, default=10.0)
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--queries-after", type=int, default=600, help="demo: queries after the injection")
-    p.add_argument("--reference-queries", type=int, default=2000, help="demo: queries fitting the reference")
-    p.add_argument("--stationary-queries", type=int, default=2000, help="demo: watched before the drift")
-    args = p.parse_args(argv)
-    if args.snapshot is not None:
-        monitor = DriftMonitor.from_snapshot(
-            orjson.loads(args.snapshot.read_bytes()), rng=np.random.default_rng(0)
-        )
-        title = ""
-    else:
-        from streams.harness.drift_demo import run_demo
-
-        feature = None if args.feature == "none" else str(args.feature)
-        res = run_demo(
-            injection_feature=feature,
-            kind=args.kind,
-            amount=args.amount,
-            seed=args.seed,
-            queries_after=args.queries_after,
-            reference_queries=args.reference_queries,
-            stationary_queries=args.stationary_queries,
-        )
-        for q, ev in res.events:
-            print(f"query {q:+d}: {ev.describe()}")
-        monitor = res.monitor
-        inj = res.injection
-        title = (
-            "demo, no drift"
-            if inj is None
-            else f"demo: {inj.feature} {inj.kind} {inj.amount:g}, {args.queries_after} queries after"
-        )
-    out = write_report(monitor, args.out, html_path=args.html, title=title)
-    print(f"wrote {out}" + (f" and {args.html}" if args.html else ""))
-    return 0
+def load_snapshot(path: Path) -> DriftMonitor:
+    """The monitor a ``DriftMonitor.snapshot()`` JSON file describes (its sampling seeded, for a report)."""
+    return DriftMonitor.from_snapshot(orjson.loads(Path(path).read_bytes()), rng=np.random.default_rng(0))

@@ -36,7 +36,7 @@ import numpy as np
 from bidder.lifecycle.dataset import Fold, fold_labels
 from bidder.lifecycle.scoreboard import Row, evaluate
 
-__all__ = ["fold_online", "online_rows"]
+__all__ = ["board_title", "fold_online", "online_rows"]
 
 
 def fold_online(records: Iterable[Mapping[str, Any]], *, as_of: float, mature_after_s: float) -> Fold:
@@ -78,44 +78,7 @@ def _family(version: str) -> str:
     return head[0] if len(head) == 3 else "?"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``bidder scoreboard --online (--topic labels | --labels FILE.jsonl) [--mature-after-s S]``."""
-    import argparse
-    import sys
-    import time
-    from pathlib import Path
-
-    from bidder.lifecycle import dataset as ds
-    from bidder.lifecycle.scoreboard import plot, render
-    from bidder.settings import Settings
-
-    ap = argparse.ArgumentParser(prog="bidder scoreboard --online",
-                                 description="online metrics per model version (serving and shadow) from labels")
-    ap.add_argument("--online", action="store_true", help=argparse.SUPPRESS)
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--topic", help="read this labels topic from the beginning (BIDDER_KAFKA_BOOTSTRAP)")
-    src.add_argument("--labels", type=Path, help="JSONL dump of the labels topic")
-    ap.add_argument("--mature-after-s", type=float, default=None,
-                    help="judge impressions at least this old (default: click window + attribution window)")
-    ap.add_argument("--as-of", type=float, default=None, help="event time of 'now' (default: the wall clock)")
-    ap.add_argument("--plot", type=Path, default=None, help="also write the scoreboard plot here")
-    args = ap.parse_args(argv)
-    settings = Settings()
-    if args.topic is not None:
-        if not settings.kafka_bootstrap:
-            print("--topic needs BIDDER_KAFKA_BOOTSTRAP", file=sys.stderr)
-            return 2
-        records: Iterable[Mapping[str, Any]] = ds.read_labels_topic(settings.kafka_bootstrap, settings=settings,
-                                                                    topic=args.topic)
-    else:
-        records = ds.read_jsonl(args.labels)
-    mature = (settings.click_window_s + settings.attribution_window_s if args.mature_after_s is None
-              else args.mature_after_s)
-    fold = fold_online(records, as_of=time.time() if args.as_of is None else args.as_of, mature_after_s=mature)
-    rows = online_rows(fold)
-    title = (f"online: {fold.n} matured impressions ({int(fold.rows['clicked'].sum())} clicked, "
-             f"{int(fold.rows['converted'].sum())} converted), {fold.immature} not matured")
-    print(render(rows, title=title))
-    if args.plot is not None and rows:
-        print(f"plot: {plot(rows, args.plot, title=title)}")
-    return 0 if rows else 1
+def board_title(fold: Fold) -> str:
+    """What the online scoreboard was judged on: matured impressions, clicks, conversions, not yet matured."""
+    return (f"online: {fold.n} matured impressions ({int(fold.rows['clicked'].sum())} clicked, "
+            f"{int(fold.rows['converted'].sum())} converted), {fold.immature} not matured")

@@ -78,13 +78,11 @@ A watcher polls ``CHAMPION`` (mtime or content); when ``release`` changes it loa
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -103,7 +101,7 @@ from bidder.lifecycle.scoreboard import auc, row_log_loss
 from bidder.scoring import Models, family_in, load_models
 
 __all__ = ["BEHAVIOUR", "EXPLAINED", "Check", "Limits", "PromotionReport", "Replay", "compare", "find_champion",
-           "install_release", "main", "model_source", "promote", "release_name"]
+           "install_release", "model_source", "promote", "release_name", "trained_on"]
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -536,36 +534,9 @@ def promote(
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``bidder promote MODEL [--force --reason TEXT] [--model-dir DIR] [--dataset ID]``; 0 promoted
-    (or forced), 1 refused."""
-    from bidder.lifecycle import dataset as ds
+def trained_on(challenger_dir: Path) -> str:
+    """The frozen dataset a challenger was trained on, as its CTR sidecar records it ('' if it names none)."""
     from bidder.model_meta import ModelMeta
-    from bidder.settings import Settings
 
-    ap = argparse.ArgumentParser(prog="bidder promote", description="gate and install a challenger model pair")
-    ap.add_argument("model", help="a directory with <family>_{ctr,cvr}.{onnx,json}, or a run id under --runs")
-    ap.add_argument("--force", action="store_true")
-    ap.add_argument("--reason", default="")
-    ap.add_argument("--model-dir", type=Path, default=None, help="serving dir (default BIDDER_MODEL_DIR)")
-    ap.add_argument("--dataset", default=None, help="frozen dataset for the replay (default: the challenger's)")
-    ap.add_argument("--datasets-root", type=Path, default=ds.DEFAULT_ROOT)
-    ap.add_argument("--runs", type=Path, default=Path("runs"))
-    args = ap.parse_args(argv)
-    if args.force and not args.reason.strip():
-        ap.error("--force needs --reason TEXT")
-    settings = Settings()
-    src = model_source(args.model, args.runs)
-    family = family_in(src)
-    dataset_id = args.dataset or str(ModelMeta.load(src / f"{family}_ctr.json").training.get("dataset_id", ""))
-    if not dataset_id:
-        ap.error("the challenger names no dataset: pass --dataset ID")
-    data = ds.load(dataset_id, root=args.datasets_root)
-    report = promote(src, model_dir=args.model_dir or settings.model_dir, test=data.test, dataset_id=data.id,
-                     clock=lambda: datetime.now(UTC).timestamp(), force=args.force, reason=args.reason,
-                     champion_family=settings.model_family)
-    print(report.render())
-    if report.decision == "refused":
-        print("refused: pass --force --reason TEXT to override (recorded)", file=sys.stderr)
-        return 1
-    return 0
+    meta = ModelMeta.load(Path(challenger_dir) / f"{family_in(challenger_dir)}_ctr.json")
+    return str(meta.training.get("dataset_id", ""))

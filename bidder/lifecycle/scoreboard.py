@@ -27,10 +27,8 @@ auctioned with, one row per serving model version).
 
 from __future__ import annotations
 
-import argparse
 import io
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,8 +36,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["METRICS", "Row", "auc", "build", "evaluate", "main", "model_rows", "plot", "render", "row_log_loss",
-           "served_rows"]
+__all__ = ["METRICS", "Row", "auc", "build", "dataset_title", "evaluate", "model_rows", "plot", "render",
+           "row_log_loss", "served_rows"]
 
 F64 = npt.NDArray[np.float64]
 METRICS = ("auc", "logloss", "ne", "calibration", "pr_auc")
@@ -249,41 +247,7 @@ def plot(rows: list[Row], path: Path, *, title: str) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``bidder scoreboard --dataset ID [--runs runs/] [--plot scoreboard.png] [--trials]``; with ``--online``
-    the serving and shadow model versions on live labels instead (:mod:`bidder.lifecycle.online_board`)."""
-    from datetime import UTC, datetime
-
-    from bidder.lifecycle import dataset as ds
-    from bidder.lifecycle.tracking import RunStore
-
-    args_in = sys.argv[1:] if argv is None else list(argv)
-    if "--online" in args_in:
-        from bidder.lifecycle import online_board
-
-        return online_board.main(args_in)
-
-    ap = argparse.ArgumentParser(prog="bidder scoreboard", description="every recorded run on a frozen test set",
-                                 epilog="--online (--topic labels | --labels FILE): serving and shadow model "
-                                        "versions on live labels instead (bidder scoreboard --online --help)")
-    ap.add_argument("--dataset", required=True)
-    ap.add_argument("--datasets-root", type=Path, default=ds.DEFAULT_ROOT)
-    ap.add_argument("--runs", type=Path, default=Path("runs"))
-    ap.add_argument("--plot", type=Path, default=Path("scoreboard.png"))
-    ap.add_argument("--trials", action="store_true", help="also list tuning trials (validation metrics)")
-    ap.add_argument("--models", action="append", default=[], metavar="DIR[:FAMILY]",
-                    help="also score this ONNX pair on the test set, e.g. onnx_models:mlp (repeatable)")
-    ap.add_argument("--served", action="store_true", help="also score the predictions the test rows were served with")
-    args = ap.parse_args(argv)
-    data = ds.load(args.dataset, root=args.datasets_root)
-    store = RunStore(args.runs, clock=lambda: datetime.now(UTC).timestamp())
-    rows = build(data, store.runs(), include_trials=args.trials)
-    for spec in args.models:
-        path, _, fam = spec.rpartition(":") if ":" in spec else (spec, "", "")
-        rows += model_rows(data, Path(path), fam or None)
-    if args.served:
-        rows += served_rows(data)
-    title = f"dataset {data.id}: test {data.entry['window']['train_end_utc']} .. {data.entry['window']['test_end_utc']}"
-    print(render(rows, title=title))
-    print(f"plot: {plot(rows, args.plot, title=title)}")
-    return 0
+def dataset_title(data: Any) -> str:
+    """The scoreboard's title for a frozen dataset: its id and the test window."""
+    window = data.entry["window"]
+    return f"dataset {data.id}: test {window['train_end_utc']} .. {window['test_end_utc']}"

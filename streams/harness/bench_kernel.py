@@ -1,7 +1,9 @@
 """Kernel benchmark: the in-process bidding pipeline beside bare ``InferenceSession.run``, same run.
 
-    python -m streams.harness.bench_kernel [--provider cpu|cuda] [--candidates 600] [--family mlp|gbdt|lr] [--json]
-    python -m streams.harness.bench_kernel --provider cuda --queries-per-batch 1,8,16,32 [--calls 300] [--json]
+    bidder bench kernel [--provider cpu|cuda] [--candidates 600] [--family mlp|gbdt|lr] [--json]
+    bidder bench kernel --provider cuda --queries-per-batch 1,8,16,32 [--calls 300] [--json]
+
+(``python -m streams.harness.bench_kernel`` is the same command.)
 
 Setup (untimed): a seeded :class:`streams.harness.market.World` loaded into a catalog, rolling stats warmed
 with synthetic history, a set of prepared queries, and for each query its gathered feature matrix.
@@ -27,16 +29,15 @@ Per variant and ``k``: per-call p50/p99 ms, queries/s, candidates/s and host CPU
 A variant that fails to load or run (e.g. CUDA graphs on a model with CPU-only nodes) is reported under
 ``errors`` and the rest still runs.
 
-Only numpy, onnxruntime and this package need to be importable (the GPU machine has nothing else):
-no faust, aiokafka, pydantic or orjson. ``bidder.events`` imports orjson for ``encode``, which the
-benchmark never calls; when orjson is absent a stand-in module that refuses to encode is registered.
+The functions here need only numpy, onnxruntime and this package (the GPU machine has nothing else):
+no faust, aiokafka, pydantic, orjson or click (``scripts/gpu_bench.sh`` calls :func:`run_batch_bench`
+directly). ``bidder.events`` imports orjson for ``encode``, which the benchmark never calls; when orjson
+is absent a stand-in module that refuses to encode is registered.
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
-import json
 import os
 import platform
 import sys
@@ -50,7 +51,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["main", "run_batch_bench", "run_bench", "summarize", "summarize_calls"]
+__all__ = ["batch_failed", "print_batch_report", "print_report", "run_batch_bench", "run_bench", "summarize",
+           "summarize_calls"]
 
 F32 = npt.NDArray[np.float32]
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "onnx_models"
@@ -372,7 +374,8 @@ def run_batch_bench(
     }
 
 
-def _print_batch_text(r: dict[str, Any]) -> None:
+def print_batch_report(r: dict[str, Any]) -> None:
+    """A batch-mode result as a text table."""
     print(f"family={r['family']} candidates={r['candidates']} calls={r['calls']} providers={r['providers_run']}")
     print(f"{'prov':5s} {'k':>3s} {'variant':12s} {'p50 ms':>9s} {'p99 ms':>9s} {'q/s':>10s} {'cand/s':>12s} "
           f"{'cpu us/q':>9s}")
@@ -476,7 +479,8 @@ def run_bench(
     }
 
 
-def _print_text(r: dict[str, Any]) -> None:
+def print_report(r: dict[str, Any]) -> None:
+    """A single-query result as a text table."""
     print(
         f"family={r['family']} provider={r['provider']} sessions={r['session_providers']['ctr'][0]} "
         f"candidates={r['candidates']} iterations={r['iterations']} threads={r['intra_op_threads']}"
@@ -492,62 +496,12 @@ def _print_text(r: dict[str, Any]) -> None:
     print("pipeline stages p50 ms: " + ", ".join(f"{k}={v:.4f}" for k, v in r["stages_p50_ms"].items()))
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        ks = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
-    if not ks or min(ks) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return ks
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="bidder bench kernel", description=__doc__.split("\n")[0])
-    ap.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
-    ap.add_argument("--candidates", type=int, default=600)
-    ap.add_argument("--family", choices=["mlp", "gbdt", "lr", "mlp_int8"], default="mlp")
-    ap.add_argument("--iterations", type=int, default=3000)
-    ap.add_argument("--warmup", type=int, default=200)
-    ap.add_argument("--threads", type=int, default=1, help="intra_op_num_threads")
-    ap.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
-    ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("--queries-per-batch", type=_int_list, default=None, metavar="K,K,...",
-                    help="batch mode: queries per scoring call, e.g. 1,8,16,32 (CPU baseline always runs too)")
-    ap.add_argument("--calls", type=int, default=300, help="batch mode: timed calls per variant and K")
-    ap.add_argument("--no-cuda-graphs", action="store_true", help="batch mode: skip the CUDA-graph variant")
-    ap.add_argument("--gpu-mem-limit-bytes", type=int, default=None)
-    args = ap.parse_args(argv)
-    if args.queries_per_batch is not None:
-        batch = run_batch_bench(
-            provider=args.provider, queries_per_batch=args.queries_per_batch, candidates=args.candidates,
-            family=args.family, calls=args.calls, warmup=min(args.warmup, 50), intra_op_threads=args.threads,
-            model_dir=args.model_dir, seed=args.seed, cuda_graphs=not args.no_cuda_graphs,
-            gpu_mem_limit_bytes=args.gpu_mem_limit_bytes,
-        )
-        if args.json:
-            print(json.dumps(batch))
-        else:
-            _print_batch_text(batch)
-        missing = [p for p in batch["providers_run"] if not batch["results"].get(p)]
-        return 2 if missing or batch["errors"] else 0
-    result = run_bench(
-        provider=args.provider,
-        candidates=args.candidates,
-        family=args.family,
-        iterations=args.iterations,
-        warmup=args.warmup,
-        intra_op_threads=args.threads,
-        model_dir=args.model_dir,
-        seed=args.seed,
-    )
-    if args.json:
-        print(json.dumps(result))
-    else:
-        _print_text(result)
-    return 0
+def batch_failed(r: dict[str, Any]) -> bool:
+    """True when a batch-mode run left a provider without results or a variant failed (exit status 2)."""
+    return bool(r["errors"]) or any(not r["results"].get(p) for p in r["providers_run"])
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from streams.cli.bench import kernel  # the command line lives in the CLI
+
+    kernel(prog_name="python -m streams.harness.bench_kernel")

@@ -30,11 +30,9 @@ are expected: they are counted as ``redelivered`` and must change nothing else.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import math
 import os
@@ -54,7 +52,6 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError, OutOfOrderSequenceNumber, ProducerClosed
 from aiokafka.structs import ConsumerRecord
-from rich.console import Console
 from rich.table import Table
 
 from bidder.events import AuctionOutcome, Click, Listing, Purchase, Shop, Winner, encode
@@ -71,7 +68,7 @@ from streams.process import WorkerProcess
 from streams.producer import EventProducer, key_of, topic_of
 from streams.workarounds import committed_offsets, fail_queued
 
-__all__ = ["SCENARIOS", "Cluster", "Figures", "Run", "ScenarioConfig", "Traffic", "main", "run_scenario",
+__all__ = ["SCENARIOS", "Cluster", "Figures", "Run", "ScenarioConfig", "Traffic", "run_scenario",
            "verify"]
 
 INPUT_TOPICS = ("queries", "clicks", "purchases", "listings", "shops")
@@ -1552,27 +1549,7 @@ def figure_table(f: Figures) -> Table:
     return t
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``bidder chaos NAME``: run one scenario, print its figure table; exit 1 if a check failed."""
-    p = argparse.ArgumentParser(prog="bidder chaos", description=__doc__.split("\n")[0] if __doc__ else None)
-    p.add_argument("name", choices=sorted(SCENARIOS))
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--duration", type=float, default=None, help="seconds of traffic (scenarios that have it)")
-    p.add_argument("--workdir", type=Path, default=None, help="keep broker/worker logs here")
-    p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
-    a = p.parse_args(argv)
-    overrides = {"duration_s": a.duration} if a.duration else {}
-
-    def interrupted(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt  # asyncio.run cancels the scenario; its finally stops broker and workers
-
-    signal.signal(signal.SIGTERM, interrupted)
-    f = asyncio.run(run_scenario(a.name, workdir=a.workdir, seed=a.seed, **overrides))
-    Console().print(figure_table(f))
-    if a.json:
-        a.json.write_text(json.dumps({**asdict(f), "ok": f.ok}, indent=1, default=str))
-    return 0 if f.ok else 1
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from streams.cli.chaos import chaos  # the command line lives in the CLI
+
+    chaos(prog_name="python -m streams.harness.chaos")

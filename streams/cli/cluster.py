@@ -1,4 +1,7 @@
-"""The ``bidder`` command line (click). Each command is a thin shell over a library function."""
+"""Commands that run the streaming system: an embedded broker, topics, the simulator, a worker, the demo.
+
+:func:`kafka_bootstrap` and :func:`stop_children_on_signals` serve every command that starts a cluster
+(``bench e2e`` and ``chaos`` too)."""
 
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ import click
 
 from bidder.settings import Settings
 
-__all__ = ["kafka_bootstrap", "main", "stop_children_on_signals"]
+__all__ = ["broker", "demo", "kafka_bootstrap", "produce", "simulate", "stop_children_on_signals", "topics",
+           "worker"]
 
 
 @contextlib.contextmanager
@@ -45,14 +49,7 @@ def stop_children_on_signals() -> None:
         signal.signal(sig, signal.default_int_handler)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.pass_context
-def main(ctx: click.Context) -> None:
-    """Streaming real-time ad bidder. Settings come from BIDDER_* environment variables."""
-    ctx.obj = Settings()
-
-
-@main.command()
+@click.command()
 @click.option("--port", type=int, default=None, help="loopback port (default: a free one)")
 @click.option("--kind", type=click.Choice(["noida", "tansu"]), default=None, help="default: BIDDER_BROKER_KIND")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="noida data directory")
@@ -85,7 +82,7 @@ def broker(settings: Settings, port: int | None, kind: str | None, data_dir: Pat
         click.echo("broker stopped")
 
 
-@main.group()
+@click.group()
 def topics() -> None:
     """Topic administration."""
 
@@ -104,7 +101,7 @@ def topics_create(settings: Settings, bootstrap: str | None) -> None:
         click.echo(f"{name:14s} {status}")
 
 
-@main.command()
+@click.command()
 @click.option("--rate", type=float, default=50.0, show_default=True, help="queries per second (open loop)")
 @click.option("--duration", type=float, default=10.0, show_default=True, help="seconds of traffic")
 @click.option("--seed", type=int, default=7, show_default=True)
@@ -149,7 +146,7 @@ def simulate(settings: Settings, rate: float, duration: float, seed: int, candid
     console.print(table)
 
 
-@main.command()
+@click.command()
 @click.argument("file", type=click.File("rb"))
 @click.option("--topic", required=True, help="topic to write every line to")
 @click.option("--bootstrap", default=None, help="default: BIDDER_KAFKA_BOOTSTRAP")
@@ -165,7 +162,7 @@ def produce(settings: Settings, file: Any, topic: str, bootstrap: str | None) ->
     click.echo(f"produced {n} records to {topic}")
 
 
-@main.command()
+@click.command()
 @click.pass_obj
 def worker(settings: Settings) -> None:
     """Run one bidder worker (production entry point; needs BIDDER_KAFKA_BOOTSTRAP)."""
@@ -176,25 +173,7 @@ def worker(settings: Settings) -> None:
     run_worker(settings)
 
 
-@main.group()
-def bench() -> None:
-    """Benchmarks."""
-
-
-_ARGPARSE = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
-"""a command whose options (and --help) belong to an argparse ``main(argv)``"""
-
-
-@bench.command("kernel", context_settings=_ARGPARSE)
-@click.pass_context
-def bench_kernel(ctx: click.Context) -> None:
-    """Hot-path kernel benchmark: the pipeline beside bare ONNX Runtime calls (--help for options)."""
-    from streams.harness.bench_kernel import main as kernel_main
-
-    ctx.exit(kernel_main(list(ctx.args)))
-
-
-@main.command()
+@click.command()
 @click.option("--seconds", type=float, default=60.0, show_default=True, help="seconds of traffic")
 @click.option("--rate", type=float, default=50.0, show_default=True,
               help="queries per second (open loop); what 2 cores sustain with broker, worker and simulator")
@@ -230,112 +209,3 @@ def demo(settings: Settings, seconds: float, rate: float, seed: int, drain_s: fl
         for reason in summary.numbers.get("failed_checks", []):
             click.echo(f"demo failed: {reason}", err=True)
         raise SystemExit(1)
-
-
-@main.group()
-def drift() -> None:
-    """Feature drift: reports and live alerts."""
-
-
-@drift.command("report", context_settings=_ARGPARSE)
-@click.pass_context
-def drift_report(ctx: click.Context) -> None:
-    """Reference vs live distributions as a picture (--help for options)."""
-    from bidder.lifecycle.drift_report import main as report_main
-
-    ctx.exit(report_main(list(ctx.args)))
-
-
-@drift.command("watch")
-@click.option("--bootstrap", default=None, help="default: BIDDER_KAFKA_BOOTSTRAP")
-@click.option("--from-beginning", is_flag=True, help="replay past alerts first")
-@click.option("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
-@click.pass_obj
-def drift_watch(settings: Settings, bootstrap: str | None, from_beginning: bool, seconds: float | None) -> None:
-    """Follow the drift-alerts topic live."""
-    from streams.watch import watch_drift_alerts
-
-    target = bootstrap or settings.kafka_bootstrap
-    if not target:
-        raise click.UsageError("set BIDDER_KAFKA_BOOTSTRAP (or --bootstrap)")
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(watch_drift_alerts(settings, bootstrap=target, from_beginning=from_beginning,
-                                       seconds=seconds, echo=click.echo))
-
-
-@bench.command("e2e")
-@click.option("--rate", type=float, default=50.0, show_default=True, help="queries/s offered (open loop)")
-@click.option("--seconds", type=float, default=20.0, show_default=True, help="seconds per rate")
-@click.option("--sweep", is_flag=True, help="also try rising rates; report the highest with p99 <= 50 ms")
-@click.option("--rates", default="25,75,100,150,200,300", show_default=True, help="rates for --sweep")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_obj
-def bench_e2e(settings: Settings, rate: float, seconds: float, sweep: bool, rates: str, as_json: bool) -> None:
-    """Query produced -> outcome consumed, open loop, beside an echo agent with the same client settings."""
-    stop_children_on_signals()
-    import orjson
-    from rich.console import Console
-    from rich.table import Table
-
-    from streams.harness.bench_e2e import run_bench
-
-    console = Console(stderr=True)
-    plan = [rate] + ([float(r) for r in rates.split(",") if float(r) != rate] if sweep else [])
-    with kafka_bootstrap(settings) as bootstrap:
-        result = run_bench(settings, bootstrap=bootstrap, rates=plan, seconds=seconds,
-                           progress=console.log)
-    if as_json:
-        click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
-        return
-    table = Table(title="bench e2e (ms)")
-    for col in ("run", "offered q/s", "achieved q/s", "p50", "p99", "p999", "model p99", "received/sent",
-                "in flight", "lost", "CPU ms/query worker/broker/driver"):
-        table.add_column(col, justify="right")
-    echo = result["echo"]
-    table.add_row("echo", f"{rate:g}", "-", str(echo["p50_ms"]), str(echo["p99_ms"]), str(echo["p999_ms"]), "-",
-                  f"{echo['received']}/{echo['sent']}", "-", "-", "-")
-    for r in result["runs"]:
-        a, cpu = r["accounting"], r["cpu_ms_per_query"]
-        table.add_row("bidder", f"{r['rate_offered']:g}", f"{r['rate_achieved']:g}", str(r["e2e"]["p50_ms"]),
-                      str(r["e2e"]["p99_ms"]), str(r["e2e"]["p999_ms"]), str(r["model"]["p99_ms"]),
-                      f"{r['received']}/{r['sent']}", str(a["in_flight"]), str(a["lost"]),
-                      " / ".join("-" if cpu[k] is None else f"{cpu[k]:.1f}" for k in ("worker", "broker", "driver")))
-    Console().print(table)
-    click.echo(f"kernel ({result['kernel']['family']}, one core): {result['kernel_qps']} q/s; "
-               f"highest rate with p99 <= 50 ms and nothing lost: {result['max_rate_p99_le_50ms']}; "
-               f"(e2e p99 - model p99) / echo p99 = {result['overhead_vs_echo']}")
-
-
-@main.command("chaos", context_settings=_ARGPARSE)
-@click.pass_context
-def chaos(ctx: click.Context) -> None:
-    """Run one fault scenario (t1 worker kill, t2 broker restart, t4 hostile, t5 clicks, t6 redelivery)
-    and print its figure table (--help for options)."""
-    from streams.harness.chaos import main as chaos_main
-
-    stop_children_on_signals()
-
-    ctx.exit(chaos_main(list(ctx.args)))
-
-
-def _passthrough(name: str, module: str, doc: str) -> None:
-    """A command whose options belong to an argparse ``main(argv)`` in ``module``."""
-
-    @main.command(name, help=doc, context_settings=_ARGPARSE)
-    @click.pass_context
-    def command(ctx: click.Context) -> None:
-        import importlib
-
-        ctx.exit(importlib.import_module(module).main(list(ctx.args)))
-
-
-_passthrough("dataset", "bidder.lifecycle.dataset",
-             "Frozen, content-hashed datasets from matured labels: freeze | list | verify ID (--help for more).")
-_passthrough("train", "onnx_models.lifecycle",
-             "Train CTR+CVR of a family on a frozen dataset, record the run, optional --trials N (Optuna TPE).")
-_passthrough("scoreboard", "bidder.lifecycle.scoreboard",
-             "Every recorded run on a frozen test set, side by side, with the oracle; table and plot.")
-_passthrough("promote", "bidder.lifecycle.promotion",
-             "Gate a challenger against the serving champion; promote atomically or refuse with a report.")
-_passthrough("shadow", "bidder.shadow",
-             "Score live traffic with a challenger beside the champion: start MODEL | stop | status.")

@@ -45,6 +45,7 @@ from bidder.events import Click, Purchase, Query, to_json
 from bidder.features import DEVICES, PAGES, Priors, QueryContext
 from bidder.microbatch import MicroBatcher
 from bidder.pipeline import BidPipeline
+from bidder.purchase_decisions import Conversion, PurchaseBatch, Repeated
 from bidder.scoring import Models, load_models
 from bidder.settings import Settings
 from bidder.shadow import shadow_outcomes
@@ -580,55 +581,51 @@ class Runtime:
 
     # -- purchases -> labels -------------------------------------------------------------------------
     async def handle_purchase(self, message: Any) -> None:
+        """Decide the purchase (:class:`bidder.purchase_decisions.PurchaseBatch`); a purchase whose click is
+        not decided here yet is decided again after catching up on ``billing``, then after waiting for
+        that click (``await_sent_click``); write its label update or its dead letter."""
         purchase = self.decode(message, self.clock())
         if isinstance(purchase, Rejection):
             await self.dead_letter(message, purchase)
             return
         assert isinstance(purchase, Purchase)
-        if self.state.order_attributed(purchase.order_id):
-            self.counts["purchases_repeated"] += 1
-            return
-        ref = self.state.clicks.attribute(user_id=purchase.user_id, listing_id=purchase.listing_id,
-                                          ts=purchase.ts)
-        if ref is None:
+        state = self.state
+        batch = PurchaseBatch(clicks=state.clicks, sent=state.clicks_sent, attributed=state.order_attributed)
+        decision = batch.decide(purchase)
+        if isinstance(decision, Rejection):
             await self.replica.wait_caught_up(["billing"])
-            ref = self.state.clicks.attribute(user_id=purchase.user_id, listing_id=purchase.listing_id,
-                                              ts=purchase.ts)
-        if ref is None:
-            ref = await self.await_sent_click(purchase)
-        if ref is None:
-            await self.dead_letter(message, Rejection(
-                "unattributed_purchase",
-                f"no click by user {purchase.user_id} on listing {purchase.listing_id} in the "
-                f"{self.settings.attribution_window_s:.0f}s before {purchase.ts}"))
-            return
-        await (await self.send("labels", ref.query_id.encode(), orjson.dumps(label_update(
-            query_id=ref.query_id, slot=ref.slot, listing_id=purchase.listing_id, ts=purchase.ts,
-            click_id=ref.click_id, order_id=purchase.order_id))))
-        self.counts["purchases_attributed"] += 1
-        self.metrics.conversions.inc()
+            decision = batch.attribute(purchase)
+        if isinstance(decision, Rejection):
+            decision = await self.await_sent_click(batch, purchase, decision)
+        if isinstance(decision, Repeated):
+            self.counts["purchases_repeated"] += 1
+        elif isinstance(decision, Rejection):
+            await self.dead_letter(message, decision)
+        else:
+            await (await self.send("labels", decision.click.query_id.encode(), orjson.dumps(decision.label())))
+            self.counts["purchases_attributed"] += 1
+            self.metrics.conversions.inc()
 
-    async def await_sent_click(self, purchase: Purchase) -> Any:
+    async def await_sent_click(self, batch: PurchaseBatch, purchase: Purchase, refused: Rejection
+                               ) -> Conversion | Rejection:
         """The click a purchase belongs to may be on the ``clicks`` topic but not decided yet: clicks and
         purchases are two topics read by two agents (on any worker), and a buyer can buy within a second
         of clicking. Refusing the purchase then loses a real conversion (the labels' CVR would be biased
         low), so wait for that click's ledger line, at most ``purchase_click_wait_s``. A purchase
-        with no such click sent is refused at once."""
+        with no such click sent is refused at once (``refused``)."""
         await self.replica.wait_caught_up(["clicks"])
-        sent = self.state.clicks_sent.attribute(user_id=purchase.user_id, listing_id=purchase.listing_id,
-                                                ts=purchase.ts)
+        sent = batch.awaited_click(purchase)
         if sent is None:
-            return None
+            return refused
         self.counts["purchases_waited"] += 1
         deadline = time.monotonic() + self.settings.purchase_click_wait_s
         while True:
-            ref = self.state.clicks.attribute(user_id=purchase.user_id, listing_id=purchase.listing_id,
-                                              ts=purchase.ts)
+            decision = batch.attribute(purchase)
             remaining = deadline - time.monotonic()
-            if ref is not None or remaining <= 0:
-                return ref
+            if isinstance(decision, Conversion) or remaining <= 0:
+                return decision
             if self.state.ledger.seen(sent.click_id) is not None:
-                return None  # decided without a click to attribute to (e.g. a later, refused resend)
+                return decision  # decided without a click to attribute to (e.g. a later, refused resend)
             await self.replica.wait_caught_up(["billing"], timeout_s=remaining)
             await asyncio.sleep(min(0.02, max(remaining, 0.0)))
 

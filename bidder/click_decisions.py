@@ -1,6 +1,6 @@
 """Which ledger line a click gets, decided for a batch of clicks in order: pure, no I/O.
 
-The bill agent (``streams/app.py``) reads a batch of clicks of its partitions, makes sure its view is
+The bill agent (``streams/agents.py``) reads a batch of clicks of its partitions, makes sure its view is
 caught up (the partition's ledger, the auctions the clicks name), and hands each click to
 :meth:`ClickBatch.decide` in order; it writes the lines that come back, and dead-letters the rejections
 with their reasons. A click is

@@ -55,7 +55,7 @@ class BidderState:
         self.clicks = ClickIndex(window_s=attribution_window_s)
         self.clicks_sent = ClickIndex(window_s=attribution_window_s)
         """clicks as they are on the ``clicks`` topic, decided or not: a purchase that finds no billed
-        click but a sent one waits for its decision instead of being refused (``Runtime.handle_purchase``)"""
+        click but a sent one waits for its decision instead of being refused (``streams.agents.handle_purchase``)"""
         self.ledger_applied: dict[int, int] = {}
         self._orders: OrderedDict[str, None] = OrderedDict()
         self.counts: Counter[str] = Counter()

@@ -10,7 +10,7 @@ them).
 
 Each reader owns one repairer and asks it, for every record it reads, what was skipped before it
 (:meth:`GapRepairer.missed_before`): normally nothing, one dict lookup. Used by the Faust agents
-(:mod:`streams.app`), the replica (:mod:`streams.replicator`), the demo monitor, ``dataset freeze`` and
+(:mod:`streams.agents`), the replica (:mod:`streams.replicator`), the demo monitor, ``dataset freeze`` and
 the chaos harness's readers (:mod:`streams.harness.chaos`).
 """
 

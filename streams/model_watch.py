@@ -59,7 +59,7 @@ def check_finite(models: Models) -> None:
 
 
 class ModelWatcher:
-    """Polls ``CHAMPION`` and swaps models into a runtime (``streams.app.Runtime``)."""
+    """Polls ``CHAMPION`` and swaps models into a runtime (``streams.runtime.Runtime``)."""
 
     def __init__(self, runtime: Any, settings: Settings, *, interval_s: float = 1.0) -> None:
         self._rt = runtime

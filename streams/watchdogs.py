@@ -28,7 +28,7 @@ class GroupWatchdog:
     app: Any
     """the Faust app (its ``consumer``)"""
     rt: Any
-    """the worker's ``streams.app.Runtime`` (counts, metrics)"""
+    """the worker's ``streams.runtime.Runtime`` (counts, metrics)"""
     replica: Replicator
     stall_s: float
     _offsets: dict[Any, int] | None = field(default=None, init=False)

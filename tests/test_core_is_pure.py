@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = ("faust", "aiokafka", "mode", "asyncio", "subprocess", "streams")
 CORE = ("events", "decoding", "topics", "catalog", "rolling", "features", "scoring", "model_meta", "autobid",
         "auction", "pacing", "budget", "billing", "click_decisions", "attribution", "auction_log", "state",
-        "pipeline", "microbatch", "drift", "profile", "calibration", "history",
+        "pipeline", "microbatch", "drift", "profile", "calibration", "history", "purchase_decisions",
         "fetch_pacing")
 IMPURE = {"settings": "asyncio", "lifecycle.drift_report": "subprocess", "lifecycle.tracking": "subprocess"}
 """modules of ``bidder/`` that load one of ``FORBIDDEN`` on import (one named each)"""

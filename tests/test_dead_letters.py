@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from bidder.decoding import Rejection
 from bidder.settings import Settings
-from streams.app import InjectedFaultError, Runtime, WorkerNotReadyError
 from streams.deadletter import DETAIL_MAX_CHARS, dead_letter_record, original_bytes
+from streams.outputs import InjectedFaultError, Outputs, WorkerNotReadyError
 
 
 def _record(value: bytes | None, key: bytes | None = b"k", *, detail: str = "d", max_bytes: int = 900_000,
@@ -83,9 +83,8 @@ class _Event:
     message: _Message
 
 
-def _runtime(**settings: Any) -> tuple[Runtime, list[tuple[int, Rejection]]]:
-    rt = Runtime(settings=Settings(**settings), state=None, replica=None, pipeline=None,  # type: ignore[arg-type]
-                 limits=None, topics={})  # type: ignore[arg-type]
+def _runtime(**settings: Any) -> tuple[Outputs, list[tuple[int, Rejection]]]:
+    rt = Outputs(settings=Settings(**settings), topics={})
     letters: list[tuple[int, Rejection]] = []
 
     async def dead_letter(message: Any, rejection: Rejection) -> None:  # the output, recorded
@@ -206,8 +205,7 @@ def test_a_900_kb_query_stops_nothing(case: str, tmp_path: Any, small_world: Any
 def test_a_record_is_dead_lettered_once_but_a_new_record_at_a_reused_offset_is_not_skipped() -> None:
     """A handler tried again refuses the same record again: one dead letter. A memory-only broker that
     came back empty hands the same offsets out again: a different record there gets its own."""
-    rt = Runtime(settings=Settings(), state=None, replica=None, pipeline=None,  # type: ignore[arg-type]
-                 limits=None, topics={})  # type: ignore[arg-type]
+    rt = Outputs(settings=Settings(), topics={})
     written: list[bytes] = []
 
     async def send(topic: str, key: bytes | None, value: bytes, **_: Any) -> Any:  # the output, recorded

@@ -24,11 +24,12 @@ from bidder.events import Listing, Shop, encode
 from bidder.settings import Settings
 from bidder.state import BidderState
 from streams.admin import create_topics
-from streams.app import Runtime
 from streams.broker import embedded_broker
 from streams.gap_repair import GapRepairer, RepairedEvent
 from streams.kafka_config import aiokafka_admin_kwargs, aiokafka_consumer_kwargs, aiokafka_producer_kwargs
+from streams.outputs import Outputs
 from streams.replicator import Replicator
+from streams.runtime import Runtime
 
 pytestmark = pytest.mark.broker
 
@@ -65,7 +66,7 @@ async def read_all(settings: Settings, bootstrap: str, topic: str, n: int) -> li
 def runtime(settings: Settings, bootstrap: str) -> Runtime:
     # with_skipped needs the settings, the repairer and the counters only
     return Runtime(settings=settings, state=None, replica=None, pipeline=None,  # type: ignore[arg-type]
-                   limits=None, topics={},  # type: ignore[arg-type]
+                   limits=None, out=Outputs(settings=settings, topics={}), monitors=None,  # type: ignore[arg-type]
                    repairer=GapRepairer(settings, bootstrap=bootstrap, name="group"))
 
 

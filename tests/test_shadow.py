@@ -92,7 +92,7 @@ def _lr_only(tmp_path: Path) -> Path:
 
 @dataclass
 class _Runtime:
-    """What the watcher touches of ``streams.app.Runtime``."""
+    """What the watcher touches of ``streams.runtime.Runtime``."""
 
     shadow: Models | None = None
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)

@@ -17,7 +17,7 @@ answered; the figures report what was lost and whether the broker lost it.
 records, groups or offsets. The harness recreates the topics and re-sends the catalog (what a
 deployment would do) and leaves the worker running: the worker must find the truncated logs by
 itself (fetch high watermark below its position: streams/replicator.py for its replica, the
-``consumer_lag`` timer in streams/app.py for its group partitions), read them again from the start
+``consumer_lag`` timer in streams/watchdogs.py for its group partitions), read them again from the start
 and keep serving, with the spend it knew from the lost ledger still counted against the budgets.
 """
 

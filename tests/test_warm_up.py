@@ -9,16 +9,15 @@ from bidder.decoding import Limits
 from bidder.drift import DriftEvent
 from bidder.settings import Settings
 from bidder.state import BidderState
-from streams.app import Runtime
 from streams.monitor import OutputTally
+from streams.probes import Probes
 
 T0 = 1_767_272_400.0
 
 
-def _runtime(warm_history_s: float) -> Runtime:
+def _runtime(warm_history_s: float) -> Probes:
     state = BidderState(half_life_s=3600.0, click_window_s=600.0, attribution_window_s=3600.0, limits=Limits())
-    return Runtime(settings=Settings(warm_history_s=warm_history_s), state=state, replica=None,  # type: ignore[arg-type]
-                   pipeline=None, limits=Limits(), topics={})  # type: ignore[arg-type]
+    return Probes(settings=Settings(warm_history_s=warm_history_s), state=state, replica=None)  # type: ignore[arg-type]
 
 
 def _outcome(qid: str, ts: float) -> bytes:

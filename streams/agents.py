@@ -1,0 +1,301 @@
+"""The agents: thin handlers that read (decode, catch up), call the pure core to decide, and write.
+
+=================  =============  ==========================================================  ===========
+agent              topic in       does                                                         out
+=================  =============  ==========================================================  ===========
+``bid``            queries        batches(batch_max) -> decode -> BidPipeline.process         auctions, labels
+``bill``           clicks         charge once by click_id, clamp to budget (concurrency=1)     billing, labels
+``attribute``      purchases      last click by buyer on listing within the window             labels
+(catalog check)     listings/shops validate, outside Faust (``streams/catalog_check.py``)        dead-letters
+=================  =============  ==========================================================  ===========
+
+Sends, dead letters and poison records are ``streams/outputs.py``'s. Effects are idempotent (click ids,
+order ids, query ids) because Faust reprocesses up to one commit interval after every rebalance
+(faust-streaming #502).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import replace
+from typing import Any, NoReturn
+
+import faust
+import orjson
+
+from bidder.attribution import label_update, provisional_labels
+from bidder.billing import LedgerEntry
+from bidder.click_decisions import ClickBatch, ClickDecision
+from bidder.decoding import Rejection
+from bidder.events import AuctionOutcome, Click, Purchase, Query, to_json
+from bidder.purchase_decisions import Conversion, PurchaseBatch, PurchaseDecision, Repeated
+from bidder.shadow import shadow_outcomes
+from streams.batching import batches
+from streams.metrics import STAGES
+from streams.outputs import Handler, WorkerNotReadyError
+from streams.runtime import Runtime
+from streams.workarounds import exit_for_restart
+
+__all__ = ["add_agents", "each_message", "handle_catalog", "handle_clicks", "handle_purchase", "handle_queries"]
+
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+
+
+# -- queries -> auctions ---------------------------------------------------------------------------
+async def handle_queries(rt: Runtime, events: Sequence[Any]) -> None:
+    """The bid agent: decode a batch of queries, run their auctions, write each outcome and its
+    provisional labels, wait for every acknowledgement, then feed the drift and calibration monitors."""
+    start = rt.clock()
+    queries: list[Query] = []
+    sources: dict[str, Any] = {}
+    for ev in events:
+        q = rt.decode(ev.message, start)
+        if isinstance(q, Rejection):
+            await rt.out.dead_letter(ev.message, q)
+        else:
+            queries.append(q)
+            sources[q.query_id] = ev.message
+    if not queries:
+        return
+    pending: list[Any] = []
+    answered = 0
+    for q, o in zip(queries, _run_auctions(rt, queries), strict=True):
+        sent = await _write_outcome(rt, q, o, sources[q.query_id], start)
+        pending += sent
+        answered += bool(sent)
+    await asyncio.gather(*pending)
+    await rt.monitors.watch_drift(start)
+    await rt.monitors.watch_calibration()
+    rt.counts["queries"] += len(queries)
+    rt.metrics.queries.inc(answered)
+    rt.metrics.batch_size.observe(len(events))
+    rt.metrics.replica_lag.set(rt.replica.lag())
+
+
+def _run_auctions(rt: Runtime, queries: list[Query]) -> list[AuctionOutcome]:
+    outcomes = rt.pipeline.process(queries, score=rt.batch_score if rt.batcher is not None else None)
+    if rt.shadow is not None:  # after the auctions: the shadow prices nothing
+        t0 = time.perf_counter()
+        outcomes = shadow_outcomes(rt.shadow, outcomes)
+        rt.metrics.shadow_seconds.observe(time.perf_counter() - t0)
+    return outcomes
+
+
+async def _write_outcome(rt: Runtime, q: Query, o: AuctionOutcome, source: Any, start: float) -> list[Any]:
+    """Send the outcome and its provisional labels (their deliveries, not awaited), or dead-letter a query
+    none of whose candidates is known (nothing sent)."""
+    if o.n_unknown >= o.n_candidates:
+        await rt.out.dead_letter(source, Rejection(
+            "no_known_candidates", f"none of {o.n_candidates} candidate listings is in the catalog"))
+        return []
+    timed = replace(o, timings_ms={**o.timings_ms, "queue": max(0.0, (start - q.ts) * 1000.0)})
+    for name in STAGES:
+        rt.metrics.stage_seconds.labels(stage=name).observe(timed.timings_ms.get(name, 0.0) / 1000.0)
+    data = to_json(timed)
+    key = q.query_id.encode()
+    auction = await rt.out.send("auctions", key, orjson.dumps(data, option=_NUMPY))
+    # impressions become provisional negative examples right away (labels keyed by query)
+    return [auction, await rt.out.send("labels", key, orjson.dumps(provisional_labels(data), option=_NUMPY))]
+
+
+# -- clicks -> billing -----------------------------------------------------------------------------
+async def handle_clicks(rt: Runtime, events: Sequence[Any]) -> None:
+    """The bill agent: decide a batch of clicks in order (:class:`bidder.click_decisions.ClickBatch`: each
+    sees the spend of those before it, not the ledger fold); write the ledger lines and label updates
+    together, wait for every acknowledgement, and only then fold the lines in. A batch cut short (a
+    failed write, a rebalance) leaves the fold untouched: the redelivered clicks are decided again
+    against the ledger as the broker has it. If a write fails the process exits and rebuilds from
+    the ledger."""
+    decisions = await _decide_clicks(rt, events)
+    # nothing is written until every decision is made: the replica folds our own lines as soon as
+    # the broker has them, and the batch's pending spend must not count them a second time. Nothing
+    # after this point raises out of the handler (a failed write exits): a batch tried again record
+    # by record (handle_isolating) never has half of its lines written.
+    try:
+        writes, labels = await _write_click_decisions(rt, decisions)
+        metas = await asyncio.gather(*(f for _, f, _ in writes), *labels)
+    except Exception:
+        exit_for_restart("ledger write failed; exiting so the money state is rebuilt from the ledger",
+                         exc_info=True)
+    for (part, _, entry), meta in zip(writes, metas, strict=False):
+        rt.state.apply_own_ledger(entry, partition=part, offset=int(meta.offset))
+
+
+async def _decide_clicks(rt: Runtime, events: Sequence[Any]) -> list[tuple[int, ClickDecision]]:
+    """(partition, decision) of each click that gets a ledger line; the others are dead-lettered."""
+    state = rt.state
+    batch = ClickBatch(auctions=state.auctions, catalog=state.catalog, ledger=state.ledger,
+                       click_window_s=rt.settings.click_window_s)
+    decisions: list[tuple[int, ClickDecision]] = []
+    now = rt.clock()
+    decoded = [(ev.message, rt.decode(ev.message, now)) for ev in events]  # each click parsed once
+    # a click may arrive before this worker's replica has folded its auction (the buyer saw the
+    # outcome first): catch up once for the whole batch rather than once per such click
+    if any(isinstance(c, Click) and not state.auctions.knows(c.query_id) for _, c in decoded):
+        await rt.replica.wait_caught_up(["auctions"])
+    for message, click in decoded:
+        if isinstance(click, Rejection):
+            await rt.out.dead_letter(message, click)
+            continue
+        assert isinstance(click, Click)
+        await billing_caught_up(rt, message.partition)
+        if not state.auctions.knows(click.query_id):
+            await rt.replica.wait_caught_up(["auctions"])
+        decided = batch.decide(click)
+        if isinstance(decided, Rejection):
+            await rt.out.dead_letter(message, decided)
+        else:
+            decisions.append((message.partition, decided))
+    return decisions
+
+
+async def billing_caught_up(rt: Runtime, partition: int) -> None:
+    """Rebuild a billing partition's ledger (the replica reaches its end) before deciding anything on it."""
+    if partition not in rt.billing_ready:
+        if not await rt.replica.wait_caught_up(["billing"], partitions={"billing": partition}):
+            raise WorkerNotReadyError(f"billing partition {partition} did not catch up")
+        rt.billing_ready.add(partition)
+
+
+async def _write_click_decisions(rt: Runtime, decisions: list[tuple[int, ClickDecision]]
+                                 ) -> tuple[list[tuple[int, Any, LedgerEntry]], list[Any]]:
+    """Send each decision's ledger line (and its label update); returns (partition, delivery, entry)
+    per line and the label deliveries, not awaited."""
+    writes: list[tuple[int, Any, LedgerEntry]] = []
+    labels: list[Any] = []
+    for part, d in decisions:
+        click, ad, entry = d.click, d.ad, d.entry
+        writes.append((part, await rt.out.send("billing", str(click.shop_id).encode(),
+                                               orjson.dumps(entry.to_dict()), partition=part), entry))
+        _count_click(rt, entry)
+        if entry.status != "duplicate":
+            labels.append(await rt.out.send("labels", click.query_id.encode(), orjson.dumps(label_update(
+                query_id=click.query_id, slot=ad.slot, listing_id=click.listing_id, ts=click.ts,
+                click_id=click.click_id))))
+    return writes, labels
+
+
+def _count_click(rt: Runtime, entry: LedgerEntry) -> None:
+    rt.counts[f"clicks_{entry.status}"] += 1
+    rt.metrics.clicks.labels(status=entry.status).inc()
+    if entry.status == "charged":
+        rt.metrics.charged.inc(entry.amount)
+        if entry.amount < entry.price:
+            rt.metrics.budget_exhausted.inc()
+    elif entry.status == "unbilled":
+        rt.metrics.unbilled.inc(entry.price)
+
+
+# -- purchases -> labels ---------------------------------------------------------------------------
+async def handle_purchase(rt: Runtime, message: Any) -> None:
+    """The attribute agent: decide the purchase (:class:`bidder.purchase_decisions.PurchaseBatch`); one whose
+    click is not decided here yet is decided again after catching up on ``billing``, then after waiting
+    for that click (``await_sent_click``); write its label update or its dead letter."""
+    purchase = rt.decode(message, rt.clock())
+    if isinstance(purchase, Rejection):
+        await rt.out.dead_letter(message, purchase)
+        return
+    assert isinstance(purchase, Purchase)
+    state = rt.state
+    batch = PurchaseBatch(clicks=state.clicks, sent=state.clicks_sent, attributed=state.order_attributed)
+    decision: PurchaseDecision = batch.decide(purchase)
+    if isinstance(decision, Rejection):
+        await rt.replica.wait_caught_up(["billing"])
+        decision = batch.attribute(purchase)
+    if isinstance(decision, Rejection):
+        decision = await await_sent_click(rt, batch, purchase, decision)
+    if isinstance(decision, Repeated):
+        rt.counts["purchases_repeated"] += 1
+    elif isinstance(decision, Rejection):
+        await rt.out.dead_letter(message, decision)
+    else:
+        await (await rt.out.send("labels", decision.click.query_id.encode(), orjson.dumps(decision.label())))
+        rt.counts["purchases_attributed"] += 1
+        rt.metrics.conversions.inc()
+
+
+async def await_sent_click(rt: Runtime, batch: PurchaseBatch, purchase: Purchase, refused: Rejection
+                           ) -> Conversion | Rejection:
+    """The click a purchase belongs to may be on the ``clicks`` topic but not decided yet: clicks and
+    purchases are two topics read by two agents (on any worker), and a buyer can buy within a second
+    of clicking. Refusing the purchase then loses a real conversion (the labels' CVR would be biased
+    low), so wait for that click's ledger line, at most ``purchase_click_wait_s``. A purchase
+    with no such click sent is refused at once (``refused``)."""
+    await rt.replica.wait_caught_up(["clicks"])
+    sent = batch.awaited_click(purchase)
+    if sent is None:
+        return refused
+    rt.counts["purchases_waited"] += 1
+    deadline = time.monotonic() + rt.settings.purchase_click_wait_s
+    while True:
+        decision = batch.attribute(purchase)
+        remaining = deadline - time.monotonic()
+        if isinstance(decision, Conversion) or remaining <= 0:
+            return decision
+        if rt.state.ledger.seen(sent.click_id) is not None:
+            return decision  # decided without a click to attribute to (e.g. a later, refused resend)
+        await rt.replica.wait_caught_up(["billing"], timeout_s=remaining)
+        await asyncio.sleep(min(0.02, max(remaining, 0.0)))
+
+
+# -- listings and shops (the catalog check, outside Faust) -------------------------------------------
+async def handle_catalog(rt: Runtime, message: Any) -> None:
+    ev = rt.decode(message, rt.clock(), rt.limits.for_catalog())
+    if isinstance(ev, Rejection):
+        await rt.out.dead_letter(message, ev)
+
+
+# -- the Faust agents ------------------------------------------------------------------------------
+def each_message(rt: Runtime, handle_one: Callable[[Runtime, Any], Awaitable[None]]) -> Handler:
+    """A batch handler calling ``handle_one`` on each event's message in turn."""
+    async def each(events: Sequence[Any]) -> None:
+        for ev in events:
+            await handle_one(rt, ev.message)
+
+    return each
+
+
+def add_agents(app: faust.App, rt: Runtime) -> None:
+    """The bid, bill and attribute agents, each ``bidder.<topic>`` with concurrency 1."""
+    s = rt.settings
+    _add_agent(app, rt, "queries", functools.partial(handle_queries, rt),
+               lambda stream: batches(stream, s.batch_max, within_s=s.batch_within_s))
+    _add_agent(app, rt, "clicks", functools.partial(handle_clicks, rt),
+               lambda stream: batches(stream, 200, within_s=0.0))
+    _add_agent(app, rt, "purchases", each_message(rt, handle_purchase), _one_at_a_time)
+
+
+async def _one_at_a_time(stream: Any) -> AsyncIterator[list[Any]]:
+    async for ev in stream.events():
+        yield [ev]
+
+
+def _add_agent(app: faust.App, rt: Runtime, topic: str, handler: Handler,
+               take: Callable[[Any], AsyncIterator[Sequence[Any]]]) -> None:
+    handle = rt.out.with_fault_marker(handler, topic=topic)
+
+    async def agent(stream: Any) -> None:
+        async for events in take(stream):
+            await rt.replica.ready.wait()
+            try:
+                await rt.out.handle_isolating(topic, handle, await rt.with_skipped(events))
+            except Exception:  # see _crashed()
+                _crashed(topic)
+
+    agent.__name__ = f"{topic.replace('-', '_')}_agent"
+    app.agent(rt.out.topics[topic], name=f"bidder.{topic}", concurrency=1)(agent)
+
+
+def _crashed(topic: str) -> NoReturn:
+    """An exception out of a handler (sends are already retried in ``Outputs.send``): exit (70).
+
+    faust-streaming's ``Agent._execute_actor`` catches it, marks the actor crashed ("Agent crashed
+    reason=...") and the worker process keeps running: the events taken for the batch are never
+    answered and nothing outside the process sees it (seen in ``t2tansu_stay`` before sends were
+    retried; faust-streaming #324 and #329 are about how hard it is to stop a worker from inside
+    one). Exiting makes the pod (or the chaos harness) restart the worker, which resumes from the
+    committed offsets; outputs are idempotent by their ids, as ``handle_clicks`` already assumes."""
+    exit_for_restart("%s agent failed; exiting so the worker is restarted", topic, exc_info=True)

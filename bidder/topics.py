@@ -11,6 +11,7 @@ week so clicks and purchases can be joined; ``labels`` and ``dead-letters`` keep
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,6 +32,15 @@ class TopicSpec:
     """-1 keeps records forever (compacted topics)"""
     partitions: int | None = None
     doc: str = ""
+
+    def key_of(self, source: object) -> bytes:
+        """The record key for ``source`` (an event, or a record as a mapping): its field named ``key``.
+
+        >>> TOPICS["billing"].key_of({"shop_id": 7, "amount": 0.25})
+        b'7'
+        """
+        value = source[self.key] if isinstance(source, Mapping) else getattr(source, self.key)
+        return str(value).encode()
 
     def configs(self) -> dict[str, str]:
         """Topic configs as the Kafka admin API takes them."""

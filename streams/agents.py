@@ -33,6 +33,7 @@ from bidder.decoding import Rejection
 from bidder.events import AuctionOutcome, Click, Purchase, Query, to_json
 from bidder.purchase_decisions import Conversion, PurchaseBatch, PurchaseDecision, Repeated
 from bidder.shadow import shadow_outcomes
+from bidder.topics import TOPICS
 from streams.batching import batches
 from streams.metrics import STAGES
 from streams.outputs import Handler, WorkerNotReadyError
@@ -95,10 +96,10 @@ async def _write_outcome(rt: Runtime, q: Query, o: AuctionOutcome, source: Any, 
     for name in STAGES:
         rt.metrics.stage_seconds.labels(stage=name).observe(timed.timings_ms.get(name, 0.0) / 1000.0)
     data = to_json(timed)
-    key = q.query_id.encode()
-    auction = await rt.out.send("auctions", key, orjson.dumps(data, option=_NUMPY))
+    auction = await rt.out.send("auctions", TOPICS["auctions"].key_of(q), orjson.dumps(data, option=_NUMPY))
     # impressions become provisional negative examples right away (labels keyed by query)
-    return [auction, await rt.out.send("labels", key, orjson.dumps(provisional_labels(data), option=_NUMPY))]
+    labels = provisional_labels(data)
+    return [auction, await rt.out.send("labels", TOPICS["labels"].key_of(labels), orjson.dumps(labels, option=_NUMPY))]
 
 
 # -- clicks -> billing -----------------------------------------------------------------------------
@@ -168,13 +169,14 @@ async def _write_click_decisions(rt: Runtime, decisions: list[tuple[int, ClickDe
     labels: list[Any] = []
     for part, d in decisions:
         click, ad, entry = d.click, d.ad, d.entry
-        writes.append((part, await rt.out.send("billing", str(click.shop_id).encode(),
-                                               orjson.dumps(entry.to_dict()), partition=part), entry))
+        line = entry.to_dict()
+        writes.append((part, await rt.out.send("billing", TOPICS["billing"].key_of(line), orjson.dumps(line),
+                                               partition=part), entry))
         _count_click(rt, entry)
         if entry.status != "duplicate":
-            labels.append(await rt.out.send("labels", click.query_id.encode(), orjson.dumps(label_update(
-                query_id=click.query_id, slot=ad.slot, listing_id=click.listing_id, ts=click.ts,
-                click_id=click.click_id))))
+            update = label_update(query_id=click.query_id, slot=ad.slot, listing_id=click.listing_id, ts=click.ts,
+                                  click_id=click.click_id)
+            labels.append(await rt.out.send("labels", TOPICS["labels"].key_of(update), orjson.dumps(update)))
     return writes, labels
 
 
@@ -212,7 +214,8 @@ async def handle_purchase(rt: Runtime, message: Any) -> None:
     elif isinstance(decision, Rejection):
         await rt.out.dead_letter(message, decision)
     else:
-        await (await rt.out.send("labels", decision.click.query_id.encode(), orjson.dumps(decision.label())))
+        update = decision.label()
+        await (await rt.out.send("labels", TOPICS["labels"].key_of(update), orjson.dumps(update)))
         rt.counts["purchases_attributed"] += 1
         rt.metrics.conversions.inc()
 

@@ -42,7 +42,7 @@ def topic_of(event: Event) -> str:
 
 def key_of(event: Event) -> bytes:
     """The record key of an event (see ``bidder.topics``)."""
-    return str(getattr(event, _TOPIC[type(event)][1])).encode()
+    return TOPICS[_TOPIC[type(event)][0]].key_of(event)
 
 
 class EventProducer:

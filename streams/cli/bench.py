@@ -71,8 +71,11 @@ def kernel(provider: str, candidates: int, family: str, iterations: int, warmup:
 @click.option("--sweep", is_flag=True, help="also try rising rates; report the highest with p99 <= 50 ms")
 @click.option("--rates", default="25,75,100,150,200,300", show_default=True, help="rates for --sweep")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--replica-probe", is_flag=True,
+              help="also run a replica alone beside the worker: what replicating the topics costs one worker")
 @click.pass_obj
-def bench_e2e(settings: Settings, rate: float, seconds: float, sweep: bool, rates: str, as_json: bool) -> None:
+def bench_e2e(settings: Settings, rate: float, seconds: float, sweep: bool, rates: str, as_json: bool,
+              replica_probe: bool) -> None:
     """Query produced -> outcome consumed, open loop, beside an echo agent with the same client settings."""
     stop_children_on_signals()
     import orjson
@@ -85,7 +88,7 @@ def bench_e2e(settings: Settings, rate: float, seconds: float, sweep: bool, rate
     plan = [rate] + ([float(r) for r in rates.split(",") if float(r) != rate] if sweep else [])
     with kafka_bootstrap(settings) as bootstrap:
         result = run_bench(settings, bootstrap=bootstrap, rates=plan, seconds=seconds,
-                           progress=console.log)
+                           progress=console.log, replica_probe=replica_probe)
     if as_json:
         click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
         return

@@ -11,6 +11,11 @@ dead-lettered, still in flight behind the worker group's committed offsets, lost
 process spent per answered query over the traffic window (``cpu_ms_per_query``: worker, broker, and
 the driver, this process). ``kernel`` is ``bidder bench kernel`` of the worker's family, run in the same
 invocation before any traffic: ``kernel_qps`` = 1000 / pipeline p50 is what one core does in-process.
+
+With ``replica_probe`` a replica runs alone beside the worker (:mod:`streams.harness.replica_probe`), started
+and caught up before each rate's traffic: ``replica`` is what replicating the topics costs one worker at
+that rate (records folded per second, CPU per record, and ``cpu_ms_per_query["replica"]``); every worker of
+a deployment pays it for the whole marketplace's traffic.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from streams.cpu_meter import CpuMeter, local_broker_pid
 from streams.echo import ECHO_IN, ECHO_OUT
 from streams.harness.bench_kernel import run_bench as run_kernel_bench
 from streams.harness.market import World, WorldConfig
+from streams.harness.replica_probe import ProbeProcess
 from streams.harness.simulate import run_simulation
 from streams.harness.simulator import Simulator
 from streams.process import WorkerProcess
@@ -117,20 +123,27 @@ async def _echo(settings: Settings, bootstrap: str, *, rate: float, seconds: flo
 
 
 async def _bidder(settings: Settings, bootstrap: str, *, rate: float, seconds: float, first: bool,
-                  start_worker: Any, worker_pid: Any) -> dict[str, Any]:
+                  start_worker: Any, worker_pid: Any, probe: ProbeProcess | None = None) -> dict[str, Any]:
     marks = await topic_marks(settings, bootstrap)
     meter: dict[str, CpuMeter] = {}
 
     async def traffic_starts() -> None:
         if first:
             await start_worker()
-        meter["m"] = CpuMeter({"worker": worker_pid(), "broker": local_broker_pid(bootstrap),
-                               "driver": os.getpid()}).start()
+        pids = {"worker": worker_pid(), "broker": local_broker_pid(bootstrap), "driver": os.getpid()}
+        if probe is not None:
+            pids["replica"] = await asyncio.to_thread(probe.start)
+        meter["m"] = CpuMeter(pids).start()
 
-    r = await run_simulation(settings, bootstrap=bootstrap, rate=rate, duration_s=seconds, seed=7,
-                             send_catalog=first, after_catalog=traffic_starts, drain_s=10.0)
-    cpu = meter["m"]
-    cpu.stop()
+    try:
+        r = await run_simulation(settings, bootstrap=bootstrap, rate=rate, duration_s=seconds, seed=7,
+                                 send_catalog=first, after_catalog=traffic_starts, drain_s=10.0)
+    finally:
+        cpu = meter.get("m")
+        if cpu is not None:
+            cpu.stop()
+        replica = await asyncio.to_thread(probe.stop) if probe is not None else None
+    assert cpu is not None
     sent = r.sent.get("queries", 0)
     acct = await account_queries(settings, bootstrap, marks=marks, sent=sent, group=settings.app_id)
     return {
@@ -145,25 +158,26 @@ async def _bidder(settings: Settings, bootstrap: str, *, rate: float, seconds: f
         "accounting": acct.as_dict(),
         "cpu_ms_per_query": cpu.ms_per(acct.answered),
         "cpu_share_of_core": cpu.share_of_core(),
+        **({} if replica is None else {"replica": replica}),
     }
 
 
 def run_bench(settings: Settings, *, bootstrap: str, rates: list[float], seconds: float,
               echo_rate: float | None = None, workdir: Path | None = None,
-              progress: Any = None) -> dict[str, Any]:
+              progress: Any = None, replica_probe: bool = False) -> dict[str, Any]:
     """Echo floor, then the bidder at each rate; one dict per rate plus the summary."""
     own_workdir = workdir is None
     workdir = workdir or Path(tempfile.mkdtemp(prefix="bidder-bench-"))
     try:
         return _run_bench(settings, bootstrap=bootstrap, rates=rates, seconds=seconds, echo_rate=echo_rate,
-                          workdir=workdir, progress=progress)
+                          workdir=workdir, progress=progress, replica_probe=replica_probe)
     finally:  # logs of the echo agent and the worker
         if own_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _run_bench(settings: Settings, *, bootstrap: str, rates: list[float], seconds: float,
-               echo_rate: float | None, workdir: Path, progress: Any) -> dict[str, Any]:
+               echo_rate: float | None, workdir: Path, progress: Any, replica_probe: bool) -> dict[str, Any]:
     if progress:
         progress(f"kernel ({settings.model_family}, in-process, one core)")
     kernel = run_kernel_bench(family=settings.model_family, iterations=1000, warmup=100,
@@ -200,9 +214,10 @@ def _run_bench(settings: Settings, *, bootstrap: str, rates: list[float], second
         for i, rate in enumerate(rates):
             if progress:
                 progress(f"bidder at {rate:g} q/s")
+            probe = ProbeProcess(bootstrap, workdir / f"replica-{i}.json") if replica_probe else None
             runs.append(asyncio.run(_bidder(settings, bootstrap, rate=rate, seconds=seconds, first=i == 0,
                                             start_worker=start_worker,
-                                            worker_pid=lambda: workers[0].process.pid)))
+                                            worker_pid=lambda: workers[0].process.pid, probe=probe)))
     finally:
         for w in workers:
             w.stop(timeout_s=10.0)

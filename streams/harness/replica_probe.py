@@ -1,0 +1,127 @@
+"""A replica alone: what replicating the topics costs one worker, apart from everything else it does.
+
+Every worker folds every record of the replicated topics (``bidder.state.REPLICATED_TOPICS``) from all
+partitions, so each one pays for the whole marketplace's traffic whatever its own share of the queries.
+This process runs the worker's :class:`streams.replicator.Replicator` and nothing else, with the
+worker's settings, and reports the records it folded and the CPU it spent after catching up.
+``bidder bench e2e --replica-probe`` runs it beside the worker under traffic (``docs/capacity.md``).
+
+Run: ``python -m streams.harness.replica_probe --out FILE`` with ``BIDDER_KAFKA_BOOTSTRAP`` set; it writes
+``FILE.ready`` once caught up and, on SIGTERM or SIGINT, ``FILE``: records folded and CPU seconds since
+ready, by topic where the state counts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bidder.decoding import Limits
+from bidder.settings import Settings
+from bidder.state import BidderState
+from streams.replicator import Replicator
+
+__all__ = ["ProbeProcess", "probe_report", "run_probe"]
+
+
+def probe_report(*, records: int, cpu_s: float, wall_s: float, counts: Counter[str]) -> dict[str, Any]:
+    """What the probe writes: records folded, CPU and wall seconds, CPU per record, state counts by kind.
+
+    >>> probe_report(records=1000, cpu_s=0.25, wall_s=10.0, counts=Counter(auctions=400))["cpu_us_per_record"]
+    250.0
+    """
+    return {
+        "records": records,
+        "records_per_s": round(records / wall_s, 1) if wall_s > 0 else None,
+        "cpu_s": round(cpu_s, 4),
+        "wall_s": round(wall_s, 3),
+        "cpu_share_of_core": round(cpu_s / wall_s, 4) if wall_s > 0 else None,
+        "cpu_us_per_record": round(cpu_s / records * 1e6, 1) if records else None,
+        "counts": dict(counts),
+    }
+
+
+async def run_probe(settings: Settings, *, bootstrap: str, out: Path) -> dict[str, Any]:
+    """Replicate until SIGTERM/SIGINT; write and return the report of what happened after catching up."""
+    state = BidderState(
+        half_life_s=settings.feature_half_life_s, click_window_s=settings.click_window_s,
+        attribution_window_s=settings.attribution_window_s,
+        limits=Limits(max_bytes=settings.max_message_bytes, max_candidates=settings.max_candidates,
+                      max_age_s=settings.max_event_age_s, max_future_s=settings.max_event_future_s),
+    )
+    replica = Replicator(state, settings, bootstrap=bootstrap)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await replica.start()
+    records0, counts0 = replica.records, Counter(state.counts)
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    await asyncio.to_thread(out.with_suffix(out.suffix + ".ready").write_text, "ready\n")
+    try:
+        await stop.wait()
+    finally:
+        cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+        await replica.stop()
+    counts = Counter(state.counts)
+    counts.subtract(counts0)
+    report = probe_report(records=replica.records - records0, cpu_s=cpu, wall_s=wall, counts=+counts)
+    await asyncio.to_thread(out.write_bytes, orjson.dumps(report))
+    return report
+
+
+class ProbeProcess:
+    """This module as a process: :meth:`start` returns its pid once it has caught up, :meth:`stop` its report."""
+
+    def __init__(self, bootstrap: str, out: Path) -> None:
+        self.out = out
+        self._env = {**os.environ, "BIDDER_KAFKA_BOOTSTRAP": bootstrap}
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 120.0) -> int:
+        ready = self.out.with_suffix(self.out.suffix + ".ready")
+        with self.out.with_suffix(".log").open("ab") as log:
+            cmd = [sys.executable, "-m", "streams.harness.replica_probe", "--out", str(self.out)]
+            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self._env,
+                                          start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while not ready.exists():
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the replica probe did not catch up; log: {self.out.with_suffix('.log')}")
+            time.sleep(0.05)
+        return self._proc.pid
+
+    def stop(self) -> dict[str, Any] | None:
+        """SIGTERM, then the report it wrote (None if it never started)."""
+        if self._proc is None:
+            return None
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(timeout=10)
+        report: dict[str, Any] = orjson.loads(self.out.read_bytes()) if self.out.exists() else {}
+        return report
+
+if __name__ == "__main__":
+    import click
+
+    @click.command()
+    @click.option("--out", type=click.Path(path_type=Path), required=True, help="where to write the report (JSON)")
+    def _main(out: Path) -> None:
+        settings = Settings()
+        if not settings.kafka_bootstrap:
+            raise click.UsageError("set BIDDER_KAFKA_BOOTSTRAP")
+        asyncio.run(run_probe(settings, bootstrap=settings.kafka_bootstrap, out=out))
+
+    _main()

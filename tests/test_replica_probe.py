@@ -1,0 +1,50 @@
+"""The replica probe (``bidder bench e2e --replica-probe``): a replica alone, caught up before it counts,
+reporting what it folded and the CPU it spent after that."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bidder.settings import Settings
+from streams.harness.replica_probe import ProbeProcess
+from streams.producer import EventProducer
+
+pytestmark = [pytest.mark.broker]
+
+
+def _outcome(qid: str) -> bytes:
+    winners = [{"slot": i, "listing_id": 900_000 + i, "shop_id": 7, "price": 0.2, "pctr": 0.01, "pcvr": 0.05,
+                "bid": 0.3} for i in range(3)]
+    return orjson.dumps({"v": 1, "type": "auction", "query_id": qid, "ts": time.time(), "user_id": 1,
+                         "winners": winners, "model_versions": {}, "timings_ms": {}, "n_candidates": 3})
+
+
+def test_the_probe_counts_what_it_folds_after_catching_up(bootstrap: str, settings: Settings,
+                                                          tmp_path: Path) -> None:
+    tag = f"probe-{time.time_ns()}"
+
+    async def send(n: int, prefix: str) -> None:
+        async with EventProducer(settings, bootstrap=bootstrap) as producer:
+            for i in range(n):
+                await producer.send_raw("auctions", f"{prefix}-{i}".encode(), _outcome(f"{prefix}-{i}"))
+
+    asyncio.run(send(30, f"{tag}-before"))  # folded while catching up: not counted
+    probe = ProbeProcess(bootstrap, tmp_path / "replica.json")
+    pid = probe.start()
+    try:
+        assert pid > 0 and (tmp_path / "replica.json.ready").exists()
+        asyncio.run(send(50, f"{tag}-after"))
+        time.sleep(2.0)  # the replica polls every replica_fetch_floor_ms at most
+    finally:
+        report = probe.stop()
+    assert report is not None
+    assert report["counts"].get("auctions", 0) >= 50
+    assert report["counts"].get("auctions", 0) < 80  # the 30 before it caught up are not in the window
+    assert report["records"] >= 50
+    assert report["cpu_s"] > 0 and report["cpu_us_per_record"] > 0
+    assert report["wall_s"] >= 2.0

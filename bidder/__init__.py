@@ -1,7 +1,7 @@
 """bidder: the pure core of a streaming real-time ad bidder (numpy and ONNX Runtime, no I/O).
 
 The public API is the names in ``__all__``, pinned by ``tests/test_public_api.py``; they are loaded on
-first use (``bidder.BidPipeline`` imports ``bidder.pipeline`` then), so ``import bidder`` costs nothing.
+first use (``bidder.BidPipeline`` imports ``bidder.query.pipeline`` then), so ``import bidder`` costs nothing.
 The query path, in order: :func:`decode` a query, :class:`BidPipeline` (rows -> :func:`gather` features
 -> :func:`load_models` scorers -> :func:`bids` -> :func:`run_auction`) -> :class:`AuctionOutcome`;
 clicks: :class:`ClickBatch` over a :class:`Ledger`; purchases: :class:`ClickIndex`; monitors:
@@ -14,26 +14,36 @@ import importlib
 from typing import Any
 
 _HOME = {
-    "AuctionOutcome": "events", "Click": "events", "Listing": "events", "Purchase": "events", "Query": "events",
-    "Shop": "events", "Winner": "events",
+    "AuctionOutcome": "events",
+    "Click": "events",
+    "Listing": "events",
+    "Purchase": "events",
+    "Query": "events",
+    "Shop": "events",
+    "Winner": "events",
     "Limits": "decoding", "Rejection": "decoding", "decode": "decoding",
     "TOPICS": "topics",
-    "Catalog": "catalog",
-    "RollingStats": "rolling",
-    "FEATURE_SPEC": "features", "Priors": "features", "QueryContext": "features", "gather": "features",
-    "Models": "scoring", "OnnxScorer": "scoring", "load_models": "scoring",
-    "bids": "autobid",
-    "AuctionResult": "auction", "run_auction": "auction",
-    "pacing_multiplier": "pacing",
-    "LedgerBudget": "budget",
-    "Ledger": "billing", "LedgerEntry": "billing",
-    "ClickBatch": "click_decisions", "ClickDecision": "click_decisions",
-    "ClickIndex": "attribution", "label_update": "attribution", "provisional_labels": "attribution",
-    "BidderState": "state",
-    "BidPipeline": "pipeline",
-    "DriftMonitor": "drift", "DriftSettings": "drift",
-    "CalibrationMonitor": "calibration",
-    "ListingHistory": "history",
+    "Catalog": "query.catalog",
+    "RollingStats": "query.rolling",
+    "FEATURE_SPEC": "query.features",
+    "Priors": "query.features",
+    "QueryContext": "query.features",
+    "gather": "query.features",
+    "Models": "query.scoring", "OnnxScorer": "query.scoring", "load_models": "query.scoring",
+    "bids": "query.autobid",
+    "AuctionResult": "query.auction", "run_auction": "query.auction",
+    "pacing_multiplier": "query.pacing",
+    "LedgerBudget": "query.budget",
+    "Ledger": "clicks.billing", "LedgerEntry": "clicks.billing",
+    "ClickBatch": "clicks.click_decisions", "ClickDecision": "clicks.click_decisions",
+    "ClickIndex": "labels.attribution",
+    "label_update": "labels.attribution",
+    "provisional_labels": "labels.attribution",
+    "BidderState": "replica.state",
+    "BidPipeline": "query.pipeline",
+    "DriftMonitor": "monitoring.drift", "DriftSettings": "monitoring.drift",
+    "CalibrationMonitor": "labels.calibration",
+    "ListingHistory": "replica.history",
 }
 
 __all__ = [*_HOME]  # noqa: PLE0604 - the names _HOME loads lazily

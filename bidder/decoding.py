@@ -29,7 +29,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bidder.events import SCHEMA_VERSION, Click, Listing, Purchase, Query, Shop
-from bidder.features import DEVICES, PAGES, QueryContext
+from bidder.query.features import DEVICES, PAGES, QueryContext
 
 __all__ = ["REASONS", "DecodedEvent", "Limits", "Rejection", "decode", "decoder_for"]
 

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from bidder.features import QueryContext
+from bidder.query.features import QueryContext
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -48,10 +48,10 @@ class Settings(BaseSettings):
     fetch_max_wait_ms: int = Field(default=10, ge=1, le=5000)
     fetch_idle_ceiling_ms: float = Field(
         default=100.0, ge=1, description="a broker that answers empty fetches at once (noida-db) is polled at "
-                                         "most this often by an idle consumer (bidder/fetch_pacing.py)")
+                                         "most this often by an idle consumer (bidder/replica/fetch_pacing.py)")
     fetch_floor_ms: float = Field(
         default=4.0, ge=0, description="a busy consumer polls a broker that does not hold fetches at most this often "
-                                       "(bidder/fetch_pacing.py)")
+                                       "(bidder/replica/fetch_pacing.py)")
     replica_fetch_floor_ms: float = Field(
         default=20.0, ge=0, description="the replica and the catalog check, off the query path, poll a broker "
                                         "that does not hold fetches at most this often even while busy")
@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(default=1, ge=1)
     inter_op_threads: int = Field(default=1, ge=1)
 
-    # --- micro-batching across queries (bidder/microbatch.py; pays off on a GPU, not on a CPU) ----
+    # --- micro-batching across queries (bidder/query/microbatch.py; pays off on a GPU, not on a CPU) ----
     latency_budget_ms: float = Field(default=50.0, gt=0, description="for queries that carry none")
     microbatch_enabled: bool = False
     microbatch_max_rows: int = Field(default=9600, ge=1, description="rows per scoring call")
@@ -126,7 +126,7 @@ class Settings(BaseSettings):
         default=5.0, ge=0, description="a purchase whose click is on the clicks topic but not billed yet waits "
                                        "this long for the bill agent before it is refused as unattributed")
 
-    # --- feature drift (see bidder/drift.py for what each statistic means) ----------------------
+    # --- feature drift (see bidder/monitoring/drift.py for what each statistic means) ----------------------
     drift_enabled: bool = True
     drift_sample_rate: float = Field(default=0.01, gt=0, le=1, description="share of served rows sampled")
     drift_window: int = Field(default=5000, ge=100, description="sampled rows per sliding window")
@@ -137,7 +137,7 @@ class Settings(BaseSettings):
     drift_mean_threshold: float = Field(default=0.5, gt=0, description="standardized mean shift")
     drift_missing_threshold: float = Field(default=0.05, gt=0, le=1)
 
-    # --- calibration monitor (bidder/calibration.py): mean prediction / observed rate per model version
+    # --- calibration monitor (bidder/labels/calibration.py): mean prediction / observed rate per model version
     calibration_window_s: float = Field(default=3600.0, gt=0, description="sliding window of matured labels")
     calibration_bucket_s: float = Field(default=60.0, gt=0, description="window granularity")
     calibration_low: float = Field(default=0.95, gt=0, lt=1, description="alert below this ratio")

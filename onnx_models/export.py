@@ -1,7 +1,7 @@
 """ONNX export of the three model families to one serving contract.
 
 Every exported graph has one input ``features`` (``(n, d)`` float32, ``d`` = number of features of
-:data:`bidder.features.FEATURE_SPEC`) and one output ``p`` (``(n,)`` float32 probability of the positive
+:data:`bidder.query.features.FEATURE_SPEC`) and one output ``p`` (``(n,)`` float32 probability of the positive
 class). Nothing else: no ZipMap (a list of dicts, which made skl2onnx's LR 5x slower), no label output.
 
 * LR: scikit-learn ``StandardScaler + LogisticRegression`` through skl2onnx (``zipmap=False``); the
@@ -13,7 +13,7 @@ class). Nothing else: no ZipMap (a list of dicts, which made skl2onnx's LR 5x sl
   requires 99.9 % of rows within 1e-6.
 * MLP: the wide-and-deep network is written straight from the trained PyTorch weights with
   ``onnx.helper`` (named initializers ``mu``, ``inv_std``, ``deep.k.weight/bias``, ``head.*``,
-  ``wide.*`` that :class:`bidder.scoring.NumpyMlpScorer` reads). The TorchScript exporter is
+  ``wide.*`` that :class:`bidder.query.scoring.NumpyMlpScorer` reads). The TorchScript exporter is
   deprecated in torch 2.13 and the dynamo exporter needs onnxscript; writing six ops by hand is
   smaller than either and keeps the graph deterministic.
 """

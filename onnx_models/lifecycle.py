@@ -30,7 +30,7 @@ import numpy.typing as npt
 from bidder.lifecycle import dataset as ds
 from bidder.lifecycle.scoreboard import evaluate
 from bidder.lifecycle.tracking import RunStore, code_version
-from bidder.model_meta import ModelMeta
+from bidder.query.model_meta import ModelMeta
 from onnx_models.train import FAMILIES, TARGETS, TrainConfig, fit, train_split
 
 __all__ = ["search_space", "train_dataset"]
@@ -152,7 +152,7 @@ def train_dataset(
 
 
 def _onnx_scores(path: Path, x: F32) -> F32:
-    from bidder.scoring import OnnxScorer
+    from bidder.query.scoring import OnnxScorer
 
     return OnnxScorer(path, warmup_rows=0).score(np.ascontiguousarray(x, np.float32))
 

@@ -6,14 +6,14 @@ live simulator: :meth:`~streams.harness.market.World.draw_query`,
 would have logged:
 
 * every query draws 600 candidates; features are gathered exactly as served
-  (:func:`bidder.features.gather` over a :class:`bidder.catalog.Catalog` and the live
-  :class:`bidder.rolling.RollingStats`), so rolling CTR/CVR, counts and recency look as they will in
+  (:func:`bidder.query.features.gather` over a :class:`bidder.query.catalog.Catalog` and the live
+  :class:`bidder.query.rolling.RollingStats`), so rolling CTR/CVR, counts and recency look as they will in
   production;
 * policy: pCTR and pCVR from a model (``onnx_models/train.py`` logs with a logistic regression fitted on
   a first, prior-policy run, so the log's ranking, and with it which listings are shown in which slots,
   is a served model's as in the live loop; :func:`prior_policy`, the smoothed rolling CTR/CVR features,
-  otherwise), bids from :func:`bidder.autobid.bids` (pacing 1, shops stop bidding when today's budget is
-  spent), winners from the real GSP auction :func:`bidder.auction.run_auction` (budgets scaled by
+  otherwise), bids from :func:`bidder.query.autobid.bids` (pacing 1, shops stop bidding when today's budget is
+  spent), winners from the real GSP auction :func:`bidder.query.auction.run_auction` (budgets scaled by
   ``budget_scale`` so auctions stay full all day);
 * each of the 24 winners is an impression; it is clicked with probability
   ``base_ctr * position_bias(slot)`` and a click converts with the world's true CVR, after an
@@ -22,7 +22,7 @@ would have logged:
 * the first ``n_warmup`` queries (two hours at the world's 50 q/s) only warm the stats up; after that each
   impression is one logged row with its served features, labels and the true probabilities (the oracle)
   beside them. The logged queries run through a compressed day of hours, so the models see every hour;
-* the rolling state at the end is the world's past (:class:`bidder.history.ListingHistory`): shipped as
+* the rolling state at the end is the world's past (:class:`bidder.replica.history.ListingHistory`): shipped as
   ``history.npz`` beside the models, it is what the live demo restores before serving
   (``bidder simulate --history``), so live features continue where the training traffic ended.
 """
@@ -38,12 +38,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bidder.auction import run_auction
-from bidder.autobid import bids as auto_bids
-from bidder.catalog import Catalog
-from bidder.features import FEATURE_SPEC, Priors, QueryContext, gather
-from bidder.history import ListingHistory, world_key
-from bidder.rolling import RollingStats
+from bidder.query.auction import run_auction
+from bidder.query.autobid import bids as auto_bids
+from bidder.query.catalog import Catalog
+from bidder.query.features import FEATURE_SPEC, Priors, QueryContext, gather
+from bidder.query.rolling import RollingStats
+from bidder.replica.history import ListingHistory, world_key
 from streams.harness.market import World, WorldConfig
 
 __all__ = ["SERVED_STRIDE", "Policy", "SimConfig", "TrafficLog", "build_catalog", "prior_policy", "simulate"]

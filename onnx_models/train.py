@@ -18,7 +18,7 @@ Families, all exported to the same contract (``features`` (n, d) float32 -> ``p`
   the sidecar records its max |dp| and AUC change against the float model).
 
 Each model is written as ``<family>_<target>.onnx`` with its ``.json`` sidecar
-(:class:`bidder.model_meta.ModelMeta`: spec, training window and data hash, offline metrics, reference
+(:class:`bidder.query.model_meta.ModelMeta`: spec, training window and data hash, offline metrics, reference
 profiles, golden rows). The same seed on the same machine gives the same files.
 """
 
@@ -39,10 +39,10 @@ import numpy.typing as npt
 import onnx
 import onnxruntime as ort
 
-from bidder.features import FEATURE_SPEC
-from bidder.history import HISTORY_FILE
-from bidder.model_meta import ModelMeta
-from bidder.profile import FeatureProfile, profile_matrix
+from bidder.monitoring.profile import FeatureProfile, profile_matrix
+from bidder.query.features import FEATURE_SPEC
+from bidder.query.model_meta import ModelMeta
+from bidder.replica.history import HISTORY_FILE
 from onnx_models.export import INPUT_NAME, OUTPUT_NAME, mlp_graph, narrow_to_positive_class
 from onnx_models.traffic import Policy, SimConfig, TrafficLog, prior_policy, simulate
 

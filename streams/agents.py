@@ -26,13 +26,13 @@ from typing import Any, NoReturn
 import faust
 import orjson
 
-from bidder.attribution import label_update, provisional_labels
-from bidder.billing import LedgerEntry
-from bidder.click_decisions import ClickBatch, ClickDecision
+from bidder.clicks.billing import LedgerEntry
+from bidder.clicks.click_decisions import ClickBatch, ClickDecision
 from bidder.decoding import Rejection
 from bidder.events import AuctionOutcome, Click, Purchase, Query, to_json
-from bidder.purchase_decisions import Conversion, PurchaseBatch, PurchaseDecision, Repeated
-from bidder.shadow import shadow_outcomes
+from bidder.labels.attribution import label_update, provisional_labels
+from bidder.labels.purchase_decisions import Conversion, PurchaseBatch, PurchaseDecision, Repeated
+from bidder.query.shadow import shadow_outcomes
 from bidder.topics import TOPICS
 from streams.batching import batches
 from streams.metrics import STAGES
@@ -104,7 +104,7 @@ async def _write_outcome(rt: Runtime, q: Query, o: AuctionOutcome, source: Any, 
 
 # -- clicks -> billing -----------------------------------------------------------------------------
 async def handle_clicks(rt: Runtime, events: Sequence[Any]) -> None:
-    """The bill agent: decide a batch of clicks in order (:class:`bidder.click_decisions.ClickBatch`: each
+    """The bill agent: decide a batch of clicks in order (:class:`bidder.clicks.click_decisions.ClickBatch`: each
     sees the spend of those before it, not the ledger fold); write the ledger lines and label updates
     together, wait for every acknowledgement, and only then fold the lines in. A batch cut short (a
     failed write, a rebalance) leaves the fold untouched: the redelivered clicks are decided again
@@ -193,7 +193,7 @@ def _count_click(rt: Runtime, entry: LedgerEntry) -> None:
 
 # -- purchases -> labels ---------------------------------------------------------------------------
 async def handle_purchase(rt: Runtime, message: Any) -> None:
-    """The attribute agent: decide the purchase (:class:`bidder.purchase_decisions.PurchaseBatch`); one whose
+    """The attribute agent: decide the purchase (:class:`bidder.labels.purchase_decisions.PurchaseBatch`); one whose
     click is not decided here yet is decided again after catching up on ``billing``, then after waiting
     for that click (``await_sent_click``); write its label update or its dead letter."""
     purchase = rt.decode(message, rt.clock())

@@ -21,15 +21,15 @@ import faust
 import mode
 import numpy as np
 
-from bidder.budget import LedgerBudget
-from bidder.calibration import CalibrationMonitor
 from bidder.decoding import Limits
-from bidder.features import Priors
-from bidder.microbatch import MicroBatcher
-from bidder.pipeline import BidPipeline
-from bidder.scoring import Models, load_models
+from bidder.labels.calibration import CalibrationMonitor
+from bidder.query.budget import LedgerBudget
+from bidder.query.features import Priors
+from bidder.query.microbatch import MicroBatcher
+from bidder.query.pipeline import BidPipeline
+from bidder.query.scoring import Models, load_models
+from bidder.replica.state import BidderState
 from bidder.settings import Settings
-from bidder.state import BidderState
 from bidder.topics import ALL_TOPICS
 from streams.agents import add_agents, each_message, handle_catalog
 from streams.catalog_check import CatalogChecker

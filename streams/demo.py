@@ -37,7 +37,7 @@ from rich.live import Live
 from rich.progress import Progress
 from rich.table import Table
 
-from bidder.history import ListingHistory
+from bidder.replica.history import ListingHistory
 from bidder.settings import Settings
 from streams.accounting import InputAccount, group_backlogs
 from streams.cpu_meter import CpuMeter, local_broker_pid

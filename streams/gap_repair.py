@@ -1,4 +1,4 @@
-"""Fetch again the records a reader skipped (:mod:`bidder.offset_gaps` names the holes).
+"""Fetch again the records a reader skipped (:mod:`bidder.replica.offset_gaps` names the holes).
 
 One plain aiokafka consumer without a group, assigned one partition at a time: it seeks to the first
 missing offset and reads up to the end of the hole, again every 50 ms until ``wait_s`` has passed,
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from bidder.offset_gaps import Gap, GapTracker
+from bidder.replica.offset_gaps import Gap, GapTracker
 from bidder.settings import Settings
 from streams.kafka_config import aiokafka_consumer_kwargs
 

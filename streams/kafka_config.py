@@ -153,8 +153,8 @@ def aiokafka_auth_kwargs(settings: Settings) -> dict[str, Any]:
 
 def pace_fetches(settings: Settings) -> None:
     """Pace this process's consumers against a broker that answers empty fetches at once
-    (:mod:`bidder.fetch_pacing`); called by the consumer and Faust factories below."""
-    from bidder.fetch_pacing import FetchPacing
+    (:mod:`bidder.replica.fetch_pacing`); called by the consumer and Faust factories below."""
+    from bidder.replica.fetch_pacing import FetchPacing
     from streams.workarounds import install_fetch_pacing
 
     install_fetch_pacing(FetchPacing(max_wait_s=settings.fetch_max_wait_ms / 1000.0,

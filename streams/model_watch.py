@@ -3,13 +3,13 @@
 ``bidder promote`` (``bidder/lifecycle/promotion.py``) commits a release by replacing ``<model_dir>/CHAMPION``
 atomically; the release directory it points to is complete and immutable. This watcher polls that
 pointer; when the release changes it loads the new CTR and CVR models in a thread (every load-time
-check of ``bidder.scoring``: sha256, feature spec, inputs/outputs, golden outputs) and checks that they
+check of ``bidder.query.scoring``: sha256, feature spec, inputs/outputs, golden outputs) and checks that they
 give finite probabilities on the golden rows. Only then does it swap them into the pipeline, between
 two batches (one assignment on the event loop: a query is priced by the old pair or the new pair, never
 a mix). A truncated, corrupt, spec-mismatched or NaN-producing release is refused with its reason and
 the old models keep serving; the same bad pointer is not retried until it changes.
 
-It polls ``SHADOW`` (``bidder/shadow.py``) the same way: a new pointer loads the shadow pair with the
+It polls ``SHADOW`` (``bidder/query/shadow.py``) the same way: a new pointer loads the shadow pair with the
 same checks and starts shadow scoring; a removed pointer stops it; a bad shadow is refused and never
 affects serving.
 """
@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from bidder.model_meta import ModelSpecError
-from bidder.scoring import Models, ProviderError, load_models
+from bidder.query.model_meta import ModelSpecError
+from bidder.query.scoring import Models, ProviderError, load_models
+from bidder.query.shadow import SHADOW, read_pointer
 from bidder.settings import Settings
-from bidder.shadow import SHADOW, read_pointer
 
 __all__ = ["ModelWatcher", "champion_dir", "check_finite"]
 

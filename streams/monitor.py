@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from bidder.attribution import IMPRESSIONS_PREFIX
+from bidder.labels.attribution import IMPRESSIONS_PREFIX
 from bidder.settings import Settings
 from streams.gap_repair import GapRepairer
 from streams.tail import tail_consumer

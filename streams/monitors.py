@@ -1,6 +1,6 @@
 """What a worker watches in what it serves: feature and prediction drift after each batch
-(``bidder/drift.py``, alerts on ``drift-alerts``) and the calibration of each model version on matured
-labels (``bidder/calibration.py``, alerts on ``calibration-alerts``)."""
+(``bidder/monitoring/drift.py``, alerts on ``drift-alerts``) and the calibration of each model version on matured
+labels (``bidder/labels/calibration.py``, alerts on ``calibration-alerts``)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass, field, replace
 
 import orjson
 
-from bidder.calibration import CalibrationAlert, CalibrationMonitor
-from bidder.pipeline import BidPipeline
-from bidder.state import BidderState
+from bidder.labels.calibration import CalibrationAlert, CalibrationMonitor
+from bidder.query.pipeline import BidPipeline
+from bidder.replica.state import BidderState
 from streams.outputs import Outputs
 from streams.serving import Serving
 
@@ -37,7 +37,7 @@ class Monitors:
     """(feature, statistic) of drift episodes opened while the features were warming up"""
 
     async def watch_calibration(self) -> None:
-        """Matured labels (``bidder/auction_log.py``: clicks final after the click window, conversions
+        """Matured labels (``bidder/labels/auction_log.py``: clicks final after the click window, conversions
         after the attribution window too) judge each model version that predicted them, the serving one
         and the shadow on the same impressions; alerts go to ``calibration-alerts``."""
         matured = self.state.auctions.take_matured()

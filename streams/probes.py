@@ -11,8 +11,8 @@ from typing import Any
 
 import faust
 
+from bidder.replica.state import BidderState
 from bidder.settings import Settings
-from bidder.state import BidderState
 from streams.metrics import WorkerMetrics
 from streams.replicator import Replicator
 from streams.serving import Serving

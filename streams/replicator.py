@@ -1,4 +1,4 @@
-"""Feeds every worker's :class:`bidder.state.BidderState` from the replicated topics.
+"""Feeds every worker's :class:`bidder.replica.state.BidderState` from the replicated topics.
 
 A plain aiokafka consumer without a group: it is assigned every partition of ``listings``,
 ``shops``, ``auctions``, ``billing``, ``labels`` and ``clicks`` and reads them from the beginning, so each
@@ -16,13 +16,13 @@ or, on Kafka, an unclean leader election truncated the log (there a fetch past t
 ``OffsetOutOfRange`` and aiokafka resets to ``auto_offset_reset``, which is also the beginning). The
 replica logs it, counts it (``truncations``) and re-reads that partition from the start, **keeping
 its fold**: folding is idempotent (catalog upserts, outcomes by query id, ledger lines by click id,
-conversions by order id; see :mod:`bidder.state`), so spend it already knew is not forgotten and a
+conversions by order id; see :mod:`bidder.replica.state`), so spend it already knew is not forgotten and a
 click the broker forgot cannot be charged against an emptied budget. The condition must hold for
 ``truncation_confirm_s``: right after a Kafka leader change the new leader's high watermark can lag
 the old one's for a moment, and a false alarm would only cost a re-read.
 
 **Skipped records.** A fetch that skips a record (the embedded Tansu broker does under concurrent
-producers; see :mod:`bidder.offset_gaps`) would leave a ledger line out of the fold: spend this worker
+producers; see :mod:`bidder.replica.offset_gaps`) would leave a ledger line out of the fold: spend this worker
 never learns of. Every offset jump is fetched again (:class:`streams.gap_repair.GapRepairer`) and what
 is found folded before the record that revealed it, below the own-ledger mark too (folding is
 idempotent). Compacted topics (the catalog) are not repaired: holes are normal there, a catalog of
@@ -40,8 +40,8 @@ from collections.abc import Callable, Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from bidder.replica.state import REPLICATED_TOPICS, BidderState
 from bidder.settings import Settings
-from bidder.state import REPLICATED_TOPICS, BidderState
 from bidder.topics import TOPICS
 from streams.gap_repair import GapRepairer
 from streams.kafka_config import aiokafka_consumer_kwargs

@@ -14,12 +14,12 @@ import numpy as np
 
 from bidder.decoding import Limits, Rejection, decode
 from bidder.events import Query
-from bidder.features import DEVICES, PAGES, QueryContext
-from bidder.microbatch import MicroBatcher
-from bidder.pipeline import BidPipeline
-from bidder.scoring import Models
+from bidder.query.features import DEVICES, PAGES, QueryContext
+from bidder.query.microbatch import MicroBatcher
+from bidder.query.pipeline import BidPipeline
+from bidder.query.scoring import Models
+from bidder.replica.state import BidderState
 from bidder.settings import Settings
-from bidder.state import BidderState
 from bidder.topics import TOPICS
 from streams.gap_repair import GapRepairer, Repair, RepairedEvent, RepairedMessage
 from streams.metrics import WorkerMetrics
@@ -72,7 +72,7 @@ class Runtime:
 
     @property
     def shadow(self) -> Models | None:
-        """a challenger scoring the winners beside the champion (``bidder/shadow.py``), or None"""
+        """a challenger scoring the winners beside the champion (``bidder/query/shadow.py``), or None"""
         return None if self.serving is None else self.serving.shadow
 
     @property
@@ -113,7 +113,7 @@ class Runtime:
     # -- records a fetch skipped ---------------------------------------------------------------------
     async def with_skipped(self, events: Sequence[Any]) -> list[Any]:
         """``events`` with, before each one that reveals an offset gap, the records of that gap fetched
-        again (``bidder.offset_gaps``). Faust itself treats a gap as done (``Consumer._add_gap`` commits
+        again (``bidder.replica.offset_gaps``). Faust itself treats a gap as done (``Consumer._add_gap`` commits
         past it), so without this a record the broker skipped in a fetch (the embedded Tansu broker
         does under concurrent producers) was never processed: a click never billed. On Kafka the inputs
         have no gaps (not compacted, no transactions) and this is one dict lookup per event."""
@@ -147,7 +147,7 @@ class Runtime:
         return ev
 
     def batch_score(self, x: Any, spans: Sequence[tuple[Query, int, int]]) -> tuple[Any, Any, dict[str, str]]:
-        """Score through the micro-batcher: deadline order, split, shed (see bidder/microbatch.py)."""
+        """Score through the micro-batcher: deadline order, split, shed (see bidder/query/microbatch.py)."""
         assert self.batcher is not None
         now = self.clock()
         for q, off, n in spans:

@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from bidder.drift import DriftMonitor, DriftSettings
-from bidder.microbatch import MicroBatcher
-from bidder.pipeline import BidPipeline
-from bidder.profile import FeatureProfile
-from bidder.scoring import Models
+from bidder.monitoring.drift import DriftMonitor, DriftSettings
+from bidder.monitoring.profile import FeatureProfile
+from bidder.query.microbatch import MicroBatcher
+from bidder.query.pipeline import BidPipeline
+from bidder.query.scoring import Models
 from bidder.settings import Settings
 
 __all__ = ["Serving", "drift_monitor"]

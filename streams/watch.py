@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import orjson
 
-from bidder.drift import DriftEvent
+from bidder.monitoring.drift import DriftEvent
 from bidder.settings import Settings
 from streams.tail import tail_consumer
 

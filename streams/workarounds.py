@@ -33,7 +33,7 @@ fail_queued                aiokafka has no public way to drop what a producer ha
 install_fetch_pacing,      the embedded default broker (noida-db 0.2.3) answers an empty fetch at once instead
 pace_consumer,             of holding it for ``fetch.max.wait.ms``: an idle aiokafka consumer spun at ~95 % of
 fetch_pacing_installed     a core. aiokafka's ``Fetcher._proc_fetch_request`` is wrapped to pause after an
-                           empty, early answer by the rule of :mod:`bidder.fetch_pacing`;
+                           empty, early answer by the rule of :mod:`bidder.replica.fetch_pacing`;
                            ``tests/test_fetch_pacing.py`` pins the broker's behaviour and says when this can
                            go. Installed by the client factories of :mod:`streams.kafka_config`.
 exit_for_restart           a worker whose state can only be rebuilt from the topics (a failed ledger write,
@@ -54,7 +54,7 @@ import time
 from dataclasses import replace
 from typing import Any, NoReturn
 
-from bidder.fetch_pacing import FetchPacing
+from bidder.replica.fetch_pacing import FetchPacing
 
 __all__ = ["EXIT_RESTART", "aiokafka_producer", "committed_offsets", "exit_for_restart", "fail_queued",
            "fetch_pacing_installed", "forget", "group_offsets", "install_fetch_pacing", "pace_consumer",

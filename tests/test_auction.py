@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from bidder.auction import run_auction
+from bidder.query.auction import run_auction
 
 money = st.floats(min_value=0.0, max_value=10.0, allow_nan=False)
 prob = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from bidder.autobid import bids
+from bidder.query.autobid import bids
 
 
 def _bids(pcvr: float, price: float, share: float, pacing: float, budget: float) -> float:

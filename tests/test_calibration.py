@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bidder.calibration import CalibrationMonitor
+from bidder.labels.calibration import CalibrationMonitor
 
 
 def _batch(rng: np.random.Generator, n: int, p_true: float, scale: float) -> tuple[np.ndarray, np.ndarray]:

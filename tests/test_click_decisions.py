@@ -8,12 +8,12 @@ import dataclasses
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bidder.auction_log import AuctionLog
-from bidder.billing import Ledger, LedgerEntry
-from bidder.catalog import Catalog
-from bidder.click_decisions import ClickBatch, ClickDecision
+from bidder.clicks.billing import Ledger, LedgerEntry
+from bidder.clicks.click_decisions import ClickBatch, ClickDecision
 from bidder.decoding import Rejection
 from bidder.events import Click
+from bidder.labels.auction_log import AuctionLog
+from bidder.query.catalog import Catalog
 
 T0 = 86_400.0 * 20_000  # a UTC midnight
 WINDOW_S = 30.0

@@ -15,10 +15,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = ("faust", "aiokafka", "mode", "asyncio", "subprocess", "streams")
-CORE = ("events", "decoding", "topics", "catalog", "rolling", "features", "scoring", "model_meta", "autobid",
-        "auction", "pacing", "budget", "billing", "click_decisions", "attribution", "auction_log", "state",
-        "pipeline", "microbatch", "drift", "profile", "calibration", "history", "purchase_decisions",
-        "fetch_pacing")
+CORE = ("events", "decoding", "topics", "query.catalog", "query.rolling", "query.features", "query.scoring",
+        "query.model_meta", "query.autobid", "query.auction", "query.pacing", "query.budget", "clicks.billing",
+        "clicks.click_decisions", "labels.attribution", "labels.auction_log", "replica.state", "query.pipeline",
+        "query.microbatch", "monitoring.drift", "monitoring.profile", "labels.calibration", "replica.history",
+        "labels.purchase_decisions", "replica.fetch_pacing")
 IMPURE = {"settings": "asyncio", "lifecycle.drift_report": "subprocess", "lifecycle.tracking": "subprocess"}
 """modules of ``bidder/`` that load one of ``FORBIDDEN`` on import (one named each)"""
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import bidder.scoring as scoring
-from bidder.scoring import OnnxScorer, ProviderError, load_models, provider_readiness
+import bidder.query.scoring as scoring
+from bidder.query.scoring import OnnxScorer, ProviderError, load_models, provider_readiness
 from bidder.settings import DEFAULT_MODEL_DIR
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()

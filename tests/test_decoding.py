@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from bidder.decoding import REASONS, Limits, Rejection, decode
 from bidder.events import Click, Listing, Purchase, Query, Shop, encode
-from bidder.features import QueryContext
+from bidder.query.features import QueryContext
 
 NOW = 1_800_000_000.0
 LIMITS = Limits(max_bytes=20_000, max_candidates=50, max_age_s=3600, max_future_s=60)

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bidder.drift import (
+from bidder.monitoring.drift import (
     PREDICTION_NAMES,
     STATISTICS,
     DriftEvent,
@@ -26,8 +26,8 @@ from bidder.drift import (
     DriftSettings,
     column_drift,
 )
-from bidder.features import FEATURE_SPEC
-from bidder.profile import FeatureProfile, profile_matrix
+from bidder.monitoring.profile import FeatureProfile, profile_matrix
+from bidder.query.features import FEATURE_SPEC
 from streams.harness.drift_inject import DriftInjection, apply_to_matrix, offline_stream, proxy_predictions
 from streams.harness.market import World, WorldConfig
 

@@ -13,10 +13,10 @@ import functools
 import numpy as np
 import pytest
 
-from bidder.drift import PREDICTION_NAMES, DriftEvent, DriftMonitor, DriftSettings
 from bidder.events import Listing, Query
-from bidder.features import FEATURE_SPEC, QueryContext
-from bidder.profile import FeatureProfile, profile_matrix
+from bidder.monitoring.drift import PREDICTION_NAMES, DriftEvent, DriftMonitor, DriftSettings
+from bidder.monitoring.profile import FeatureProfile, profile_matrix
+from bidder.query.features import FEATURE_SPEC, QueryContext
 from streams.harness.drift_inject import (
     DriftInjection,
     apply_to_matrix,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import orjson
 
-from bidder.drift import DriftMonitor, DriftSettings
 from bidder.lifecycle.drift_report import write_report
-from bidder.profile import FeatureProfile
+from bidder.monitoring.drift import DriftMonitor, DriftSettings
+from bidder.monitoring.profile import FeatureProfile
 from streams.harness.drift_demo import run_demo
 from tests.cli_helpers import bidder
 

@@ -1,4 +1,4 @@
-"""Idle consumers do not spin (``bidder/fetch_pacing.py``): the rule, and the broker behaviour it answers.
+"""Idle consumers do not spin (``bidder/replica/fetch_pacing.py``): the rule, and the broker behaviour it answers.
 
 The broker tests run against the session broker (noida-db by default, or ``BIDDER_KAFKA_BOOTSTRAP``):
 they measure whether it holds an empty fetch, count the fetches an idle paced consumer sends, and
@@ -18,7 +18,7 @@ from aiokafka.protocol.fetch import FetchRequest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bidder.fetch_pacing import FetchPacing
+from bidder.replica.fetch_pacing import FetchPacing
 from bidder.settings import Settings
 from streams.kafka_config import aiokafka_consumer_kwargs, aiokafka_producer_kwargs
 from streams.workarounds import fetch_pacing_installed
@@ -118,7 +118,7 @@ def test_broker_behaviour_and_an_idle_consumer_polls_at_most_once_per_ceiling(se
     print(f"empty fetch answered after {held * 1000:.1f} ms (asked to hold 400 ms); "
           f"{fetches} fetches in {idle_s:.2f} s idle")
     if not settings.kafka_bootstrap and os.environ.get("BIDDER_TEST_BROKER", "noida") == "noida":
-        assert held < 0.2, "noida-db now holds empty fetches: bidder/fetch_pacing.py may be removed"
+        assert held < 0.2, "noida-db now holds empty fetches: bidder/replica/fetch_pacing.py may be removed"
     # paced: about one fetch per ceiling (100 ms); unpaced, noida-db took ~2,000 a second here
     assert fetches <= idle_s / policy.ceiling_s * 2 + 4
 

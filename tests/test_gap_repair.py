@@ -1,6 +1,6 @@
 """Records a fetch skipped are fetched again from the broker and handed to the agents in order.
 
-The embedded Tansu broker skips records under concurrent producers (``bidder/offset_gaps.py``); that
+The embedded Tansu broker skips records under concurrent producers (``bidder/replica/offset_gaps.py``); that
 cannot be produced on demand, so these tests drop records from what a real consumer read and let the
 repair fetch them from the real broker (the session broker: noida-db, or ``BIDDER_KAFKA_BOOTSTRAP``).
 A transaction marker is a real gap on every broker: the repair must report it absent and go on.
@@ -18,11 +18,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bidder.billing import Ledger
+from bidder.clicks.billing import Ledger
 from bidder.decoding import Limits
 from bidder.events import Listing, Shop, encode
+from bidder.replica.state import BidderState
 from bidder.settings import Settings
-from bidder.state import BidderState
 from streams.admin import create_topics
 from streams.broker import embedded_broker
 from streams.gap_repair import GapRepairer, RepairedEvent

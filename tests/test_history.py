@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 from bidder.decoding import Limits
 from bidder.events import encode
-from bidder.history import HISTORY_TOPIC, ListingHistory, merge_record, shipped_history, world_key
-from bidder.rolling import COUNTERS, RollingStats
+from bidder.query.rolling import COUNTERS, RollingStats
+from bidder.replica.history import HISTORY_TOPIC, ListingHistory, merge_record, shipped_history, world_key
+from bidder.replica.state import BidderState
 from bidder.settings import DEFAULT_MODEL_DIR, Settings
-from bidder.state import BidderState
 from onnx_models.traffic import SimConfig, simulate
 from streams.harness.market import WorldConfig
 from streams.harness.simulator import Simulator

@@ -10,8 +10,8 @@ from pathlib import Path
 from bidder.lifecycle import promotion
 from bidder.lifecycle.dataset import records_from_traffic
 from bidder.lifecycle.tracking import RunStore
-from bidder.model_meta import ModelMeta
-from bidder.scoring import load_models
+from bidder.query.model_meta import ModelMeta
+from bidder.query.scoring import load_models
 from onnx_models.traffic import simulate
 from onnx_models.train import TrainConfig
 from tests.cli_helpers import bidder

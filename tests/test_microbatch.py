@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bidder.microbatch import CallCost, MicroBatcher, Result
-from bidder.scoring import OnnxScorer
+from bidder.query.microbatch import CallCost, MicroBatcher, Result
+from bidder.query.scoring import OnnxScorer
 from bidder.settings import DEFAULT_MODEL_DIR
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bidder.features import FEATURE_SPEC, FeatureSpec
-from bidder.model_meta import ModelMeta, ModelSpecError, check_io
-from bidder.profile import FeatureProfile
+from bidder.monitoring.profile import FeatureProfile
+from bidder.query.features import FEATURE_SPEC, FeatureSpec
+from bidder.query.model_meta import ModelMeta, ModelSpecError, check_io
 from bidder.settings import DEFAULT_MODEL_DIR
 
 D = FEATURE_SPEC.n_features

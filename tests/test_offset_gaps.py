@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bidder.offset_gaps import Gap, GapTracker
+from bidder.replica.offset_gaps import Gap, GapTracker
 
 
 @given(n=st.integers(min_value=1, max_value=300), skipped=st.sets(st.integers(min_value=1, max_value=299)))

@@ -14,8 +14,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from bidder.model_meta import ModelMeta
-from bidder.scoring import NumpyMlpScorer, OnnxScorer
+from bidder.query.model_meta import ModelMeta
+from bidder.query.scoring import NumpyMlpScorer, OnnxScorer
 from bidder.settings import DEFAULT_MODEL_DIR
 from onnx_models.export import INPUT_NAME, OUTPUT_NAME
 from onnx_models.traffic import SimConfig, simulate

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from bidder.events import Query
-from bidder.features import FEATURE_SPEC, Priors, QueryContext, gather
-from bidder.pipeline import BidPipeline, BudgetView, StaticBudget, UnlimitedBudget
-from bidder.rolling import RollingStats
-from bidder.scoring import Models, load_models
+from bidder.query.features import FEATURE_SPEC, Priors, QueryContext, gather
+from bidder.query.pipeline import BidPipeline, BudgetView, StaticBudget, UnlimitedBudget
+from bidder.query.rolling import RollingStats
+from bidder.query.scoring import Models, load_models
 from bidder.settings import DEFAULT_MODEL_DIR
 from onnx_models.traffic import build_catalog
 from streams.harness.market import World, WorldConfig
@@ -182,8 +182,8 @@ def test_budget_views() -> None:
 def test_row_index_matches_catalog_rows(id_span: int, dense: bool) -> None:
     """Same answers as Catalog.rows in both snapshot forms (sorted ids, dense table), also after
     listings are added or withdrawn behind its back and for ids below, between and above the known."""
-    from bidder.catalog import Catalog
-    from bidder.pipeline import RowIndex
+    from bidder.query.catalog import Catalog
+    from bidder.query.pipeline import RowIndex
 
     rng = np.random.default_rng(0)
     cat = Catalog(capacity=8)
@@ -208,7 +208,7 @@ def test_row_index_matches_catalog_rows(id_span: int, dense: bool) -> None:
 
 
 def test_gather_matches_the_feature_definitions(world: World, stats: RollingStats) -> None:
-    """Every column as the feature table in ``bidder.features`` defines it, computed plainly per
+    """Every column as the feature table in ``bidder.query.features`` defines it, computed plainly per
     candidate, including a listing never seen (no history) and one beyond the stats' capacity."""
     catalog = build_catalog(world)
     q = _queries(world, 1, seed=4, candidates=50)[0]

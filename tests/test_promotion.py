@@ -17,8 +17,8 @@ from onnx import helper, numpy_helper
 
 from bidder.lifecycle.dataset import FrozenDataset, freeze, records_from_traffic
 from bidder.lifecycle.promotion import CHAMPION, LOG, Limits, promote
-from bidder.model_meta import ModelMeta, ModelSpecError
-from bidder.scoring import OnnxScorer, load_models
+from bidder.query.model_meta import ModelMeta, ModelSpecError
+from bidder.query.scoring import OnnxScorer, load_models
 from onnx_models.lifecycle import train_dataset
 from onnx_models.traffic import simulate
 from onnx_models.train import TrainConfig

@@ -6,10 +6,10 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bidder.attribution import ClickIndex
 from bidder.decoding import Rejection
 from bidder.events import Purchase
-from bidder.purchase_decisions import Conversion, PurchaseBatch, Repeated
+from bidder.labels.attribution import ClickIndex
+from bidder.labels.purchase_decisions import Conversion, PurchaseBatch, Repeated
 
 WINDOW_S = 600.0
 T0 = 1_767_272_400.0

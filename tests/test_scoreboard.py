@@ -60,7 +60,7 @@ def test_models_and_served_predictions_are_scored_on_the_frozen_test_rows(tmp_pa
     import shutil
 
     from bidder.lifecycle import scoreboard
-    from bidder.scoring import load_models
+    from bidder.query.scoring import load_models
     from bidder.settings import DEFAULT_MODEL_DIR
 
     log = simulate(dataclasses.replace(SimConfig.small(), n_warmup=100, n_log=1200), seed=6)

@@ -12,10 +12,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-import bidder.scoring as scoring
-from bidder.features import FEATURE_SPEC
-from bidder.model_meta import ModelSpecError
-from bidder.scoring import NumpyMlpScorer, OnnxScorer, ProviderError, Scorer, load_models
+import bidder.query.scoring as scoring
+from bidder.query.features import FEATURE_SPEC
+from bidder.query.model_meta import ModelSpecError
+from bidder.query.scoring import NumpyMlpScorer, OnnxScorer, ProviderError, Scorer, load_models
 from bidder.settings import DEFAULT_MODEL_DIR
 
 D = FEATURE_SPEC.n_features

@@ -7,12 +7,12 @@ import time
 import numpy as np
 import pytest
 
-from bidder.catalog import Catalog
-from bidder.features import Priors
-from bidder.microbatch import MicroBatcher
-from bidder.pipeline import BidPipeline, UnlimitedBudget
-from bidder.rolling import RollingStats
-from bidder.scoring import Models, load_models
+from bidder.query.catalog import Catalog
+from bidder.query.features import Priors
+from bidder.query.microbatch import MicroBatcher
+from bidder.query.pipeline import BidPipeline, UnlimitedBudget
+from bidder.query.rolling import RollingStats
+from bidder.query.scoring import Models, load_models
 from bidder.settings import DEFAULT_MODEL_DIR, Settings
 from streams.metrics import WorkerMetrics
 from streams.serving import Serving

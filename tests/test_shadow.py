@@ -13,12 +13,12 @@ import numpy as np
 import orjson
 import pytest
 
-from bidder import shadow
-from bidder.attribution import provisional_labels
 from bidder.events import AuctionOutcome, Winner, to_json
-from bidder.features import FEATURE_SPEC
-from bidder.model_meta import ModelSpecError
-from bidder.scoring import Models, load_models
+from bidder.labels.attribution import provisional_labels
+from bidder.query import shadow
+from bidder.query.features import FEATURE_SPEC
+from bidder.query.model_meta import ModelSpecError
+from bidder.query.scoring import Models, load_models
 from bidder.settings import DEFAULT_MODEL_DIR, Settings
 from streams.metrics import WorkerMetrics
 from streams.model_watch import ModelWatcher

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bidder import shadow
 from bidder.lifecycle.online_board import fold_online, online_rows
-from bidder.scoring import load_models
+from bidder.query import shadow
+from bidder.query.scoring import load_models
 from bidder.settings import Settings
 from streams.admin import create_topics
 from streams.broker import embedded_broker

@@ -10,14 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bidder.attribution import ClickIndex, label_update, provisional_labels
-from bidder.auction_log import AuctionLog
-from bidder.billing import Ledger
-from bidder.budget import LedgerBudget
+from bidder.clicks.billing import Ledger
 from bidder.decoding import Limits
 from bidder.events import Listing, Shop, encode
-from bidder.pacing import pacing_multiplier
-from bidder.state import BidderState
+from bidder.labels.attribution import ClickIndex, label_update, provisional_labels
+from bidder.labels.auction_log import AuctionLog
+from bidder.query.budget import LedgerBudget
+from bidder.query.pacing import pacing_multiplier
+from bidder.replica.state import BidderState
 
 T = 1_800_000_000.0
 

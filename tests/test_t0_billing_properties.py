@@ -2,7 +2,8 @@
 
 Random click sequences with resends (same ``click_id``), shuffled arrival and a simulated crash that
 replays the last ``k`` ledger lines / reprocesses the last ``k`` clicks, through
-:class:`bidder.billing.Ledger` (what the billing agent decides with) and :class:`bidder.state.BidderState`
+:class:`bidder.clicks.billing.Ledger` (what the billing agent decides with) and
+:class:`bidder.replica.state.BidderState`
 (what every worker folds from the ``billing`` topic). Checked against the independent integer oracle
 :mod:`streams.harness.oracle`: spend never exceeds a budget, a click id is decided (charged or unbilled) at
 most once, the decisions equal the sequential oracle's, and a replay leaves the state as it was.
@@ -16,9 +17,9 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bidder.billing import Ledger, LedgerEntry
+from bidder.clicks.billing import Ledger, LedgerEntry
 from bidder.decoding import Limits
-from bidder.state import BidderState
+from bidder.replica.state import BidderState
 from streams.harness.oracle import BillingOracle, ClickFact, expected_charged, verify_ledger
 
 DAY = 86_400.0

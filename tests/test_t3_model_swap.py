@@ -191,7 +191,7 @@ def test_promotion_reaches_the_micro_batcher(settings: Settings, small_world: An
     """With micro-batching on (the chart's GPU profile), a promoted model with other predictions prices
     every query after the swap, and every outcome names the model that priced it: each winner's pCTR and
     pCVR on the ``auctions`` topic are what the named version predicts for the features it served."""
-    from bidder.scoring import load_models
+    from bidder.query.scoring import load_models
 
     mlp, lr = (load_models(MODELS, family, "cpu", 1, 1) for family in ("mlp", "lr"))
     by_version = {m.versions["ctr"]: m for m in (mlp, lr)}

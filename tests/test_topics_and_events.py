@@ -9,7 +9,7 @@ import numpy as np
 
 from bidder.decoding import Limits, decode
 from bidder.events import Click, Listing, Purchase, Query, Shop
-from bidder.features import QueryContext
+from bidder.query.features import QueryContext
 from bidder.settings import Settings
 from bidder.topics import ALL_TOPICS, TOPICS
 from streams.admin import create_topics

@@ -6,9 +6,9 @@ from __future__ import annotations
 import orjson
 
 from bidder.decoding import Limits
-from bidder.drift import DriftEvent
+from bidder.monitoring.drift import DriftEvent
+from bidder.replica.state import BidderState
 from bidder.settings import Settings
-from bidder.state import BidderState
 from streams.monitor import OutputTally
 from streams.probes import Probes
 

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from bidder.events import Click, Purchase, Query, encode
-from bidder.features import QueryContext
+from bidder.query.features import QueryContext
 from bidder.settings import Settings
 from streams.producer import EventProducer
 from tests.kafka_helpers import read_until

@@ -1,6 +1,6 @@
 """Frozen datasets: matured labels folded into content-hashed Parquet files with a time-based split.
 
-Source: ``labels`` records (:mod:`bidder.attribution`), from the topic or a JSONL dump, as an
+Source: ``labels`` records (:mod:`bidder.labels.attribution`), from the topic or a JSONL dump, as an
 iterable of dicts. ``"impressions"`` records carry one example per served slot (features as served,
 provisional ``clicked=0, converted=0``); ``"label_update"`` records correct one ``impression_id``.
 
@@ -33,7 +33,7 @@ content hash of what was read; a changed file raises :class:`DatasetCorruptError
 
 Columns: ``impression_id, query_id`` (str), ``ts`` (float64, seconds), ``slot, listing_id, shop_id``
 (int64), ``pctr, pcvr`` (float32, served predictions), ``bid, price`` (float64), one float32 column per
-feature of :data:`bidder.features.FEATURE_SPEC` (in spec order), ``clicked, converted, label_version``
+feature of :data:`bidder.query.features.FEATURE_SPEC` (in spec order), ``clicked, converted, label_version``
 (int8), ``p_click_true, p_buy_true`` (float64, the simulator's true probabilities, NaN when the source
 does not know them), ``ctr_version, cvr_version`` (str, the models that served).
 
@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from bidder.features import FEATURE_SPEC
+from bidder.query.features import FEATURE_SPEC
 
 if TYPE_CHECKING:
     from bidder.settings import Settings
@@ -476,7 +476,7 @@ def read_topic_snapshot(bootstrap: str, *, settings: Settings | None = None, top
     """Every record of ``topic`` from the beginning up to the end it had when reading started (a synchronous
     wrapper around the group-less consumer of :func:`streams.tail.tail_consumer`). Records written
     meanwhile are left out, so the result is exactly the records below :attr:`TopicSnapshot.end_offsets`.
-    A record a fetch skipped (:mod:`bidder.offset_gaps`) is fetched again, so no label row goes missing."""
+    A record a fetch skipped (:mod:`bidder.replica.offset_gaps`) is fetched again, so no label row goes missing."""
     import asyncio
 
     import orjson

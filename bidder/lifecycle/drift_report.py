@@ -28,8 +28,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from bidder.drift import STATISTICS, DriftMonitor
-from bidder.profile import FeatureProfile
+from bidder.monitoring.drift import STATISTICS, DriftMonitor
+from bidder.monitoring.profile import FeatureProfile
 
 __all__ = ["load_snapshot", "write_report"]
 

@@ -1,7 +1,7 @@
 """Online metrics per model version from the ``labels`` topic: the serving model beside its shadow.
 
-Every impression's labels record (:mod:`bidder.attribution`) names the model versions that priced it and,
-while a shadow ran (:mod:`bidder.shadow`), the shadow's versions and predictions for the same impression.
+Every impression's labels record (:mod:`bidder.labels.attribution`) names the model versions that priced it and,
+while a shadow ran (:mod:`bidder.query.shadow`), the shadow's versions and predictions for the same impression.
 :func:`fold_online` (the frozen datasets' fold, :func:`bidder.lifecycle.dataset.fold_labels`, with the shadow columns)
 keeps per ``impression_id`` the provisional example and the highest label version (clicked, converted); only
 impressions older than ``mature_after_s`` (click window + attribution window:

@@ -3,9 +3,9 @@
 Replay (:func:`compare`): the frozen test rows of a dataset, and golden queries cut from them (up to
 ``golden_queries`` blocks of ``query_size`` consecutive test rows, spread evenly over the test period),
 go through the champion and the challenger *on the same runtime* (ONNX Runtime CPU sessions, loaded with
-every load-time check of :mod:`bidder.scoring`: sha256, spec, IO, golden outputs). Each golden query is
-bid (:func:`bidder.autobid.bids`: price from the ``log_price`` feature, one ``target_share`` for all,
-no pacing, no budget limit) and auctioned (:func:`bidder.auction.run_auction`, same seeded tie-breaking
+every load-time check of :mod:`bidder.query.scoring`: sha256, spec, IO, golden outputs). Each golden query is
+bid (:func:`bidder.query.autobid.bids`: price from the ``log_price`` feature, one ``target_share`` for all,
+no pacing, no budget limit) and auctioned (:func:`bidder.query.auction.run_auction`, same seeded tie-breaking
 for both models). Checks, per target unless noted (defaults in :class:`Limits`):
 
 ================  ==========================================================================
@@ -93,12 +93,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bidder.auction import run_auction
-from bidder.autobid import bids as auto_bids
-from bidder.features import FEATURE_SPEC
 from bidder.lifecycle.dataset import write_atomically
 from bidder.lifecycle.scoreboard import auc, row_log_loss
-from bidder.scoring import Models, family_in, load_models
+from bidder.query.auction import run_auction
+from bidder.query.autobid import bids as auto_bids
+from bidder.query.features import FEATURE_SPEC
+from bidder.query.scoring import Models, family_in, load_models
 
 __all__ = ["BEHAVIOUR", "EXPLAINED", "Check", "Limits", "PromotionReport", "Replay", "compare", "find_champion",
            "install_release", "model_source", "promote", "release_name", "trained_on"]
@@ -536,7 +536,7 @@ def promote(
 
 def trained_on(challenger_dir: Path) -> str:
     """The frozen dataset a challenger was trained on, as its CTR sidecar records it ('' if it names none)."""
-    from bidder.model_meta import ModelMeta
+    from bidder.query.model_meta import ModelMeta
 
     meta = ModelMeta.load(Path(challenger_dir) / f"{family_in(challenger_dir)}_ctr.json")
     return str(meta.training.get("dataset_id", ""))

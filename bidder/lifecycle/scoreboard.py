@@ -141,7 +141,7 @@ def model_rows(dataset: Any, model_dir: Path, family: str | None = None, *, name
     """Score the ONNX pair of ``model_dir`` on the frozen test split (CPU, every load-time check).
     ``family`` defaults to the ``CHAMPION`` pointer's, else to the only ``<family>_ctr.onnx`` there."""
     from bidder.lifecycle.promotion import find_champion
-    from bidder.scoring import family_in, load_models
+    from bidder.query.scoring import family_in, load_models
 
     model_dir = Path(model_dir)
     champion = find_champion(model_dir) if family is None else None

@@ -1,6 +1,6 @@
 """The model lifecycle: frozen datasets, training, the scoreboard, promotion and shadow scoring.
 
-Each command is a shell over :mod:`bidder.lifecycle` (datasets, scoreboard, promotion), :mod:`bidder.shadow`
+Each command is a shell over :mod:`bidder.lifecycle` (datasets, scoreboard, promotion), :mod:`bidder.query.shadow`
 and :mod:`onnx_models` (training), all loaded inside the command that uses them."""
 
 from __future__ import annotations
@@ -270,7 +270,7 @@ def shadow(ctx: click.Context, model_dir: Path | None) -> None:
 def shadow_start(model_dir: Path, model: str, runs: Path) -> None:
     """Shadow a challenger (a model directory or a run id under --runs)."""
     from bidder.lifecycle.promotion import model_source
-    from bidder.shadow import start
+    from bidder.query.shadow import start
 
     pointer = start(model_source(model, runs), model_dir=model_dir, clock=wall_clock, source=model)
     click.echo(json.dumps(pointer, indent=1))
@@ -280,7 +280,7 @@ def shadow_start(model_dir: Path, model: str, runs: Path) -> None:
 @click.pass_obj
 def shadow_stop(model_dir: Path) -> None:
     """Stop shadowing."""
-    from bidder.shadow import stop
+    from bidder.query.shadow import stop
 
     click.echo("shadow stopped" if stop(model_dir) else "no shadow was set")
 
@@ -289,7 +289,7 @@ def shadow_stop(model_dir: Path) -> None:
 @click.pass_obj
 def shadow_status(model_dir: Path) -> None:
     """Print the SHADOW pointer; exit 1 if there is none."""
-    from bidder.shadow import read_pointer
+    from bidder.query.shadow import read_pointer
 
     found = read_pointer(model_dir)
     if found is None:

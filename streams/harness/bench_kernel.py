@@ -7,7 +7,7 @@
 
 Setup (untimed): a seeded :class:`streams.harness.market.World` loaded into a catalog, rolling stats warmed
 with synthetic history, a set of prepared queries, and for each query its gathered feature matrix.
-Then, for each iteration, one query goes through :meth:`bidder.pipeline.BidPipeline.process` and,
+Then, for each iteration, one query goes through :meth:`bidder.query.pipeline.BidPipeline.process` and,
 interleaved in the same loop (alternating which goes first), the same CTR and CVR sessions run bare on
 that query's prepared matrix. Per query we report p50/p99/p999 latency, queries/s and candidates/s for
 both, and ``ratio = pipeline / bare``: what catalog lookup, gathering, bidding, the auction and building
@@ -20,7 +20,7 @@ the CUDA variants. Variants, interleaved call by call (rotating which goes first
 * ``bare``: ``InferenceSession.run`` for CTR and CVR on a prepared ``(k * candidates, d)`` matrix;
 * ``scorer``: :meth:`OnnxScorer.score` on the same matrix (CPU: plain run; CUDA: IO binding with
   reused bucket buffers, ``iobinding``; and with captured CUDA graphs, ``cuda_graphs``);
-* ``batcher``: the ``k`` per-query blocks through :class:`bidder.microbatch.MicroBatcher` (submit, flush:
+* ``batcher``: the ``k`` per-query blocks through :class:`bidder.query.microbatch.MicroBatcher` (submit, flush:
   one call, concatenation and scatter included);
 * ``pipeline``: :meth:`BidPipeline.process` on the ``k`` queries (gather, score, bid, auction: e2e kernel).
 
@@ -124,8 +124,8 @@ class _World:
 
 def _build_world(*, candidates: int, n_queries: int, seed: int) -> _World:
     from bidder.events import Query
-    from bidder.features import Priors, QueryContext, gather
-    from bidder.rolling import RollingStats
+    from bidder.query.features import Priors, QueryContext, gather
+    from bidder.query.rolling import RollingStats
     from onnx_models.traffic import build_catalog
     from streams.harness.market import World, WorldConfig
 
@@ -166,7 +166,7 @@ def _build_world(*, candidates: int, n_queries: int, seed: int) -> _World:
 
 
 def _pipeline(w: _World, ctr: Any, cvr: Any, versions: dict[str, str], seed: int) -> Any:
-    from bidder.pipeline import BidPipeline, UnlimitedBudget
+    from bidder.query.pipeline import BidPipeline, UnlimitedBudget
 
     return BidPipeline(
         catalog=w.catalog, stats=w.stats, priors=w.priors, ctr=ctr, cvr=cvr,
@@ -206,8 +206,8 @@ def _variants_for(
     loaded: dict[str, Any], errors: dict[str, str],
 ) -> tuple[dict[str, Variant], dict[str, Any]]:
     """The variants of one provider at ``k`` queries per call, and what each session runs on."""
-    from bidder.microbatch import MicroBatcher
-    from bidder.scoring import load_models
+    from bidder.query.microbatch import MicroBatcher
+    from bidder.query.scoring import load_models
 
     def load(name: str, **kw: Any) -> Any:
         if name not in loaded:
@@ -286,7 +286,7 @@ def run_batch_bench(
     _ensure_orjson()
     import onnxruntime as ort
 
-    from bidder.features import FEATURE_SPEC
+    from bidder.query.features import FEATURE_SPEC
 
     preload = _preload_cuda(provider)
     w = _build_world(candidates=candidates, n_queries=n_queries, seed=seed)
@@ -407,8 +407,8 @@ def run_bench(
     _ensure_orjson()
     import onnxruntime as ort
 
-    from bidder.features import FEATURE_SPEC
-    from bidder.scoring import load_models
+    from bidder.query.features import FEATURE_SPEC
+    from bidder.query.scoring import load_models
 
     _preload_cuda(provider)
     models = load_models(model_dir, family, provider, intra_op_threads, inter_op_threads)

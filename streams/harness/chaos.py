@@ -646,7 +646,7 @@ async def read_to_end(cluster: Cluster, topics: Sequence[str],
     partition silent for longer than any quiet period, and a reader that stopped there reported
     records the workers had read as lost by the broker. ListOffsets(latest) is not used: Tansu
     answers it wrongly; the high watermark comes with every fetch response. A record a fetch skipped
-    (Tansu, under concurrent producers: :mod:`bidder.offset_gaps`) is fetched again, as the workers
+    (Tansu, under concurrent producers: :mod:`bidder.replica.offset_gaps`) is fetched again, as the workers
     do: the verifier must not blame the bidder for what its own reader missed.
     """
     settings = cluster.settings()

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bidder.drift import DriftEvent, DriftMonitor, DriftSettings
-from bidder.features import FEATURE_SPEC
-from bidder.profile import FeatureProfile, profile_matrix
+from bidder.monitoring.drift import DriftEvent, DriftMonitor, DriftSettings
+from bidder.monitoring.profile import FeatureProfile, profile_matrix
+from bidder.query.features import FEATURE_SPEC
 from streams.harness.drift_inject import DriftInjection, InjectionKind, offline_stream, proxy_predictions
 from streams.harness.market import World, WorldConfig
 

@@ -1,6 +1,6 @@
 """Drift injection: make one named feature drift from a given time, as upstream as possible.
 
-A :class:`DriftInjection` names a feature of :data:`~bidder.features.FEATURE_SPEC`, a kind and an
+A :class:`DriftInjection` names a feature of :data:`~bidder.query.features.FEATURE_SPEC`, a kind and an
 amount, active for events with ``ts >= start_ts``:
 
 ==========  ====================================================================================
@@ -21,11 +21,11 @@ has a source event, so the bidder's own decoding and gathering run on the drifte
   (scale multiplies the price, so ``log_price`` moves by ``ln amount``; shift multiplies it by
   ``exp(amount * std)``). The listings topic is compacted: re-publish every listing at ``start_ts``.
 - ``category_match`` remap: :func:`inject_query` (through :func:`remap_context`) renumbers the
-  query's category in its :class:`~bidder.features.QueryContext`.
+  query's category in its :class:`~bidder.query.features.QueryContext`.
 - anything else: :func:`apply_to_matrix` changes the gathered ``(n, d)`` matrix before scoring.
 
 :func:`upstream_source` says which path an injection takes. :func:`offline_stream` replays a seeded
-world through :func:`~bidder.features.gather` offline (no Kafka), with an injection applied through
+world through :func:`~bidder.query.features.gather` offline (no Kafka), with an injection applied through
 the same entry points; drift tests and ``bidder drift report --demo`` use it. Its feedback loop is
 deliberately simple (the ``slots`` most relevant candidates are shown, clicks and purchases follow the
 world's true laws, each click costs ``cpc``) so an injected feature does not leak into the others.
@@ -46,10 +46,10 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from bidder.catalog import Catalog
 from bidder.events import Listing, Query
-from bidder.features import FEATURE_SPEC, Priors, QueryContext, gather
-from bidder.rolling import RollingStats
+from bidder.query.catalog import Catalog
+from bidder.query.features import FEATURE_SPEC, Priors, QueryContext, gather
+from bidder.query.rolling import RollingStats
 from streams.harness.market import World, position_bias, sigmoid
 
 __all__ = [

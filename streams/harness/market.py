@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from bidder.features import DEVICES, PAGES
+from bidder.query.features import DEVICES, PAGES
 
 __all__ = [
     "BuyerResponse",

@@ -1,6 +1,6 @@
 """A sequential oracle for money: what the ledger must say, computed without Kafka, Faust or floats.
 
-The billing agent (``streams/agents.py``) decides each click with :class:`bidder.billing.Ledger`. This
+The billing agent (``streams/agents.py``) decides each click with :class:`bidder.clicks.billing.Ledger`. This
 module re-derives the same rule independently, in integer micro-units, so the reliability suite can
 check every ledger line a run wrote against it:
 

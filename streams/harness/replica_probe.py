@@ -1,6 +1,6 @@
 """A replica alone: what replicating the topics costs one worker, apart from everything else it does.
 
-Every worker folds every record of the replicated topics (``bidder.state.REPLICATED_TOPICS``) from all
+Every worker folds every record of the replicated topics (``bidder.replica.state.REPLICATED_TOPICS``) from all
 partitions, so each one pays for the whole marketplace's traffic whatever its own share of the queries.
 This process runs the worker's :class:`streams.replicator.Replicator` and nothing else, with the
 worker's settings, and reports the records it folded and the CPU it spent after catching up.
@@ -26,8 +26,8 @@ from typing import Any
 import orjson
 
 from bidder.decoding import Limits
+from bidder.replica.state import BidderState
 from bidder.settings import Settings
-from bidder.state import BidderState
 from streams.replicator import Replicator
 
 __all__ = ["ProbeProcess", "probe_report", "run_probe"]

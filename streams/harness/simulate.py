@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 
 from bidder.events import encode
-from bidder.history import HISTORY_TOPIC, ListingHistory, shipped_history, world_key
+from bidder.replica.history import HISTORY_TOPIC, ListingHistory, shipped_history, world_key
 from bidder.settings import Settings
 from streams.harness.market import World, WorldConfig
 from streams.harness.simulator import Simulator

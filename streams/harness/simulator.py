@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from bidder.events import Click, Listing, Purchase, Query, Shop
-from bidder.features import QueryContext
+from bidder.query.features import QueryContext
 from streams.harness.market import World, WorldConfig
 
 __all__ = ["Impression", "Simulator", "World", "WorldConfig"]

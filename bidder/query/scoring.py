@@ -24,7 +24,7 @@ ONNX Runtime facts this module acts on:
   larger than the largest bucket are split into bucket-sized chunks. ``pad_rows`` counts the padding.
   With ``cuda_graphs`` each bucket is one captured CUDA graph (``enable_cuda_graph`` provider option,
   ``gpu_graph_id`` run option = bucket index), replayed with the same device addresses every call.
-* Loading checks the metadata sidecar (:mod:`bidder.model_meta`): the file's sha256, the feature spec
+* Loading checks the metadata sidecar (:mod:`bidder.query.model_meta`): the file's sha256, the feature spec
   fingerprint, the graph's input/output names, types and shapes, and the golden outputs; then it warms
   the session up with a full-size batch so the first query does not pay for allocation.
 
@@ -49,8 +49,8 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from bidder.features import FEATURE_SPEC, FeatureSpec
-from bidder.model_meta import ModelMeta, ModelSpecError, check_io
+from bidder.query.features import FEATURE_SPEC, FeatureSpec
+from bidder.query.model_meta import ModelMeta, ModelSpecError, check_io
 
 __all__ = [
     "DEFAULT_BUCKETS",

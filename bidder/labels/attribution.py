@@ -101,7 +101,7 @@ def provisional_labels(outcome: dict[str, Any]) -> dict[str, Any]:
             for w in outcome["winners"]
         ],
     }
-    if shadow:  # the shadow model's predictions for the same impressions (bidder/shadow.py)
+    if shadow:  # the shadow model's predictions for the same impressions (bidder/query/shadow.py)
         record["shadow_versions"] = shadow["versions"]
         for ex, sc, sv in zip(record["examples"], shadow["pctr"], shadow["pcvr"], strict=True):
             ex["shadow_pctr"], ex["shadow_pcvr"] = sc, sv

@@ -1,7 +1,7 @@
 """The streaming bidder's view of sellers' money: budgets from the catalog, spend from the ledger.
 
-Implements :class:`bidder.pipeline.BudgetView`. Remaining budget is today's (UTC) budget minus the
-ledger's spend today; the pacing multiplier follows :mod:`bidder.pacing`.
+Implements :class:`bidder.query.pipeline.BudgetView`. Remaining budget is today's (UTC) budget minus the
+ledger's spend today; the pacing multiplier follows :mod:`bidder.query.pacing`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from bidder.billing import Ledger, day_of
-from bidder.catalog import Catalog
-from bidder.pacing import day_fraction, pacing_multiplier
+from bidder.clicks.billing import Ledger, day_of
+from bidder.query.catalog import Catalog
+from bidder.query.pacing import day_fraction, pacing_multiplier
 
 __all__ = ["LedgerBudget"]
 

@@ -17,7 +17,7 @@ The index also matures labels for the calibration monitor (:class:`Matured`, tak
   served, ``y`` = converted (:meth:`mark_converted`, from the ``labels`` topic).
 
 Each matured batch names the model version that priced it and, when a shadow model scored the same
-winners (``outcome["shadow"]``, :mod:`bidder.shadow`), the shadow's version and predictions, so both are
+winners (``outcome["shadow"]``, :mod:`bidder.query.shadow`), the shadow's version and predictions, so both are
 judged on the same impressions.
 
 >>> log = AuctionLog(window_s=600.0, capacity=10)

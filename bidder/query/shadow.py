@@ -7,7 +7,7 @@ Files (beside the champion's, in ``BIDDER_MODEL_DIR``)::
                                                                   versions, started_at, source
 
 ``bidder shadow start MODEL`` (a directory or a run id) loads the pair (every load-time check of
-:func:`bidder.scoring.load_models`), copies it into its release directory and replaces the pointer
+:func:`bidder.query.scoring.load_models`), copies it into its release directory and replaces the pointer
 atomically; ``bidder shadow stop`` removes the pointer. Running workers poll it
 (``streams/model_watch.py``) and start or stop shadowing between two batches.
 
@@ -17,7 +17,7 @@ exactly as served (one call per model for the whole batch) and each outcome carr
 (:func:`shadow_outcomes`). Bids, ranking and prices are the champion's alone: the shadow runs after
 them. The labels record copies the shadow predictions per impression, so the shadow is judged on the
 same impressions and labels as the champion: calibration per model version in the worker
-(:mod:`bidder.calibration`), AUC, log loss, NE, calibration and PR-AUC in ``bidder scoreboard --online``
+(:mod:`bidder.labels.calibration`), AUC, log loss, NE, calibration and PR-AUC in ``bidder scoreboard --online``
 (:mod:`bidder.lifecycle.online_board`).
 
 Scope and its bias: only winners get labels, so only winners are shadow-scored. They were chosen by the
@@ -39,7 +39,7 @@ import numpy as np
 from bidder.events import AuctionOutcome
 from bidder.lifecycle.dataset import write_atomically
 from bidder.lifecycle.promotion import install_release, release_name
-from bidder.scoring import Models, family_in, load_models
+from bidder.query.scoring import Models, family_in, load_models
 
 __all__ = ["SHADOW", "ShadowPointer", "read_pointer", "shadow_outcomes", "start", "stop"]
 

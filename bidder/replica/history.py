@@ -6,13 +6,13 @@ so its features are colder than anything the models were trained on, and the dri
 alarms. :class:`ListingHistory` is that fold, computed elsewhere (the offline world that trains the
 shipped models, ``onnx_models/traffic.py``) and written as one record per listing to the compacted
 ``listing-history`` topic (``bidder simulate --history``); every worker's replica merges it into its
-:class:`~bidder.rolling.RollingStats` (additive, so it does not matter whether it is read before or after
+:class:`~bidder.query.rolling.RollingStats` (additive, so it does not matter whether it is read before or after
 the live records that follow it).
 
 Times are relative: a history holds counters decayed to its end and last-seen ages, and is placed at any
 ``end`` when it is written (the past ends when live traffic starts).
 
->>> from bidder.rolling import RollingStats
+>>> from bidder.query.rolling import RollingStats
 >>> s = RollingStats(half_life_s=3600.0, capacity=4)
 >>> s.record(np.array([0, 0, 2]), kind="impressions", now=100.0)
 >>> h = ListingHistory.from_stats(s, listing_ids=np.array([103, 203, 303, 403]), end=3700.0, span_s=3600.0)
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bidder.rolling import COUNTERS, RollingStats
+from bidder.query.rolling import COUNTERS, RollingStats
 
 __all__ = ["HISTORY_FILE", "HISTORY_TOPIC", "ListingHistory", "merge_record", "shipped_history", "world_key"]
 

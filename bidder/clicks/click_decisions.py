@@ -8,14 +8,14 @@ with their reasons. A click is
 * rejected ``unknown_auction`` when no outcome of its query is known, ``not_a_winner`` when its listing
   did not win that auction, ``click_after_window`` when it came more than ``click_window_s`` after the
   auction, ``shop_mismatch`` when it names another shop than the auction's winner;
-* otherwise decided by :meth:`bidder.billing.Ledger.decide` at the auction's price, against the shop's
+* otherwise decided by :meth:`bidder.clicks.billing.Ledger.decide` at the auction's price, against the shop's
   daily budget less the spend of this batch's earlier clicks (not yet in the ledger's fold: the lines
   are written, acknowledged and folded after the whole batch is decided);
 * a ``duplicate`` when the same click id was already decided earlier in this batch (a resend).
 
->>> from bidder.auction_log import AuctionLog
->>> from bidder.billing import Ledger
->>> from bidder.catalog import Catalog
+>>> from bidder.labels.auction_log import AuctionLog
+>>> from bidder.clicks.billing import Ledger
+>>> from bidder.query.catalog import Catalog
 >>> from bidder.events import Click, Winner
 >>> log = AuctionLog(window_s=60.0)
 >>> log.add({"query_id": "q1", "ts": 100.0, "winners": [
@@ -37,11 +37,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from bidder.auction_log import AuctionLog
-from bidder.billing import Ledger, LedgerEntry, day_of
-from bidder.catalog import Catalog
+from bidder.clicks.billing import Ledger, LedgerEntry, day_of
 from bidder.decoding import Rejection
 from bidder.events import Click, Winner
+from bidder.labels.auction_log import AuctionLog
+from bidder.query.catalog import Catalog
 
 __all__ = ["ClickBatch", "ClickDecision"]
 

@@ -21,14 +21,14 @@ from typing import Any
 import numpy as np
 import orjson
 
-from bidder.attribution import IMPRESSIONS_PREFIX, ClickIndex
-from bidder.auction_log import AuctionLog
-from bidder.billing import Ledger, LedgerEntry
-from bidder.catalog import Catalog
+from bidder.clicks.billing import Ledger, LedgerEntry
 from bidder.decoding import Limits, Rejection, decode
 from bidder.events import Listing, Shop
-from bidder.history import HISTORY_TOPIC, merge_record
-from bidder.rolling import RollingStats
+from bidder.labels.attribution import IMPRESSIONS_PREFIX, ClickIndex
+from bidder.labels.auction_log import AuctionLog
+from bidder.query.catalog import Catalog
+from bidder.query.rolling import RollingStats
+from bidder.replica.history import HISTORY_TOPIC, merge_record
 
 __all__ = ["REPLICATED_TOPICS", "BidderState"]
 

@@ -51,7 +51,7 @@ from typing import Literal, Self
 import numpy as np
 import numpy.typing as npt
 
-from bidder.scoring import Scorer
+from bidder.query.scoring import Scorer
 
 __all__ = ["CallCost", "MicroBatcher", "Result", "Route", "Trigger"]
 

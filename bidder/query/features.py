@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bidder.catalog import Catalog
-from bidder.rolling import RollingStats
+from bidder.query.catalog import Catalog
+from bidder.query.rolling import RollingStats
 
 __all__ = ["DEVICES", "FEATURE_SPEC", "PAGES", "FeatureSpec", "Priors", "QueryContext", "gather"]
 

@@ -7,7 +7,7 @@ nothing for a :class:`Repeated` order. A purchase is
 * ``Repeated`` when its order was already attributed (its label update folded, ``attributed``) or
   converted earlier in this batch: a redelivered purchase;
 * a :class:`Conversion` to the buyer's last click on the same listing at or before the purchase and at
-  most the attribution window before it (``clicks``: the decided clicks, :class:`bidder.attribution.ClickIndex`);
+  most the attribution window before it (``clicks``: the decided clicks, :class:`bidder.labels.attribution.ClickIndex`);
   its label update says ``converted=1`` (``label_version`` 2);
 * otherwise rejected ``unattributed_purchase``.
 
@@ -33,9 +33,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bidder.attribution import ClickIndex, ClickRef, label_update
 from bidder.decoding import Rejection
 from bidder.events import Purchase
+from bidder.labels.attribution import ClickIndex, ClickRef, label_update
 
 __all__ = ["Conversion", "PurchaseBatch", "PurchaseDecision", "Repeated"]
 

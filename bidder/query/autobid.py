@@ -9,7 +9,7 @@ For candidate listing ``i`` of shop ``s``::
 ``pCVR`` is the predicted purchase probability given a click, ``price`` the listing's price,
 ``target_share`` the share of a sale the seller will spend on ads that lead to it, and ``pacing`` the
 budget pacing multiplier in ``(0, inf)`` that shades bids so a daily budget lasts the whole day
-(``bidder.pipeline.BudgetView.pacing``). A zero bid never enters the auction.
+(``bidder.query.pipeline.BudgetView.pacing``). A zero bid never enters the auction.
 
 >>> bids(pcvr=np.array([0.1, 0.1]), price=np.array([20.0, 20.0]), target_share=np.array([0.1, 0.1]),
 ...      pacing=np.array([1.0, 1.0]), remaining_budget=np.array([5.0, 0.0]),

@@ -3,7 +3,7 @@
 The monitor samples served ``(n, d)`` feature rows at ``sample_rate`` (an injected generator decides
 which), keeps the last ``window`` sampled rows in a ring buffer (one per model input, one for the model
 outputs ``pctr``/``pcvr``), and every ``eval_every`` new sampled rows, once ``min_count`` are held,
-computes per column against its :class:`~bidder.profile.FeatureProfile`:
+computes per column against its :class:`~bidder.monitoring.profile.FeatureProfile`:
 
 - **psi**, population stability index over the reference's quantile bins (first and last bins open):
   ``sum((a - e) * ln(a / e))`` with live shares ``a`` and reference shares ``e`` floored at 1e-4.
@@ -32,7 +32,7 @@ Rows of one query share per-query features (device, page, hour); the window must
 for those to be judged fairly: the defaults (1% of 600 candidates -> ~6 rows a query, 5,000 rows)
 span ~800 queries.
 
->>> from bidder.profile import FeatureProfile
+>>> from bidder.monitoring.profile import FeatureProfile
 >>> rng = np.random.default_rng(0)
 >>> ref = FeatureProfile.from_values("x", rng.normal(3.0, 1.0, 20_000))
 >>> mon = DriftMonitor((ref,), settings=DriftSettings(sample_rate=1.0, window=1000, min_count=500),
@@ -54,7 +54,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from bidder.profile import FeatureProfile
+from bidder.monitoring.profile import FeatureProfile
 
 __all__ = [
     "PREDICTION_NAMES",

@@ -7,8 +7,8 @@ Per call to :meth:`BidPipeline.process` (one or more queries, e.g. one ``take(ba
 2. ``features.gather`` of every query into one preallocated float32 buffer, one slice per query.
 3. One ONNX Runtime call for CTR and one for CVR over the whole buffer (several queries in flight are
    one bigger batch: that is how a GPU pays off; on CPU it costs nothing).
-4. Per query: :func:`bidder.autobid.bids` with each shop's remaining budget and pacing multiplier from
-   the :class:`BudgetView`, then the GSP auction :func:`bidder.auction.run_auction`.
+4. Per query: :func:`bidder.query.autobid.bids` with each shop's remaining budget and pacing multiplier from
+   the :class:`BudgetView`, then the GSP auction :func:`bidder.query.auction.run_auction`.
 5. An :class:`bidder.events.AuctionOutcome` with the winners in slot order (each carrying the feature
    vector as served, for labels), the model versions and stage timings in ms: ``gather`` and ``bid``,
    ``auction`` of that query; ``score`` of the whole call; ``total`` from the start of the call until
@@ -27,13 +27,13 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from bidder.auction import run_auction
-from bidder.autobid import bids as auto_bids
-from bidder.catalog import Catalog
 from bidder.events import AuctionOutcome, Query, Winner
-from bidder.features import FEATURE_SPEC, Priors, gather
-from bidder.rolling import RollingStats
-from bidder.scoring import Scorer
+from bidder.query.auction import run_auction
+from bidder.query.autobid import bids as auto_bids
+from bidder.query.catalog import Catalog
+from bidder.query.features import FEATURE_SPEC, Priors, gather
+from bidder.query.rolling import RollingStats
+from bidder.query.scoring import Scorer
 
 __all__ = ["BidPipeline", "BudgetView", "RowIndex", "ScoreFn", "StaticBudget", "UnlimitedBudget"]
 

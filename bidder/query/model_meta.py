@@ -5,12 +5,12 @@
 * ``name``, ``version`` (``<family>-<target>-<first 12 hex of the .onnx sha256>``), ``family``
   (``lr`` | ``gbdt`` | ``mlp`` | ``mlp_int8``), ``target`` (``ctr`` = P(click | impression),
   ``cvr`` = P(purchase | click)), ``onnx_sha256``;
-* ``feature_spec``: version, ordered names, dtype and fingerprint of :data:`bidder.features.FEATURE_SPEC`
+* ``feature_spec``: version, ordered names, dtype and fingerprint of :data:`bidder.query.features.FEATURE_SPEC`
   the model was trained on; ``input_name`` (a ``(n, d)`` float32 tensor) and ``output_name`` (a ``(n,)``
   float32 probability tensor);
 * ``training``: simulated time window, row counts, seed and the sha256 of the training matrix;
 * ``metrics``: offline AUC/logloss on held-out traffic, with the oracle (true probability) AUC beside;
-* ``reference``: one :class:`bidder.profile.FeatureProfile` dict per feature (quantile bin edges,
+* ``reference``: one :class:`bidder.monitoring.profile.FeatureProfile` dict per feature (quantile bin edges,
   fractions, mean, median, std, missing rate) fitted on the training matrix, and
   ``prediction_reference``: the profile of the model's predicted probabilities on that matrix;
 * ``golden``: a few input rows and the outputs the exported model gave for them, re-checked at load
@@ -35,7 +35,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from bidder.features import FEATURE_SPEC, FeatureSpec
+from bidder.query.features import FEATURE_SPEC, FeatureSpec
 
 __all__ = ["ModelMeta", "ModelSpecError", "TensorInfo", "check_io"]
 

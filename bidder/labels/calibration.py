@@ -1,6 +1,6 @@
 """Calibration monitor: observed CTR/CVR against the mean prediction, per model version, over a sliding window.
 
-Fed with matured labels (:mod:`bidder.attribution`: an impression's label is final once it is older
+Fed with matured labels (:mod:`bidder.labels.attribution`: an impression's label is final once it is older
 than the attribution window): for CTR every impression (``p`` = pCTR served, ``y`` = clicked), for CVR
 every clicked impression (``p`` = pCVR served, ``y`` = converted). Per ``(target, model version)`` the
 monitor keeps sums of ``p``, ``y`` and counts in time buckets of ``bucket_s``; the window is the last

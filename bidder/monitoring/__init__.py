@@ -1,0 +1,2 @@
+"""Feature drift: reference distributions (``profile``) and the live monitor with its alerts
+(``drift``)."""

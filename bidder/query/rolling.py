@@ -154,6 +154,42 @@ class RollingStats:
         self._last_impression_at[rows] = np.maximum(self._last_impression_at[rows], last_impression)
         self._last_click_at[rows] = np.maximum(self._last_click_at[rows], last_click)
 
+    def state(self, rows: I64) -> F64:
+        """``(7, len(rows))`` as stored: the four counters decayed to the row's own time, the last impression
+        and last click, then that time (``-inf``: never updated); what :meth:`set_state` puts back.
+
+        >>> s = RollingStats(half_life_s=10.0, capacity=2)
+        >>> s.record(np.array([1]), kind="clicks", now=5.0)
+        >>> s.state(np.array([1]))[:, 0].tolist()
+        [0.0, 1.0, 0.0, 0.0, -inf, 5.0, 5.0]
+        """
+        rows = np.asarray(rows, np.int64)
+        self._ensure(int(rows.max()) if len(rows) else 0)
+        out: F64 = self._table[rows, : self._UPDATED + 1].T.copy()
+        return out
+
+    def set_state(self, rows: I64, state: F64) -> None:
+        """Replace ``rows`` (unique) with ``state`` as :meth:`state` returns it.
+
+        >>> a, b = RollingStats(half_life_s=10.0), RollingStats(half_life_s=10.0)
+        >>> a.record(np.array([0]), kind="impressions", now=3.0)
+        >>> b.set_state(np.array([4]), a.state(np.array([0])))
+        >>> b.columns(np.array([4]), now=13.0)[:, 0].tolist()
+        [0.5, 0.0, 0.0, 0.0, 3.0, -inf]
+        """
+        rows = np.asarray(rows, np.int64)
+        if len(rows) == 0:
+            return
+        self._ensure(int(rows.max()))
+        self._table[rows, : self._UPDATED + 1] = np.asarray(state, np.float64).T
+
+    def clear(self, rows: I64) -> None:
+        """Forget ``rows``: they read as never seen."""
+        rows = np.asarray(rows, np.int64)
+        if len(rows):
+            self._ensure(int(rows.max()))
+            self._table[rows] = self._FILL
+
     def columns(self, rows: I64, *, now: float) -> F64:
         """``(6, len(rows))``: impressions, clicks, conversions, spend decayed to ``now``, then the
         last impression and last click times (``-inf`` if never); rows beyond capacity read as never

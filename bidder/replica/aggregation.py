@@ -1,0 +1,463 @@
+"""Rolling features aggregated once: one partial fold per source partition, snapshots, a worker's copy.
+
+Today every worker folds every record of ``auctions``, ``billing`` and ``labels`` into its
+:class:`~bidder.query.rolling.RollingStats` (:class:`~bidder.replica.state.BidderState`). Here the record is
+folded once, by whoever owns its partition (:class:`SourceFold`), into partial counters keyed by listing id,
+and the listings that changed are published as :class:`ListingSnapshot` records to a compacted topic (key
+:meth:`ListingSnapshot.key`). A worker keeps the latest partial of every source per listing and their sum
+(:class:`FeatureCopy`). The decay of ``RollingStats`` is exact and order-free and ``merge`` adds state folded
+elsewhere, so the partials of disjoint records combine into the fold of all of them.
+
+What is counted, the same counters as ``BidderState.apply``:
+
+* ``auctions``: each winner of an outcome is one impression at the outcome's ``ts``; a ``query_id`` already
+  seen counts nothing (``AuctionLog.add``).
+* ``billing``: a ledger line is a click at its ``ts`` and, when its amount is > 0, that amount of spend; a
+  line with status ``duplicate`` or a click id already seen counts nothing (``Ledger.apply``).
+* ``labels``: a ``label_update`` with ``converted`` is a conversion at its ``ts``; an ``order_id`` already
+  seen counts nothing. Impression records (``IMPRESSIONS_PREFIX``) are skipped unparsed.
+
+A record that cannot be read (or has a non-finite ``ts``) is counted in ``counts`` and remembered by
+nothing, never raised. Repeats are found per source partition: the topics are keyed so a repeat lands where
+its original did (``auctions`` and ``labels`` by ``query_id``, ``billing`` by ``shop_id``). The memory of
+keys seen is bounded like the structures it replaces (the oldest forgotten first).
+
+**Exactly once across restarts.** A fold keeps per listing ``applied``, the offset of the last record folded
+into it (a record at offset ``o`` counts for listing ``L`` only if ``o > applied[L]``), and ``mark``: every
+offset below it is folded or skipped. Each :meth:`SourceFold.snapshots` batch holds every listing changed by
+the records in ``[since, mark)`` and says so in each snapshot. The resume protocol:
+
+1. The writer sends a batch to the compacted topic and waits for its acknowledgements before the next one,
+   so only the last batch written can be incomplete.
+2. A restarted aggregator reads the compacted topic back (any order; stale versions may be mixed in, the
+   highest offset per listing wins): ``fold = SourceFold.restore(topic, partition, snapshots, ...)``.
+3. It rebuilds its memory of repeats: ``fold.remember(offset, value)`` for the records of a window before
+   ``fold.resume_from()`` at least as long as the repeats it must catch (redeliveries come within seconds).
+4. It folds from ``fold.resume_from()`` on: ``fold.fold(offset, value)``.
+
+``resume_from()`` is the ``since`` of the newest batch found: every batch before it was complete, so every
+record below it is in the snapshots, and what the newest batch did hold is skipped by ``applied``. The
+lowest ``applied`` is not enough: a listing first touched in the lost part of the last batch has no snapshot
+at all, and its record may lie below every surviving listing's offset.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from bidder.clicks.billing import LedgerEntry
+from bidder.events import Winner
+from bidder.labels.attribution import IMPRESSIONS_PREFIX
+from bidder.query.catalog import Catalog
+from bidder.query.rolling import RollingStats
+
+__all__ = ["AGGREGATED_TOPICS", "FeatureCopy", "ListingSnapshot", "SourceFold"]
+
+AGGREGATED_TOPICS: tuple[str, ...] = ("auctions", "billing", "labels")
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+Source = tuple[str, int]
+"""(topic, partition)"""
+_UNREADABLE = (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, OverflowError)
+
+
+@dataclass(frozen=True, slots=True)
+class ListingSnapshot:
+    """One source partition's partial rolling counters of one listing, after the records up to ``offset``.
+
+    >>> s = ListingSnapshot("auctions", 2, 103, 1.0, 0.0, 0.0, 0.0, 50.0, 50.0, -math.inf, 7, 3600.0, 8, 0)
+    >>> ListingSnapshot.decode(s.encode()) == s, s.key()
+    (True, b'auctions:2:103')
+    """
+
+    topic: str
+    partition: int
+    listing_id: int
+    impressions: float
+    """this source's counters, decayed to ``at``"""
+    clicks: float
+    conversions: float
+    spend: float
+    at: float
+    """epoch seconds: the newest event folded into them"""
+    last_impression_at: float
+    """``-inf``: never"""
+    last_click_at: float
+    offset: int
+    """the last record of the source folded into this listing (``applied``)"""
+    half_life_s: float
+    mark: int
+    """every offset below it was folded or skipped when this was taken"""
+    since: int
+    """the ``mark`` of the batch before: this batch holds every listing changed by offsets ``[since, mark)``"""
+
+    @property
+    def source(self) -> Source:
+        return self.topic, self.partition
+
+    def state(self) -> tuple[float, ...]:
+        """The seven values of :meth:`RollingStats.state` (counters, last impression, last click, ``at``)."""
+        return (self.impressions, self.clicks, self.conversions, self.spend, self.last_impression_at,
+                self.last_click_at, self.at)
+
+    def key(self) -> bytes:
+        """The compacted topic's key: the latest record per key is the state."""
+        return f"{self.topic}:{self.partition}:{self.listing_id}".encode()
+
+    def encode(self) -> bytes:
+        # JSON has no infinities (orjson writes null): a last-seen time that never happened travels as null
+        d: dict[str, Any] = {"v": 1, **{f: getattr(self, f) for f in self.__slots__}}
+        d["last_impression_at"] = _finite_or_none(self.last_impression_at)
+        d["last_click_at"] = _finite_or_none(self.last_click_at)
+        return orjson.dumps(d)
+
+    @classmethod
+    def decode(cls, value: bytes) -> ListingSnapshot:
+        """The snapshot ``value`` encodes; ValueError (or KeyError, TypeError) for anything else."""
+        d = orjson.loads(value)
+        if not isinstance(d, dict) or d.get("v") != 1:
+            raise ValueError(f"not a snapshot of version 1: {value[:40]!r}")
+        snap = cls(str(d["topic"]), int(d["partition"]), int(d["listing_id"]), float(d["impressions"]),
+                   float(d["clicks"]), float(d["conversions"]), float(d["spend"]), float(d["at"]),
+                   _time_or_never(d["last_impression_at"]), _time_or_never(d["last_click_at"]), int(d["offset"]),
+                   float(d["half_life_s"]), int(d["mark"]), int(d["since"]))
+        if not all(map(math.isfinite, (snap.at, *snap.state()[:4]))):
+            raise ValueError("a snapshot's counters and time are finite")
+        return snap
+
+
+def _finite_or_none(t: float) -> float | None:
+    return t if math.isfinite(t) else None
+
+
+def _time_or_never(t: float | None) -> float:
+    return -math.inf if t is None else float(t)
+
+
+def _finite(x: Any) -> float:
+    t = float(x)
+    if not math.isfinite(t):
+        raise ValueError(f"not a finite time: {x!r}")
+    return t
+
+
+class _Recent:
+    """The last ``capacity`` keys seen, oldest forgotten first (a repeat does not refresh a key)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._keys: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, key: str) -> bool:
+        """Remember ``key``; False if it was remembered already."""
+        if key in self._keys:
+            return False
+        self._keys[key] = None
+        while len(self._keys) > self.capacity:
+            self._keys.popitem(last=False)
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class _Count:
+    """What one new (not repeated) record adds: ``kind`` to each listing (repeats count twice) at ``ts``."""
+
+    kind: Literal["impressions", "clicks", "conversions"]
+    listing_ids: list[int]
+    ts: float
+    spend: float = 0.0
+
+
+class SourceFold:
+    """The partial rolling counters of one source partition, keyed by listing id (no catalog).
+
+    >>> fold = SourceFold("billing", 1, half_life_s=3600.0)
+    >>> line = {"click_id": "c1", "shop_id": 7, "listing_id": 103, "query_id": "q", "user_id": 1, "slot": 0,
+    ...         "ts": 100.0, "day": 0, "price": 0.3, "amount": 0.3, "status": "charged", "spend_after": 0.3}
+    >>> fold.fold(0, orjson.dumps(line)); fold.fold(1, orjson.dumps(line))  # the second: a resent click id
+    >>> [(s.listing_id, s.clicks, s.spend, s.offset) for s in fold.snapshots()]
+    [(103, 1.0, 0.3, 0)]
+    """
+
+    def __init__(self, topic: str, partition: int, *, half_life_s: float, max_queries: int = 200_000,
+                 max_clicks: int = 2_000_000, max_orders: int = 1_000_000) -> None:
+        if topic not in AGGREGATED_TOPICS:
+            raise ValueError(f"{topic!r} carries no rolling counters")
+        self.topic = topic
+        self.partition = partition
+        self.half_life_s = half_life_s
+        self.counts: Counter[str] = Counter()
+        self._stats = RollingStats(half_life_s=half_life_s)
+        self._row: dict[int, int] = {}
+        self._listing_ids: list[int] = []
+        self._applied: list[int] = []
+        """by local row: the offset of the last record folded into that listing"""
+        self._dirty: set[int] = set()
+        self._mark = 0
+        self._since = 0
+        self._seen = _Recent({"auctions": max_queries, "billing": max_clicks, "labels": max_orders}[topic])
+        """query ids, click ids or order ids, by topic"""
+
+    @property
+    def mark(self) -> int:
+        """Every offset below it is folded or skipped."""
+        return self._mark
+
+    def resume_from(self) -> int:
+        """The offset to fold from next (after :meth:`restore`: where the resume protocol starts)."""
+        return self._mark
+
+    # -- folding -----------------------------------------------------------------------------------
+    def fold(self, offset: int, value: bytes | None) -> None:
+        """Fold the record at ``offset`` (offsets increase; one below :attr:`mark` was folded already)."""
+        if offset < self._mark:
+            self.counts["below_mark"] += 1
+            return
+        self._mark = offset + 1
+        count = self._read(value)
+        if count is not None:
+            self._add(offset, count)
+
+    def remember(self, offset: int, value: bytes | None) -> None:
+        """Only remember the record's key for repeats (a record folded before the resume point)."""
+        del offset  # the window is the caller's: any records before resume_from()
+        self._read(value)
+
+    def _read(self, value: bytes | None) -> _Count | None:
+        """The count of a new record (its key now remembered), None for a repeat or nothing to count."""
+        try:
+            if self.topic == "auctions":
+                return self._outcome(orjson.loads(value or b"null"))
+            if self.topic == "billing":
+                return self._ledger_line(LedgerEntry.from_dict(orjson.loads(value or b"null")))
+            if value is not None and not value.startswith(IMPRESSIONS_PREFIX):
+                return self._label(orjson.loads(value))
+        except _UNREADABLE:
+            self.counts[f"{self.topic}_unreadable"] += 1
+        return None
+
+    def _new(self, key: str) -> bool:
+        if self._seen.add(key):
+            return True
+        self.counts[f"{self.topic}_repeated"] += 1
+        return False
+
+    def _outcome(self, outcome: dict[str, Any]) -> _Count | None:
+        # every winner read as the auction log reads it: an outcome it refuses counts nothing here either
+        ids = [Winner.from_wire(w).listing_id for w in outcome["winners"]]
+        count = _Count("impressions", ids, _finite(outcome["ts"]))
+        return count if self._new(str(outcome["query_id"])) else None
+
+    def _ledger_line(self, entry: LedgerEntry) -> _Count | None:
+        count = _Count("clicks", [int(entry.listing_id)], _finite(entry.ts), max(0.0, float(entry.amount)))
+        if entry.status == "duplicate":  # Ledger.apply: never a charge, and its click id is not remembered
+            self.counts[f"{self.topic}_repeated"] += 1
+            return None
+        return count if self._new(str(entry.click_id)) else None
+
+    def _label(self, label: dict[str, Any]) -> _Count | None:
+        if label.get("type") != "label_update" or not label.get("converted"):
+            return None
+        count = _Count("conversions", [int(label["listing_id"])], _finite(label["ts"]))
+        return count if self._new(str(label["order_id"])) else None
+
+    def _add(self, offset: int, count: _Count) -> None:
+        rows = self._unapplied_rows(offset, count.listing_ids)
+        if not rows:
+            return
+        at = np.asarray(rows, np.int64)
+        self._stats.record(at, kind=count.kind, now=count.ts)
+        if count.spend > 0:
+            self._stats.record(at, kind="spend", now=count.ts, amount=count.spend)
+
+    def _unapplied_rows(self, offset: int, listing_ids: list[int]) -> list[int]:
+        """Rows of the listings the record at ``offset`` is not folded into yet, now marked applied and dirty
+        (a listing named twice is counted twice)."""
+        rows = [row for row in map(self._row_of, listing_ids) if offset > self._applied[row]]
+        for row in rows:
+            self._applied[row] = offset
+        self._dirty.update(rows)
+        return rows
+
+    def _row_of(self, listing_id: int) -> int:
+        row = self._row.get(listing_id)
+        if row is None:
+            row = self._row[listing_id] = len(self._listing_ids)
+            self._listing_ids.append(listing_id)
+            self._applied.append(-1)
+        return row
+
+    # -- snapshots ---------------------------------------------------------------------------------
+    def snapshots(self) -> list[ListingSnapshot]:
+        """The listings changed since the last call, as they are now."""
+        rows = sorted(self._dirty)
+        self._dirty.clear()
+        since, self._since = self._since, self._mark
+        state = self._stats.state(np.asarray(rows, np.int64)).T.tolist()
+        return [ListingSnapshot(self.topic, self.partition, self._listing_ids[row], imp, clk, conv, spend, at,
+                                last_imp, last_clk, self._applied[row], self.half_life_s, self._mark, since)
+                for row, (imp, clk, conv, spend, last_imp, last_clk, at) in zip(rows, state, strict=True)]
+
+    @classmethod
+    def restore(cls, topic: str, partition: int, snapshots: Iterable[ListingSnapshot], *, half_life_s: float,
+                **bounds: int) -> SourceFold:
+        """A fold rebuilt from its snapshots as read back from the compacted topic (other sources' are
+        ignored, the highest offset per listing wins); fold on from :meth:`resume_from`.
+
+        ``bounds``: ``max_queries``, ``max_clicks``, ``max_orders`` as for the constructor. Snapshots folded
+        with another half-life cannot be restored (ValueError): refold from the start."""
+        fold = cls(topic, partition, half_life_s=half_life_s, **bounds)
+        own = [s for s in snapshots if s.source == (topic, partition)]
+        if any(s.half_life_s != half_life_s for s in own):
+            raise ValueError("snapshots of another half-life: refold the source from its start")
+        latest = _latest_by_listing(own)
+        rows = [fold._row_of(s.listing_id) for s in latest]
+        for row, s in zip(rows, latest, strict=True):
+            fold._applied[row] = s.offset
+        fold._stats.set_state(np.asarray(rows, np.int64), np.asarray([s.state() for s in latest]).reshape(-1, 7).T)
+        if own:
+            newest = max(s.mark for s in own)
+            fold._mark = fold._since = min(s.since for s in own if s.mark == newest)
+        return fold
+
+
+def _latest_by_listing(snapshots: Iterable[ListingSnapshot]) -> list[ListingSnapshot]:
+    latest: dict[tuple[str, int, int], ListingSnapshot] = {}
+    for s in snapshots:
+        held = latest.get((s.topic, s.partition, s.listing_id))
+        if held is None or s.offset > held.offset:
+            latest[s.topic, s.partition, s.listing_id] = s
+    return list(latest.values())
+
+
+class _Partial:
+    """One source's latest snapshot per catalog row: its state and offset (-1: none)."""
+
+    def __init__(self, half_life_s: float) -> None:
+        self.stats = RollingStats(half_life_s=half_life_s)
+        self.offsets: I64 = np.full(1024, -1, np.int64)
+
+    def held(self, rows: I64) -> I64:
+        """Offsets held for ``rows`` (-1: none)."""
+        out: I64 = np.full(len(rows), -1, np.int64)
+        inside = rows < len(self.offsets)
+        out[inside] = self.offsets[rows[inside]]
+        return out
+
+    def store(self, rows: I64, snaps: list[ListingSnapshot]) -> I64:
+        """Keep each snapshot newer than the one held for its row (the newest of a row's); the rows changed."""
+        offsets = np.fromiter((s.offset for s in snaps), np.int64, len(snaps))
+        order = np.lexsort((offsets, rows))
+        newest_of_row = np.r_[rows[order][1:] != rows[order][:-1], True]
+        pick = order[newest_of_row]
+        pick = pick[offsets[pick] > self.held(rows[pick])]
+        if len(pick) == 0:
+            return pick
+        if rows[pick].max() >= len(self.offsets):
+            grown = np.full(max(2 * len(self.offsets), int(rows[pick].max()) + 1), -1, np.int64)
+            grown[: len(self.offsets)] = self.offsets
+            self.offsets = grown
+        self.offsets[rows[pick]] = offsets[pick]
+        self.stats.set_state(rows[pick], np.asarray([snaps[i].state() for i in pick.tolist()]).T)
+        out: I64 = rows[pick]
+        return out
+
+
+class FeatureCopy:
+    """What a worker keeps of the snapshot topic: per source partition, its latest partial per catalog row,
+    and in :attr:`stats` (a ``RollingStats`` over catalog rows, what ``gather`` reads) their combination.
+
+    Every row of :attr:`stats` is the ``merge`` of each source's latest partial for it, recomputed for the
+    rows an :meth:`apply` touched. A snapshot no newer (by offset) than the one held for its source and
+    listing changes nothing. A snapshot of a listing the catalog does not know yet waits (the newest per
+    source and listing) until an ``apply`` after the catalog learned it, or :meth:`retry_waiting`.
+
+    Memory: one partial table per source partition, 64 bytes per catalog row each, besides :attr:`stats`
+    (1M listings and 24 source partitions: 1.5 GB).
+
+    >>> cat = Catalog()
+    >>> cat.upsert_listing(103, shop_id=7, price=20.0, category=1)
+    >>> copy = FeatureCopy(half_life_s=10.0)
+    >>> a = ListingSnapshot("auctions", 0, 103, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, -math.inf, 4, 10.0, 5, 0)
+    >>> b = ListingSnapshot("auctions", 1, 103, 1.0, 0.0, 0.0, 0.0, 10.0, 10.0, -math.inf, 9, 10.0, 10, 0)
+    >>> copy.apply([a, b], cat)
+    >>> copy.stats.columns(np.array([0]), now=10.0)[:, 0].tolist()
+    [2.0, 0.0, 0.0, 0.0, 10.0, -inf]
+    """
+
+    def __init__(self, *, half_life_s: float) -> None:
+        self.stats = RollingStats(half_life_s=half_life_s)
+        self.counts: Counter[str] = Counter()
+        self._partials: dict[Source, _Partial] = {}
+        self._waiting: dict[tuple[str, int, int], ListingSnapshot] = {}
+        self._listings_known = -1
+        """``catalog.n_listings`` when the waiting snapshots were last tried"""
+
+    @property
+    def waiting(self) -> int:
+        """Snapshots held for listings the catalog does not know yet."""
+        return len(self._waiting)
+
+    def apply(self, snapshots: Iterable[ListingSnapshot], catalog: Catalog) -> None:
+        """Store ``snapshots`` (and the waiting ones the catalog now knows) and recombine the rows they touch."""
+        retried = self._take_known(catalog) if catalog.n_listings != self._listings_known else []
+        by_source = self._place([*retried, *snapshots], catalog)
+        touched = [self._partial(src).store(np.asarray(rows, np.int64), snaps)
+                   for src, (rows, snaps) in by_source.items()]
+        if touched:
+            self._combine(np.unique(np.concatenate(touched)))
+
+    def retry_waiting(self, catalog: Catalog) -> None:
+        """Apply the waiting snapshots of listings ``catalog`` now knows."""
+        self._listings_known = -1
+        self.apply((), catalog)
+
+    def _take_known(self, catalog: Catalog) -> list[ListingSnapshot]:
+        self._listings_known = catalog.n_listings
+        known = [key for key, s in self._waiting.items() if catalog.listing_row(s.listing_id) is not None]
+        return [self._waiting.pop(key) for key in known]
+
+    def _place(self, snapshots: Iterable[ListingSnapshot],
+               catalog: Catalog) -> dict[Source, tuple[list[int], list[ListingSnapshot]]]:
+        """Snapshots by source with their catalog rows; the others wait or are counted away."""
+        by_source: dict[Source, tuple[list[int], list[ListingSnapshot]]] = {}
+        for s in snapshots:
+            if s.half_life_s != self.stats.half_life_s:
+                self.counts["other_half_life"] += 1
+                continue
+            row = catalog.listing_row(s.listing_id)
+            if row is None:
+                self._wait(s)
+                continue
+            rows, snaps = by_source.setdefault(s.source, ([], []))
+            rows.append(row)
+            snaps.append(s)
+        return by_source
+
+    def _wait(self, s: ListingSnapshot) -> None:
+        key = (s.topic, s.partition, s.listing_id)
+        held = self._waiting.get(key)
+        if held is None or s.offset > held.offset:
+            self._waiting[key] = s
+
+    def _partial(self, source: Source) -> _Partial:
+        partial = self._partials.get(source)
+        if partial is None:
+            partial = self._partials[source] = _Partial(self.stats.half_life_s)
+        return partial
+
+    def _combine(self, rows: I64) -> None:
+        """Rows of :attr:`stats` = the merge of every source's partial held for them."""
+        self.stats.clear(rows)
+        for partial in self._partials.values():
+            held = rows[partial.held(rows) >= 0]
+            s = partial.stats.state(held)
+            self.stats.merge(held, counters=s[:4], at=s[6], last_impression=s[4], last_click=s[5])

@@ -122,8 +122,9 @@ async def _echo(settings: Settings, bootstrap: str, *, rate: float, seconds: flo
         await consumer.stop()
 
 
-async def _bidder(settings: Settings, bootstrap: str, *, rate: float, seconds: float, first: bool,
+async def _bidder(settings: Settings, bootstrap: str, *, rate: float, seconds: float, run: int,
                   start_worker: Any, worker_pid: Any, probe: ProbeProcess | None = None) -> dict[str, Any]:
+    first = run == 0
     marks = await topic_marks(settings, bootstrap)
     meter: dict[str, CpuMeter] = {}
 
@@ -136,8 +137,10 @@ async def _bidder(settings: Settings, bootstrap: str, *, rate: float, seconds: f
         meter["m"] = CpuMeter(pids).start()
 
     try:
+        # one world (its catalog is sent once), new traffic per rate: query ids must not repeat across rates
         r = await run_simulation(settings, bootstrap=bootstrap, rate=rate, duration_s=seconds, seed=7,
-                                 send_catalog=first, after_catalog=traffic_starts, drain_s=10.0)
+                                 traffic_seed=8 + 1000 * run, send_catalog=first, after_catalog=traffic_starts,
+                                 drain_s=10.0)
     finally:
         cpu = meter.get("m")
         if cpu is not None:
@@ -215,7 +218,7 @@ def _run_bench(settings: Settings, *, bootstrap: str, rates: list[float], second
             if progress:
                 progress(f"bidder at {rate:g} q/s")
             probe = ProbeProcess(bootstrap, workdir / f"replica-{i}.json") if replica_probe else None
-            runs.append(asyncio.run(_bidder(settings, bootstrap, rate=rate, seconds=seconds, first=i == 0,
+            runs.append(asyncio.run(_bidder(settings, bootstrap, rate=rate, seconds=seconds, run=i,
                                             start_worker=start_worker,
                                             worker_pid=lambda: workers[0].process.pid, probe=probe)))
     finally:

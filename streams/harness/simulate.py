@@ -149,14 +149,20 @@ async def run_simulation(
     on_tick: Callable[[SimulationReport], None] | None = None,
     clock: Callable[[], float] = time.time,
     history: ListingHistory | None = None,
+    traffic_seed: int | None = None,
 ) -> SimulationReport:
     """Run the simulator for ``duration_s`` seconds at ``rate`` queries/s, then drain.
+
+    ``seed`` draws the world (its catalog); ``traffic_seed`` (default ``seed + 1``) the queries and the
+    buyers' answers, query ids included: runs against the same topics need different ones, or a later
+    run's query ids repeat an earlier run's outcomes.
 
     ``after_catalog`` runs once the catalog is acknowledged (the demo starts its worker there);
     ``invalid_every=k`` replaces every k-th query with a malformed one (kept in ``sent``); ``history`` (the
     world's past, :func:`write_history`) is written after the catalog, ending when the traffic starts.
     """
-    sim = Simulator(World.generate(world or WorldConfig(), seed=seed), rng=np.random.default_rng(seed + 1),
+    rng = np.random.default_rng(seed + 1 if traffic_seed is None else traffic_seed)
+    sim = Simulator(World.generate(world or WorldConfig(), seed=seed), rng=rng,
                     n_candidates=n_candidates, purchase_delay_mean_s=purchase_delay_mean_s)
     report = SimulationReport(simulator=sim)
     sent_at: dict[str, float] = {}

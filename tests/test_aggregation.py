@@ -19,7 +19,8 @@ from bidder.decoding import Limits
 from bidder.events import Listing, Shop, encode
 from bidder.labels.attribution import IMPRESSIONS_PREFIX, label_update
 from bidder.query.catalog import Catalog
-from bidder.replica.aggregation import FeatureCopy, ListingSnapshot, SourceFold
+from bidder.replica.aggregation import ListingSnapshot, SourceFold
+from bidder.replica.feature_copy import FeatureCopy
 from bidder.replica.state import BidderState
 
 HALF_LIFE = 600.0

@@ -19,7 +19,7 @@ CORE = ("events", "decoding", "topics", "query.catalog", "query.rolling", "query
         "query.model_meta", "query.autobid", "query.auction", "query.pacing", "query.budget", "clicks.billing",
         "clicks.click_decisions", "labels.attribution", "labels.auction_log", "replica.state", "query.pipeline",
         "query.microbatch", "monitoring.drift", "monitoring.profile", "labels.calibration", "replica.history",
-        "labels.purchase_decisions", "replica.fetch_pacing", "replica.aggregation")
+        "labels.purchase_decisions", "replica.fetch_pacing", "replica.aggregation", "replica.feature_copy")
 IMPURE = {"settings": "asyncio", "lifecycle.drift_report": "subprocess", "lifecycle.tracking": "subprocess"}
 """modules of ``bidder/`` that load one of ``FORBIDDEN`` on import (one named each)"""
 

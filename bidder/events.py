@@ -137,17 +137,16 @@ class Winner(NamedTuple):
         }
 
     @classmethod
-    def from_wire(cls, w: dict[str, Any], *, features: bool = False) -> Winner:
-        """A winner read back from an outcome on the topic; the feature vector only when asked
-        (the auction log keeps a click's price, not what the models saw).
+    def from_wire(cls, w: dict[str, Any]) -> Winner:
+        """A winner read back from an outcome on the topic, without its feature vector (readers of
+        ``auctions`` keep a click's price, not what the models saw; ``labels`` carry the features).
 
         >>> w = Winner(0, 103, 7, 0.1, 0.05, 0.4, 0.25, (1.0, 2.0))
         >>> Winner.from_wire(orjson.loads(orjson.dumps(w.wire(), option=orjson.OPT_SERIALIZE_NUMPY)))
         Winner(slot=0, listing_id=103, shop_id=7, pctr=0.1, pcvr=0.05, bid=0.4, price=0.25, features=())
         """
         return cls(int(w["slot"]), int(w["listing_id"]), int(w["shop_id"]), float(w["pctr"]), float(w["pcvr"]),
-                   float(w.get("bid", 0.0)), float(w["price"]),
-                   tuple(map(float, w.get("features", ()))) if features else ())
+                   float(w.get("bid", 0.0)), float(w["price"]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,6 @@ import faust
 import mode
 import numpy as np
 
-from bidder.decoding import Limits
 from bidder.labels.calibration import CalibrationMonitor
 from bidder.query.budget import LedgerBudget
 from bidder.query.features import Priors
@@ -40,7 +39,7 @@ from streams.model_watch import ModelWatcher, champion_dir
 from streams.monitors import Monitors
 from streams.outputs import Outputs
 from streams.probes import Probes, add_probe_pages
-from streams.replicator import Replicator
+from streams.replicator import Replicator, worker_state
 from streams.runtime import Runtime
 from streams.serving import Serving
 from streams.watchdogs import GroupWatchdog
@@ -56,10 +55,8 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
     """The Faust app and its runtime for one worker process."""
     use_fetch_max_wait(settings.fetch_max_wait_ms)
     app = _faust_app(settings, bootstrap)
-    limits = Limits(max_bytes=settings.max_message_bytes, max_candidates=settings.max_candidates,
-                    max_age_s=settings.max_event_age_s, max_future_s=settings.max_event_future_s)
-    state = BidderState(half_life_s=settings.feature_half_life_s, click_window_s=settings.click_window_s,
-                        attribution_window_s=settings.attribution_window_s, limits=limits)
+    state = worker_state(settings)
+    limits = state.limits
     metrics = WorkerMetrics()
     serving = _serving(settings, state, metrics, clock=clock, rng_seed=rng_seed)
     replica = Replicator(state, settings, bootstrap=bootstrap, clock=clock)

@@ -17,7 +17,26 @@ from typing import Any
 
 from streams.broker import free_port
 
-__all__ = ["WorkerProcess"]
+__all__ = ["WorkerProcess", "stop_process"]
+
+
+def stop_process(process: subprocess.Popen[bytes], *, timeout_s: float = 30.0) -> int:
+    """SIGTERM a child started with ``start_new_session=True`` (its own process group) and wait; SIGKILL the
+    group if it does not stop in time, and anything it left in its group after. Returns the exit code."""
+
+    def signal_group(sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+
+    if process.poll() is None:
+        signal_group(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            signal_group(signal.SIGKILL)
+            process.wait(timeout=10)
+    signal_group(signal.SIGKILL)
+    return int(process.returncode)
 
 
 @dataclass
@@ -76,13 +95,5 @@ class WorkerProcess:
             os.killpg(self.process.pid, sig)
 
     def stop(self, *, timeout_s: float = 30.0) -> int:
-        """SIGTERM and wait; SIGKILL if it does not stop in time. Returns the exit code."""
-        if self.process.poll() is None:
-            self.signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.signal(signal.SIGKILL)
-                self.process.wait(timeout=10)
-        self.signal(signal.SIGKILL)  # anything it left in its group
-        return int(self.process.returncode)
+        """SIGTERM and wait; SIGKILL if it does not stop in time (:func:`stop_process`)."""
+        return stop_process(self.process, timeout_s=timeout_s)

@@ -27,22 +27,19 @@ __all__ = ["EventProducer", "key_of", "topic_of"]
 
 Event = Query | Click | Purchase | Listing | Shop | AuctionOutcome
 
-_TOPIC: dict[type[Any], tuple[str, str]] = {
-    kind: (topic, TOPICS[topic].key)
-    for kind, topic in ((Query, "queries"), (Click, "clicks"), (Purchase, "purchases"), (Listing, "listings"),
-                        (Shop, "shops"), (AuctionOutcome, "auctions"))
-}
-"""event type -> (topic, key field); keys come from the one topic table, ``bidder.topics``"""
+_TOPIC: dict[type[Any], str] = {Query: "queries", Click: "clicks", Purchase: "purchases", Listing: "listings",
+                                 Shop: "shops", AuctionOutcome: "auctions"}
+"""event type -> topic; its key comes from the one topic table, ``bidder.topics``"""
 
 
 def topic_of(event: Event) -> str:
     """The topic an event belongs on."""
-    return _TOPIC[type(event)][0]
+    return _TOPIC[type(event)]
 
 
 def key_of(event: Event) -> bytes:
     """The record key of an event (see ``bidder.topics``)."""
-    return TOPICS[_TOPIC[type(event)][0]].key_of(event)
+    return TOPICS[_TOPIC[type(event)]].key_of(event)
 
 
 class EventProducer:

@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from bidder.decoding import Limits
 from bidder.replica.state import REPLICATED_TOPICS, BidderState
 from bidder.settings import Settings
 from bidder.topics import TOPICS
@@ -47,10 +48,18 @@ from streams.gap_repair import GapRepairer
 from streams.kafka_config import aiokafka_consumer_kwargs
 from streams.workarounds import pace_consumer, refresh_metadata
 
-__all__ = ["Replicator"]
+__all__ = ["Replicator", "worker_state"]
 
 log = logging.getLogger(__name__)
 
+
+
+def worker_state(settings: Settings) -> BidderState:
+    """The empty state a worker (or a replica alone) folds the topics into, from its settings."""
+    limits = Limits(max_bytes=settings.max_message_bytes, max_candidates=settings.max_candidates,
+                    max_age_s=settings.max_event_age_s, max_future_s=settings.max_event_future_s)
+    return BidderState(half_life_s=settings.feature_half_life_s, click_window_s=settings.click_window_s,
+                       attribution_window_s=settings.attribution_window_s, limits=limits)
 
 class Replicator:
     """Background task folding replicated topics into ``state``."""

@@ -24,12 +24,17 @@ IMPURE = {"settings": "asyncio", "lifecycle.drift_report": "subprocess", "lifecy
 """modules of ``bidder/`` that load one of ``FORBIDDEN`` on import (one named each)"""
 
 
-def _loaded(module: str) -> list[str]:
-    code = (f"import json, sys; import bidder.{module}; "
-            f"print(json.dumps(sorted(k for k in {FORBIDDEN!r} if k in sys.modules)))")
+def _fresh_import(modules: list[str], watch: tuple[str, ...]) -> list[str]:
+    """Which of ``watch`` a fresh interpreter has loaded after importing ``modules``."""
+    code = (f"import importlib, json, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
+            f"print(json.dumps(sorted(k for k in {watch!r} if k in sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     loaded: list[str] = json.loads(out.stdout.strip().splitlines()[-1])
     return loaded
+
+
+def _loaded(module: str) -> list[str]:
+    return _fresh_import([f"bidder.{module}"], FORBIDDEN)
 
 
 @pytest.mark.parametrize("module", CORE)
@@ -58,9 +63,7 @@ the CLI loads it only inside the commands that use it"""
 
 
 def _loads_harness(module: str) -> bool:
-    code = f"import sys; import {module}; print(int('streams.harness' in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    return out.stdout.strip().splitlines()[-1] == "1"
+    return _fresh_import([module], ("streams.harness",)) == ["streams.harness"]
 
 
 PRODUCT = sorted({".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
@@ -79,8 +82,4 @@ def test_the_product_does_not_load_the_harness(module: str) -> None:
 def test_no_core_module_loads_the_harness() -> None:
     modules = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts) for p in (ROOT / "bidder").rglob("*.py")
                      if p.stem != "__main__")
-    code = ("import sys, importlib\n"
-            f"for m in {[m.removesuffix('.__init__') for m in modules]!r}: importlib.import_module(m)\n"
-            "print(int('streams.harness' in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip().splitlines()[-1] == "0"
+    assert _fresh_import([m.removesuffix(".__init__") for m in modules], ("streams.harness",)) == []

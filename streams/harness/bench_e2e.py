@@ -42,7 +42,7 @@ from streams.harness.market import World, WorldConfig
 from streams.harness.replica_probe import ProbeProcess
 from streams.harness.simulate import run_simulation
 from streams.harness.simulator import Simulator
-from streams.process import WorkerProcess
+from streams.process import WorkerProcess, stop_process
 from streams.producer import EventProducer
 from streams.tail import tail_consumer
 
@@ -199,12 +199,7 @@ def _run_bench(settings: Settings, *, bootstrap: str, rates: list[float], second
             progress("echo agent")
         echo = asyncio.run(_echo(settings, bootstrap, rate=echo_rate or rates[0], seconds=seconds, payload=payload))
     finally:
-        echo_proc.terminate()
-        try:
-            echo_proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            echo_proc.kill()
-            echo_proc.wait(timeout=10)
+        stop_process(echo_proc, timeout_s=10.0)
     workers: list[WorkerProcess] = []
 
     async def start_worker() -> None:

@@ -25,10 +25,9 @@ from typing import Any
 
 import orjson
 
-from bidder.decoding import Limits
-from bidder.replica.state import BidderState
 from bidder.settings import Settings
-from streams.replicator import Replicator
+from streams.process import stop_process
+from streams.replicator import Replicator, worker_state
 
 __all__ = ["ProbeProcess", "probe_report", "run_probe"]
 
@@ -52,12 +51,7 @@ def probe_report(*, records: int, cpu_s: float, wall_s: float, counts: Counter[s
 
 async def run_probe(settings: Settings, *, bootstrap: str, out: Path) -> dict[str, Any]:
     """Replicate until SIGTERM/SIGINT; write and return the report of what happened after catching up."""
-    state = BidderState(
-        half_life_s=settings.feature_half_life_s, click_window_s=settings.click_window_s,
-        attribution_window_s=settings.attribution_window_s,
-        limits=Limits(max_bytes=settings.max_message_bytes, max_candidates=settings.max_candidates,
-                      max_age_s=settings.max_event_age_s, max_future_s=settings.max_event_future_s),
-    )
+    state = worker_state(settings)
     replica = Replicator(state, settings, bootstrap=bootstrap)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -104,12 +98,7 @@ class ProbeProcess:
         """SIGTERM, then the report it wrote (None if it never started)."""
         if self._proc is None:
             return None
-        self._proc.terminate()
-        try:
-            self._proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait(timeout=10)
+        stop_process(self._proc)
         report: dict[str, Any] = orjson.loads(self.out.read_bytes()) if self.out.exists() else {}
         return report
 

@@ -122,6 +122,15 @@ class Settings(BaseSettings):
     prior_strength: float = Field(default=50.0, gt=0, description="pseudo-impressions of the prior")
     attribution_window_s: float = Field(default=600.0, gt=0, description="purchase after click, at most")
     click_window_s: float = Field(default=900.0, gt=0, description="click after auction, at most")
+    aggregate_interval_ms: float = Field(
+        default=250.0, gt=0, description="the aggregator publishes each changed listing's rolling counters at most "
+                                         "once per this interval to listing-stats (bidder/replica/aggregation.py)")
+    aggregate_remember_records: int = Field(
+        default=20_000, ge=0, description="a restarted aggregator re-reads this many records before its resume "
+                                          "point of each source partition, only to recognise repeats of them")
+    aggregator_embedded: bool = Field(
+        default=True, description="each worker runs an aggregator (a member of the aggregator group, folding its "
+                                  "share of the source partitions); false where a separate deployment runs them")
     purchase_click_wait_s: float = Field(
         default=5.0, ge=0, description="a purchase whose click is on the clicks topic but not billed yet waits "
                                        "this long for the bill agent before it is refused as unattributed")

@@ -20,8 +20,8 @@ from tests.kafka_helpers import read_until
 def test_topic_declarations() -> None:
     names = {t.name for t in ALL_TOPICS}
     assert names == {"queries", "listings", "shops", "clicks", "purchases", "auctions", "billing", "labels",
-                     "listing-history", "drift-alerts", "calibration-alerts", "dead-letters"}
-    assert TOPICS["listings"].cleanup_policy == "compact" and TOPICS["shops"].cleanup_policy == "compact"
+                     "listing-history", "listing-stats", "drift-alerts", "calibration-alerts", "dead-letters"}
+    assert {t.name for t in ALL_TOPICS if t.cleanup_policy == "compact"} == {"listings", "shops", "listing-history", "listing-stats"}
     assert TOPICS["clicks"].key == TOPICS["billing"].key == "shop_id"
 
 

@@ -108,9 +108,14 @@ class ListingSnapshot:
         return (self.impressions, self.clicks, self.conversions, self.spend, self.last_impression_at,
                 self.last_click_at, self.at)
 
+    @property
+    def snapshot_key(self) -> str:
+        """``topic:partition:listing_id``: the ``listing-stats`` key field (``TOPICS["listing-stats"].key``)."""
+        return f"{self.topic}:{self.partition}:{self.listing_id}"
+
     def key(self) -> bytes:
         """The compacted topic's key: the latest record per key is the state."""
-        return f"{self.topic}:{self.partition}:{self.listing_id}".encode()
+        return self.snapshot_key.encode()
 
     def encode(self) -> bytes:
         # JSON has no infinities (orjson writes null): a last-seen time that never happened travels as null

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bidder.decoding import Limits
-from bidder.replica.state import REPLICATED_TOPICS, BidderState
+from bidder.replica.state import BidderState, FeatureSource
 from bidder.settings import Settings
 from bidder.topics import TOPICS
 from streams.gap_repair import GapRepairer
@@ -54,23 +54,24 @@ log = logging.getLogger(__name__)
 
 
 
-def worker_state(settings: Settings) -> BidderState:
-    """The empty state a worker (or a replica alone) folds the topics into, from its settings."""
+def worker_state(settings: Settings, *, features: FeatureSource = "fold") -> BidderState:
+    """The empty state a worker (or a replica alone) folds the topics into, from its settings: rolling features
+    from the aggregators' ``listing-stats`` (``"copy"``), or folded from the raw records (``"fold"``)."""
     limits = Limits(max_bytes=settings.max_message_bytes, max_candidates=settings.max_candidates,
                     max_age_s=settings.max_event_age_s, max_future_s=settings.max_event_future_s)
     return BidderState(half_life_s=settings.feature_half_life_s, click_window_s=settings.click_window_s,
-                       attribution_window_s=settings.attribution_window_s, limits=limits)
+                       attribution_window_s=settings.attribution_window_s, limits=limits, features=features)
 
 class Replicator:
     """Background task folding replicated topics into ``state``."""
 
     def __init__(self, state: BidderState, settings: Settings, *, bootstrap: str | None,
-                 clock: Callable[[], float] = time.time, topics: Iterable[str] = REPLICATED_TOPICS) -> None:
+                 clock: Callable[[], float] = time.time, topics: Iterable[str] | None = None) -> None:
         self.state = state
         self._settings = settings
         self._bootstrap = bootstrap
         self._clock = clock
-        self._topics = tuple(topics)
+        self._topics = state.replicated_topics if topics is None else tuple(topics)
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._applied: dict[TopicPartition, int] = {}
@@ -139,6 +140,13 @@ class Replicator:
             self.fold_errors += 1
             log.exception("replica: cannot fold %s[%d]@%d; skipped", tp.topic, tp.partition, offset)
 
+    def _flush(self) -> None:
+        try:
+            self.state.flush()
+        except Exception:  # as a fold defect: the agents keep the features they had
+            self.fold_errors += 1
+            log.exception("replica: cannot take the listing-stats snapshots read; skipped")
+
     async def _run(self) -> None:
         assert self._consumer is not None
         consumer = self._consumer
@@ -155,6 +163,7 @@ class Replicator:
                     self._applied[tp] = r.offset + 1
                 self.records += len(records)
                 await asyncio.sleep(0)
+            self._flush()
             self._check_truncation(consumer)
             self._rounds += 1
             self._last_round = time.monotonic()

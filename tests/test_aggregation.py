@@ -269,3 +269,47 @@ def test_a_snapshot_of_an_unknown_listing_waits_for_the_catalog() -> None:
     cat.upsert_listing(777, shop_id=7, price=20.0, category=1)
     copy.retry_waiting(cat)
     assert copy.waiting == 0 and copy.stats.columns(np.array([2]), now=T0)[0].tolist() == [1.0]
+
+
+def history_record(listing_id: int, rng: random.Random) -> bytes:
+    clicked = rng.random() < 0.5
+    return orjson.dumps({"listing_id": listing_id, "impressions": rng.uniform(0, 50), "clicks": rng.uniform(0, 3),
+                         "conversions": rng.uniform(0, 1), "spend": rng.uniform(0, 2), "at": T0 - 5.0,
+                         "last_impression": T0 - rng.uniform(5, 500), "last_click": T0 - 60.0 if clicked else None,
+                         "history_from": T0 - 3600.0, "half_life_s": HALF_LIFE})
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), every=st.integers(1, 60), catalog_late=st.booleans())
+def test_a_worker_state_takes_its_features_from_listing_stats(seed: int, every: int, catalog_late: bool) -> None:
+    # the worker's side: listing-stats and listing-history records through BidderState.apply, taken in at the end
+    # of each fetch round (flush), give the one-process fold's features, history included, even when the
+    # snapshots arrive before the catalog does
+    rng = random.Random(seed)
+    stream = Stream(seed)
+    records = stream.generate(300)
+    history = [Record("listing-history", 0, i, history_record(lid, rng)) for i, lid in enumerate(LISTINGS[::3])]
+    reference = replica([*history, *records])
+    folds = {source: fold(source) for source in SOURCES}
+    written = []
+    for i, r in enumerate(records, 1):
+        folds[r.topic, r.partition].fold(r.offset, r.value)
+        if i % every == 0 or i == len(records):
+            written += [s for f in folds.values() for s in f.snapshots()]
+    worker = BidderState(half_life_s=HALF_LIFE, click_window_s=1e9, attribution_window_s=300.0, limits=Limits(),
+                         features="copy")
+    assert "listing-stats" in worker.replicated_topics and "listing-stats" not in reference.replicated_topics
+    catalog = [Record("listings", 0, 0, encode(Listing(lid, shop_of(lid), 20.0, 1, T0))) for lid in LISTINGS]
+    feed = [*history, *(Record("listing-stats", 0, i, s.encode()) for i, s in enumerate(written))]
+    feed = [*feed, *catalog] if catalog_late else [*catalog, *feed]
+    for i, r in enumerate(feed, 1):
+        worker.apply(r.topic, r.partition, r.offset, r.value, now=T0)
+        if rng.random() < 0.05 or i == len(feed):
+            worker.flush()
+    rows = np.arange(reference.catalog.n_listings)
+    assert worker.catalog.n_listings == reference.catalog.n_listings
+    now = stream.t + 60.0
+    np.testing.assert_allclose(worker.stats.columns(rows, now=now), reference.stats.columns(rows, now=now),
+                               rtol=1e-6, atol=1e-9)
+    assert worker.history_from == reference.history_from
+    assert worker.counts["listing-stats"] == len(written)

@@ -1,8 +1,17 @@
 """What every worker knows: the fold of the replicated topics.
 
 Each worker reads ``listings``, ``shops``, ``auctions``, ``billing``, ``labels`` and ``clicks`` from every
-partition (not as a group member) and folds them here, so a query on any worker sees every listing's
-rolling features and every shop's spend, and a restart rebuilds all of it from the topics.
+partition (not as a group member) and folds them here, so a query on any worker sees every shop's spend and
+every auction a click may name, and a restart rebuilds all of it from the topics.
+
+**Rolling features** come one of two ways (``features``):
+
+* ``"copy"`` (a worker): from ``listing-stats``, the snapshots the aggregators publish after folding each
+  record once (:mod:`bidder.replica.aggregation`), kept in a :class:`~bidder.replica.feature_copy.FeatureCopy`
+  whose ``stats`` is :attr:`BidderState.stats`. ``listing-history`` joins it as one more source. The raw
+  records update everything else here, not the features.
+* ``"fold"``: counted here from the raw records, one process seeing them all: the reference the aggregated
+  copy is tested against (``tests/test_aggregation.py``).
 
 Folding is idempotent where topics can repeat themselves (a redelivered query yields a second
 outcome with the same ``query_id``; a redelivered click a ``duplicate`` ledger line; a redelivered
@@ -15,8 +24,9 @@ replica; the replica then skips lines below ``ledger_applied[partition]``.
 
 from __future__ import annotations
 
+import math
 from collections import Counter, OrderedDict
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import orjson
@@ -28,11 +38,16 @@ from bidder.labels.attribution import IMPRESSIONS_PREFIX, ClickIndex
 from bidder.labels.auction_log import AuctionLog
 from bidder.query.catalog import Catalog
 from bidder.query.rolling import RollingStats
+from bidder.replica.aggregation import ListingSnapshot
+from bidder.replica.feature_copy import FeatureCopy
 from bidder.replica.history import HISTORY_TOPIC, merge_record
 
-__all__ = ["REPLICATED_TOPICS", "BidderState"]
+__all__ = ["REPLICATED_TOPICS", "SNAPSHOT_TOPIC", "BidderState", "FeatureSource"]
 
-REPLICATED_TOPICS: tuple[str, ...] = ("listings", "shops", HISTORY_TOPIC, "auctions", "billing", "labels", "clicks")
+SNAPSHOT_TOPIC = "listing-stats"
+REPLICATED_TOPICS: tuple[str, ...] = ("listings", "shops", HISTORY_TOPIC, SNAPSHOT_TOPIC, "auctions", "billing",
+                                      "labels", "clicks")
+FeatureSource = Literal["copy", "fold"]
 
 
 class BidderState:
@@ -45,10 +60,16 @@ class BidderState:
         click_window_s: float,
         attribution_window_s: float,
         limits: Limits,
+        features: FeatureSource = "fold",
     ) -> None:
         self.limits = limits
         self.catalog = Catalog()
-        self.stats = RollingStats(half_life_s=half_life_s)
+        self.features: FeatureCopy | None = FeatureCopy(half_life_s=half_life_s) if features == "copy" else None
+        """the aggregated copy (``features="copy"``), whose ``stats`` is :attr:`stats`; None: folded here"""
+        self.stats = RollingStats(half_life_s=half_life_s) if self.features is None else self.features.stats
+        self._snapshots: list[ListingSnapshot] = []
+        """``listing-stats`` records read since the last :meth:`flush`"""
+        self._listings_at_flush = 0
         self.ledger = Ledger()
         self.auctions = AuctionLog(window_s=click_window_s, conversion_window_s=attribution_window_s,
                                    retain_s=2 * click_window_s)
@@ -62,8 +83,13 @@ class BidderState:
         self.history_from = float("inf")
         """event time of the earliest auction outcome folded, or the start of a ``listing-history`` (inf:
         none): how far back the rolling features reach"""
-        self._history_waiting: dict[int, dict[str, Any]] = {}
-        """``listing-history`` records of listings the catalog does not hold yet"""
+        self._history_waiting: dict[int, tuple[dict[str, Any], int, int]] = {}
+        """``listing-history`` records (partition, offset) of listings the catalog does not hold yet"""
+
+    @property
+    def replicated_topics(self) -> tuple[str, ...]:
+        """The topics this state folds (``listing-stats`` only for the aggregated copy)."""
+        return tuple(t for t in REPLICATED_TOPICS if t != SNAPSHOT_TOPIC or self.features is not None)
 
     # -- folding -----------------------------------------------------------------------------------
     def apply(self, topic: str, partition: int, offset: int, value: bytes | None, *, now: float,
@@ -76,8 +102,10 @@ class BidderState:
         try:
             if topic in ("listings", "shops"):
                 self._apply_catalog(topic, value, now)
+            elif topic == SNAPSHOT_TOPIC:
+                self._apply_snapshot(value)
             elif topic == HISTORY_TOPIC:
-                self._apply_history(orjson.loads(value or b"null"))
+                self._apply_history(orjson.loads(value or b"null"), partition, offset)
             elif topic == "auctions":
                 self._apply_outcome(orjson.loads(value or b"null"))
             elif topic == "billing":
@@ -107,24 +135,46 @@ class BidderState:
                 self.catalog.remove_listing(ev.listing_id)
             waiting = self._history_waiting.pop(ev.listing_id, None)
             if waiting is not None and self.catalog.listing_row(ev.listing_id) is not None:
-                self._apply_history(waiting)
+                self._apply_history(*waiting)
             self.counts["listings"] += 1
         elif isinstance(ev, Shop):
             self.catalog.upsert_shop(ev.shop_id, daily_budget=ev.daily_budget, target_share=ev.target_share)
             self.counts["shops"] += 1
 
-    def _apply_history(self, record: dict[str, Any]) -> None:
+    def _apply_history(self, record: dict[str, Any], partition: int, offset: int) -> None:
         if float(record["half_life_s"]) != self.stats.half_life_s:
             self.counts["listing-history_other_half_life"] += 1
             return
         listing_id = int(record["listing_id"])
         row = self.catalog.listing_row(listing_id)
         if row is None:
-            self._history_waiting[listing_id] = record
+            self._history_waiting[listing_id] = (record, partition, offset)
             return
-        merge_record(self.stats, row, record)
+        if self.features is None:
+            merge_record(self.stats, row, record)
+        else:  # one more source of the copy: a listing's history is its record with the highest offset
+            self._snapshots.append(_history_snapshot(record, partition, offset))
         self.history_from = min(self.history_from, float(record["history_from"]))
         self.counts["listing-history"] += 1
+
+    def _apply_snapshot(self, value: bytes | None) -> None:
+        if self.features is None:
+            return
+        if value is None:  # a tombstone: a compacted topic may carry them; nothing to take
+            self.counts["listing-stats_tombstones"] += 1
+            return
+        self._snapshots.append(ListingSnapshot.decode(value))
+        self.counts["listing-stats"] += 1
+
+    def flush(self) -> None:
+        """Take the snapshots read since the last call into the copy (once per fetch round: the copy
+        recombines the rows they touch in one pass)."""
+        if self.features is None:
+            return
+        snapshots, self._snapshots = self._snapshots, []
+        if snapshots or self.catalog.n_listings != self._listings_at_flush:
+            self._listings_at_flush = self.catalog.n_listings
+            self.features.apply(snapshots, self.catalog)
 
     def _apply_outcome(self, outcome: dict[str, Any]) -> None:
         if not self.auctions.add(outcome):
@@ -132,9 +182,10 @@ class BidderState:
             return
         self.counts["auctions"] += 1
         self.history_from = min(self.history_from, float(outcome["ts"]))
-        ids = np.fromiter((int(w["listing_id"]) for w in outcome["winners"]), np.int64)
-        rows, known = self.catalog.rows(ids)
-        self.stats.record(rows[known], kind="impressions", now=float(outcome["ts"]))
+        if self.features is None:
+            ids = np.fromiter((int(w["listing_id"]) for w in outcome["winners"]), np.int64)
+            rows, known = self.catalog.rows(ids)
+            self.stats.record(rows[known], kind="impressions", now=float(outcome["ts"]))
 
     def _apply_click(self, click: dict[str, Any]) -> None:
         # not validated here (the bill agent does that and dead-letters what is wrong): only remembered
@@ -147,7 +198,7 @@ class BidderState:
         if not self.ledger.apply(entry):
             return
         row = self.catalog.listing_row(entry.listing_id)
-        if row is not None:
+        if row is not None and self.features is None:
             self.stats.record(np.array([row]), kind="clicks", now=entry.ts)
             if entry.amount > 0:
                 self.stats.record(np.array([row]), kind="spend", now=entry.ts, amount=entry.amount)
@@ -168,7 +219,7 @@ class BidderState:
         self.counts["conversions"] += 1
         self.auctions.mark_converted(str(label["query_id"]), int(label["listing_id"]))
         row = self.catalog.listing_row(int(label["listing_id"]))
-        if row is not None:
+        if row is not None and self.features is None:
             self.stats.record(np.array([row]), kind="conversions", now=float(label["ts"]))
 
     def apply_own_ledger(self, entry: LedgerEntry, *, partition: int, offset: int | None) -> None:
@@ -188,3 +239,13 @@ class BidderState:
 
     def order_attributed(self, order_id: str) -> bool:
         return order_id in self._orders
+
+
+def _history_snapshot(record: dict[str, Any], partition: int, offset: int) -> ListingSnapshot:
+    """A ``listing-history`` record as a source of the aggregated copy."""
+    last_imp, last_clk = record.get("last_impression"), record.get("last_click")
+    return ListingSnapshot(
+        HISTORY_TOPIC, partition, int(record["listing_id"]), float(record["impressions"]), float(record["clicks"]),
+        float(record["conversions"]), float(record["spend"]), float(record["at"]),
+        -math.inf if last_imp is None else float(last_imp), -math.inf if last_clk is None else float(last_clk),
+        offset, float(record["half_life_s"]), offset + 1, offset)

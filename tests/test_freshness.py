@@ -106,3 +106,17 @@ def test_restart_forgets_the_history_but_keeps_what_was_covered() -> None:
 
 def test_an_empty_meter_reports_no_percentiles() -> None:
     assert FreshnessMeter().report()["p99_ms"] is None
+
+
+def test_the_probe_feeds_the_meter_a_round_at_a_time() -> None:
+    from streams.harness.replica_probe import FreshnessTap
+
+    now = [100.0]
+    tap = FreshnessTap(clock=lambda: now[0])
+    tap.record("billing", 0, 4, _line("c1", 4, ts=99.5))
+    tap.record("auctions", 0, 9, b"{}")  # not kept
+    tap.record("listing-stats", 0, 0, _snap(0, 4, offset=4))
+    assert tap.meter.report()["count"] == 0  # nothing before the round ends
+    tap.round_end()
+    r = tap.report()
+    assert (r["count"], r["p50_ms"], r["pending"]) == (1, 500.0, 0) and r["cpu_s"] >= 0.0

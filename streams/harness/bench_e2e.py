@@ -280,8 +280,11 @@ def _run_bench(settings: Settings, *, bootstrap: str, rates: list[float], second
         if workers > 1:  # the group rebalanced as they joined: traffic once every one of them owns its share
             if progress:
                 progress(f"{workers} workers ready; waiting for the group to settle")
+            t0 = time.monotonic()
             if not await wait_group_settled(settings, bootstrap, group=settings.app_id, members=workers):
                 raise RuntimeError(f"the worker group did not settle with {workers} members; logs in {workdir}")
+            if progress:
+                progress(f"group settled after {time.monotonic() - t0:.1f} s")
 
     runs = []
     try:

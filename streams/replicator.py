@@ -37,6 +37,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -48,7 +49,7 @@ from streams.gap_repair import GapRepairer
 from streams.kafka_config import aiokafka_consumer_kwargs
 from streams.workarounds import pace_consumer, refresh_metadata
 
-__all__ = ["Replicator", "worker_state"]
+__all__ = ["Replicator", "RoundObserver", "worker_state"]
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,23 @@ def worker_state(settings: Settings, *, features: FeatureSource = "fold") -> Bid
     return BidderState(half_life_s=settings.feature_half_life_s, click_window_s=settings.click_window_s,
                        attribution_window_s=settings.attribution_window_s, limits=limits, features=features)
 
+class RoundObserver(Protocol):
+    """Sees what the replica folds (``streams.harness.replica_probe``'s freshness meter): every record after
+    its fold, and the end of each fetch round after the state took it in (``BidderState.flush``)."""
+
+    def record(self, topic: str, partition: int, offset: int, value: bytes | None) -> None: ...
+
+    def round_end(self) -> None: ...
+
+
 class Replicator:
     """Background task folding replicated topics into ``state``."""
 
     def __init__(self, state: BidderState, settings: Settings, *, bootstrap: str | None,
-                 clock: Callable[[], float] = time.time, topics: Iterable[str] | None = None) -> None:
+                 clock: Callable[[], float] = time.time, topics: Iterable[str] | None = None,
+                 observer: RoundObserver | None = None) -> None:
         self.state = state
+        self.observer = observer
         self._settings = settings
         self._bootstrap = bootstrap
         self._clock = clock
@@ -139,6 +151,8 @@ class Replicator:
         except Exception:  # a fold defect must not stop the replica (and with it every agent)
             self.fold_errors += 1
             log.exception("replica: cannot fold %s[%d]@%d; skipped", tp.topic, tp.partition, offset)
+        if self.observer is not None:
+            self.observer.record(tp.topic, tp.partition, offset, value)
 
     def _flush(self) -> None:
         try:
@@ -164,6 +178,8 @@ class Replicator:
                 self.records += len(records)
                 await asyncio.sleep(0)
             self._flush()
+            if self.observer is not None:
+                self.observer.round_end()
             self._check_truncation(consumer)
             self._rounds += 1
             self._last_round = time.monotonic()

@@ -48,3 +48,38 @@ def test_the_probe_counts_what_it_folds_after_catching_up(bootstrap: str, settin
     assert report["records"] >= 50
     assert report["cpu_s"] > 0 and report["cpu_us_per_record"] > 0
     assert report["wall_s"] >= 2.0
+    # copied features (listing-stats): how fresh the copy is; folded from the raw records: nothing to measure
+    assert report["freshness"] is None or {"count", "p50_ms", "p99_ms", "max_ms", "pending"} <= set(report["freshness"])
+
+
+def test_a_replica_copying_the_features_measures_how_fresh_a_click_is(bootstrap: str, settings: Settings) -> None:
+    import math
+
+    from bidder.replica.aggregation import ListingSnapshot
+    from streams.harness.replica_probe import FreshnessTap
+    from streams.replicator import Replicator, worker_state
+
+    listing = 800_000 + time.time_ns() % 100_000
+
+    async def run() -> dict[str, object]:
+        tap = FreshnessTap()
+        replica = Replicator(worker_state(settings, features="copy"), settings, bootstrap=bootstrap, observer=tap)
+        await replica.start()
+        tap.restart()
+        try:
+            async with EventProducer(settings, bootstrap=bootstrap) as producer:
+                line = {"v": 1, "type": "ledger", "click_id": f"fresh-{listing}", "shop_id": 7,
+                        "listing_id": listing, "query_id": "q", "user_id": 1, "slot": 0, "ts": time.time(),
+                        "day": 0, "price": 0.3, "amount": 0.3, "status": "charged", "spend_after": 0.3}
+                p, o = await producer.send_raw("billing", b"7", orjson.dumps(line))
+                snap = ListingSnapshot("billing", p, listing, 0.0, 1.0, 0.0, 0.3, time.time(), -math.inf,
+                                       time.time(), o, settings.feature_half_life_s, o + 1, o)
+                await producer.send_raw("listing-stats", snap.key(), snap.encode())
+            assert await replica.wait_caught_up(["billing", "listing-stats"])
+        finally:
+            await replica.stop()
+        return tap.report()
+
+    report = asyncio.run(run())
+    assert report["count"] == 1 and report["pending"] == 0
+    assert isinstance(report["p99_ms"], float) and 0.0 <= report["p99_ms"] < 30_000.0

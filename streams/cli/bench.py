@@ -72,10 +72,13 @@ def kernel(provider: str, candidates: int, family: str, iterations: int, warmup:
 @click.option("--rates", default="25,75,100,150,200,300", show_default=True, help="rates for --sweep")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--replica-probe", is_flag=True,
-              help="also run a replica alone beside the worker: what replicating the topics costs one worker")
+              help="also run a replica alone beside the workers: what replicating the topics costs one worker, "
+                   "and how fresh its copy of the aggregated features is")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="worker processes in the group (traffic once all are ready and the group has settled)")
 @click.pass_obj
 def bench_e2e(settings: Settings, rate: float, seconds: float, sweep: bool, rates: str, as_json: bool,
-              replica_probe: bool) -> None:
+              replica_probe: bool, workers: int) -> None:
     """Query produced -> outcome consumed, open loop, beside an echo agent with the same client settings."""
     stop_children_on_signals()
     import orjson
@@ -88,11 +91,11 @@ def bench_e2e(settings: Settings, rate: float, seconds: float, sweep: bool, rate
     plan = [rate] + ([float(r) for r in rates.split(",") if float(r) != rate] if sweep else [])
     with kafka_bootstrap(settings) as bootstrap:
         result = run_bench(settings, bootstrap=bootstrap, rates=plan, seconds=seconds,
-                           progress=console.log, replica_probe=replica_probe)
+                           progress=console.log, replica_probe=replica_probe, workers=workers)
     if as_json:
         click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
         return
-    table = Table(title="bench e2e (ms)")
+    table = Table(title=f"bench e2e (ms, {workers} worker{'s' if workers > 1 else ''})")
     for col in ("run", "offered q/s", "achieved q/s", "p50", "p99", "p999", "model p99", "received/sent",
                 "in flight", "lost", "CPU ms/query worker/broker/driver"):
         table.add_column(col, justify="right")
@@ -106,6 +109,12 @@ def bench_e2e(settings: Settings, rate: float, seconds: float, sweep: bool, rate
                       f"{r['received']}/{r['sent']}", str(a["in_flight"]), str(a["lost"]),
                       " / ".join("-" if cpu[k] is None else f"{cpu[k]:.1f}" for k in ("worker", "broker", "driver")))
     Console().print(table)
+    for r in result["runs"]:
+        fresh = (r.get("replica") or {}).get("freshness")
+        if fresh is not None:
+            click.echo(f"freshness at {r['rate_offered']:g} q/s (click -> another worker's copy): {fresh['count']} "
+                       f"clicks, p50 / p99 / max {fresh['p50_ms']} / {fresh['p99_ms']} / {fresh['max_ms']} ms, "
+                       f"{fresh['pending']} pending")
     click.echo(f"kernel ({result['kernel']['family']}, one core): {result['kernel_qps']} q/s; "
                f"highest rate with p99 <= 50 ms and nothing lost: {result['max_rate_p99_le_50ms']}; "
                f"(e2e p99 - model p99) / echo p99 = {result['overhead_vs_echo']}")

@@ -1,32 +1,42 @@
 """``bidder bench e2e``: open-loop latency of the whole loop, beside an echo agent with the same settings.
 
-For each offered rate: queries are produced at fixed times (open loop), a worker prices them, and the
+For each offered rate: queries are produced at fixed times (open loop), the workers price them, and the
 time from produce to the outcome being consumed is measured (``e2e``). In the same run, an echo agent
 with the bidder's exact client settings moves same-sized messages through Kafka and back (``echo``):
 the floor the Kafka path sets. ``model`` is the in-worker pipeline time from each outcome.
 ``--sweep`` repeats at rising rates and reports the highest whose e2e p99 stays <= 50 ms with nothing lost.
 
+``workers`` (``--workers N``, default 1) worker processes share the queries as one consumer group (each with
+its own web port and log). Traffic starts once every one is ready and the group has settled: stable, every
+worker a member, every ``queries`` partition assigned (the group rebalances as each one joins).
+
 Each rate also reports where every query went, read from the topics (``accounting``: answered,
 dead-lettered, still in flight behind the worker group's committed offsets, lost) and the CPU each
 process spent per answered query over the traffic window (``cpu_ms_per_query``: worker, broker, and
-the driver, this process). ``kernel`` is ``bidder bench kernel`` of the worker's family, run in the same
-invocation before any traffic: ``kernel_qps`` = 1000 / pipeline p50 is what one core does in-process.
+the driver, this process; ``worker`` is all the workers together, and ``per_worker`` has each one's
+``cpu_share_of_core`` and ``cpu_ms_per_query``, its CPU per query the group answered). ``kernel`` is
+``bidder bench kernel`` of the worker's family, run in the same invocation before any traffic:
+``kernel_qps`` = 1000 / pipeline p50 is what one core does in-process.
 
-With ``replica_probe`` a replica runs alone beside the worker (:mod:`streams.harness.replica_probe`), started
+With ``replica_probe`` a replica runs alone beside the workers (:mod:`streams.harness.replica_probe`), started
 and caught up before each rate's traffic: ``replica`` is what replicating the topics costs one worker at
 that rate (records folded per second, CPU per record, and ``cpu_ms_per_query["replica"]``); every worker of
-a deployment pays it for the whole marketplace's traffic.
+a deployment pays it for the whole marketplace's traffic. As "another worker", it also reports how fresh
+its copy of the aggregated features is (``replica["freshness"]``: a billed click until a ``listing-stats``
+snapshot covering it is in the copy; null while the features are folded from the raw records).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +56,10 @@ from streams.process import WorkerProcess, stop_process
 from streams.producer import EventProducer
 from streams.tail import tail_consumer
 
-__all__ = ["percentiles", "run_bench"]
+__all__ = ["percentiles", "run_bench", "wait_group_settled"]
 
 P99_LIMIT_MS = 50.0
+log = logging.getLogger(__name__)
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
@@ -73,6 +84,58 @@ async def _ensure_echo_topics(settings: Settings, bootstrap: str) -> None:
             await admin.create_topics(new)
     finally:
         await admin.close()
+
+
+async def _group_members(settings: Settings, bootstrap: str, group: str) -> tuple[str, list[set[int]]] | None:
+    """The group's state and each member's ``queries`` partitions (None: the broker did not say)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+
+    from streams.kafka_config import aiokafka_admin_kwargs
+
+    admin = AIOKafkaAdminClient(**aiokafka_admin_kwargs(settings, bootstrap=bootstrap))
+    await admin.start()
+    try:
+        for response in await admin.describe_consumer_groups([group]):
+            for error, name, state, *_, members in (tuple(g)[:6] for g in response.groups):
+                if name != group or error:
+                    continue
+                owned = []
+                for member in members:
+                    assigned = ConsumerProtocolMemberAssignment.decode(member[4]) if member[4] else None
+                    owned.append({p for topic, parts in (assigned.assignment if assigned else [])
+                                  if topic == "queries" for p in parts})
+                return str(state), owned
+        return None
+    finally:
+        await admin.close()
+
+
+async def wait_group_settled(settings: Settings, bootstrap: str, *, group: str, members: int,
+                             timeout_s: float = 120.0, hold_s: float = 1.0) -> bool:
+    """Wait until ``group`` is stable with ``members`` members that own every ``queries`` partition, twice
+    ``hold_s`` apart (a worker that joins late starts another rebalance). False on timeout."""
+    consumer = await tail_consumer(settings, bootstrap, ["queries"])
+    try:
+        partitions = set(consumer.partitions_for_topic("queries") or ())
+    finally:
+        await consumer.stop()
+    deadline = time.monotonic() + timeout_s
+    seen: Any = None
+    settled_once = False
+    while time.monotonic() < deadline:
+        try:
+            seen = await _group_members(settings, bootstrap, group)
+        except Exception as err:  # a broker that cannot describe groups: retried until the timeout
+            seen = repr(err)
+        settled = (isinstance(seen, tuple) and seen[0] == "Stable" and len(seen[1]) == members
+                   and set().union(*seen[1]) >= partitions)
+        if settled and settled_once:
+            return True
+        settled_once = settled
+        await asyncio.sleep(hold_s)
+    log.warning("group %s not settled with %d members after %.0fs: %s", group, members, timeout_s, seen)
+    return False
 
 
 async def _echo(settings: Settings, bootstrap: str, *, rate: float, seconds: float, payload: bytes) -> dict[str, Any]:
@@ -123,15 +186,17 @@ async def _echo(settings: Settings, bootstrap: str, *, rate: float, seconds: flo
 
 
 async def _bidder(settings: Settings, bootstrap: str, *, rate: float, seconds: float, run: int,
-                  start_worker: Any, worker_pid: Any, probe: ProbeProcess | None = None) -> dict[str, Any]:
+                  start_workers: Callable[[], Any], worker_pids: Callable[[], list[int]],
+                  probe: ProbeProcess | None = None) -> dict[str, Any]:
     first = run == 0
     marks = await topic_marks(settings, bootstrap)
     meter: dict[str, CpuMeter] = {}
 
     async def traffic_starts() -> None:
         if first:
-            await start_worker()
-        pids = {"worker": worker_pid(), "broker": local_broker_pid(bootstrap), "driver": os.getpid()}
+            await start_workers()
+        pids: dict[str, int | list[int] | None] = {"worker": worker_pids(), "broker": local_broker_pid(bootstrap),
+                                                   "driver": os.getpid()}
         if probe is not None:
             pids["replica"] = await asyncio.to_thread(probe.start)
         meter["m"] = CpuMeter(pids).start()
@@ -161,26 +226,32 @@ async def _bidder(settings: Settings, bootstrap: str, *, rate: float, seconds: f
         "accounting": acct.as_dict(),
         "cpu_ms_per_query": cpu.ms_per(acct.answered),
         "cpu_share_of_core": cpu.share_of_core(),
+        "per_worker": [{"cpu_share_of_core": share, "cpu_ms_per_query": ms} for share, ms in
+                       zip(cpu.part_shares("worker"), cpu.part_ms_per("worker", acct.answered), strict=True)],
         **({} if replica is None else {"replica": replica}),
     }
 
 
 def run_bench(settings: Settings, *, bootstrap: str, rates: list[float], seconds: float,
               echo_rate: float | None = None, workdir: Path | None = None,
-              progress: Any = None, replica_probe: bool = False) -> dict[str, Any]:
-    """Echo floor, then the bidder at each rate; one dict per rate plus the summary."""
+              progress: Any = None, replica_probe: bool = False, workers: int = 1) -> dict[str, Any]:
+    """Echo floor, then the bidder (``workers`` worker processes) at each rate; one dict per rate plus the
+    summary."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, not {workers}")
     own_workdir = workdir is None
     workdir = workdir or Path(tempfile.mkdtemp(prefix="bidder-bench-"))
     try:
         return _run_bench(settings, bootstrap=bootstrap, rates=rates, seconds=seconds, echo_rate=echo_rate,
-                          workdir=workdir, progress=progress, replica_probe=replica_probe)
+                          workdir=workdir, progress=progress, replica_probe=replica_probe, workers=workers)
     finally:  # logs of the echo agent and the worker
         if own_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _run_bench(settings: Settings, *, bootstrap: str, rates: list[float], seconds: float,
-               echo_rate: float | None, workdir: Path, progress: Any, replica_probe: bool) -> dict[str, Any]:
+               echo_rate: float | None, workdir: Path, progress: Any, replica_probe: bool,
+               workers: int) -> dict[str, Any]:
     if progress:
         progress(f"kernel ({settings.model_family}, in-process, one core)")
     kernel = run_kernel_bench(family=settings.model_family, iterations=1000, warmup=100,
@@ -200,12 +271,20 @@ def _run_bench(settings: Settings, *, bootstrap: str, rates: list[float], second
         echo = asyncio.run(_echo(settings, bootstrap, rate=echo_rate or rates[0], seconds=seconds, payload=payload))
     finally:
         stop_process(echo_proc, timeout_s=10.0)
-    workers: list[WorkerProcess] = []
+    procs: list[WorkerProcess] = []
 
-    async def start_worker() -> None:
-        w = WorkerProcess.start(bootstrap=bootstrap, log_path=workdir / "worker.log")
-        workers.append(w)
-        await asyncio.to_thread(w.wait_ready)
+    async def start_workers() -> None:
+        names = ["worker.log"] if workers == 1 else [f"worker-{i}.log" for i in range(workers)]
+        procs.extend(WorkerProcess.start(bootstrap=bootstrap, log_path=workdir / name) for name in names)
+        await asyncio.gather(*(asyncio.to_thread(w.wait_ready) for w in procs))
+        if workers > 1:  # the group rebalanced as they joined: traffic once every one of them owns its share
+            if progress:
+                progress(f"{workers} workers ready; waiting for the group to settle")
+            t0 = time.monotonic()
+            if not await wait_group_settled(settings, bootstrap, group=settings.app_id, members=workers):
+                raise RuntimeError(f"the worker group did not settle with {workers} members; logs in {workdir}")
+            if progress:
+                progress(f"group settled after {time.monotonic() - t0:.1f} s")
 
     runs = []
     try:
@@ -214,10 +293,10 @@ def _run_bench(settings: Settings, *, bootstrap: str, rates: list[float], second
                 progress(f"bidder at {rate:g} q/s")
             probe = ProbeProcess(bootstrap, workdir / f"replica-{i}.json") if replica_probe else None
             runs.append(asyncio.run(_bidder(settings, bootstrap, rate=rate, seconds=seconds, run=i,
-                                            start_worker=start_worker,
-                                            worker_pid=lambda: workers[0].process.pid, probe=probe)))
+                                            start_workers=start_workers,
+                                            worker_pids=lambda: [w.process.pid for w in procs], probe=probe)))
     finally:
-        for w in workers:
+        for w in procs:
             w.stop(timeout_s=10.0)
     ok = [r["rate_offered"] for r in runs if r["e2e"]["p99_ms"] is not None
           and r["e2e"]["p99_ms"] <= P99_LIMIT_MS and r["accounting"]["lost"] == 0
@@ -235,4 +314,5 @@ def _run_bench(settings: Settings, *, bootstrap: str, rates: list[float], second
         "overhead_vs_echo": (None if None in (e2e_p99, model_p99, echo_p99)
                              else round((e2e_p99 - model_p99) / echo_p99, 3)),
         "load_average": list(os.getloadavg()),
+        "workers": workers,
     }

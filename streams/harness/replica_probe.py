@@ -6,9 +6,18 @@ This process runs the worker's :class:`streams.replicator.Replicator` and nothin
 worker's settings, and reports the records it folded and the CPU it spent after catching up.
 ``bidder bench e2e --replica-probe`` runs it beside the worker under traffic (``docs/capacity.md``).
 
+**Freshness.** The probe is "another worker": with the rolling features copied from ``listing-stats`` (the
+state :func:`streams.replicator.worker_state` builds from the settings, as a worker's), it measures how long
+a billed click takes to reach its copy (:class:`bidder.replica.freshness.FreshnessMeter`, fed each fetch
+round after the state has taken the round in): ``freshness`` = ``count`` clicks seen visible, ``p50_ms``,
+``p99_ms``, ``max_ms`` of wall clock at visibility minus the click's event time, ``pending`` (never seen
+visible), ``excluded`` (ledger lines that change no snapshot), ``cpu_s`` (the meter's own, left out of the
+probe's ``cpu_s``). What was read while catching up does not count. With the features folded from the raw
+records (``"fold"``) there is nothing to measure: ``freshness`` is null.
+
 Run: ``python -m streams.harness.replica_probe --out FILE`` with ``BIDDER_KAFKA_BOOTSTRAP`` set; it writes
 ``FILE.ready`` once caught up and, on SIGTERM or SIGINT, ``FILE``: records folded and CPU seconds since
-ready, by topic where the state counts them.
+ready, by topic where the state counts them, and ``freshness``.
 """
 
 from __future__ import annotations
@@ -20,20 +29,59 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from bidder.replica.freshness import FreshnessMeter
+from bidder.replica.state import SNAPSHOT_TOPIC
 from bidder.settings import Settings
 from streams.process import stop_process
 from streams.replicator import Replicator, worker_state
 
-__all__ = ["ProbeProcess", "probe_report", "run_probe"]
+__all__ = ["FreshnessTap", "ProbeProcess", "probe_report", "run_probe"]
 
 
-def probe_report(*, records: int, cpu_s: float, wall_s: float, counts: Counter[str]) -> dict[str, Any]:
-    """What the probe writes: records folded, CPU and wall seconds, CPU per record, state counts by kind.
+class FreshnessTap:
+    """A :class:`streams.replicator.RoundObserver`: keeps a round's ``billing`` and ``listing-stats`` records and
+    feeds them to a :class:`FreshnessMeter` at the round's end (timing the meter's CPU apart)."""
+
+    _TOPICS = frozenset(("billing", SNAPSHOT_TOPIC))
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.meter = FreshnessMeter()
+        self.cpu_s = 0.0
+        """CPU seconds the meter took since the last :meth:`restart`"""
+        self._clock = clock
+        self._round: list[tuple[str, int, int, bytes | None]] = []
+
+    def record(self, topic: str, partition: int, offset: int, value: bytes | None) -> None:
+        if topic in self._TOPICS:
+            self._round.append((topic, partition, offset, value))
+
+    def round_end(self) -> None:
+        t0 = time.process_time()
+        records, self._round = self._round, []
+        for r in records:
+            self.meter.record(*r)
+        self.meter.round_end(now=self._clock())
+        self.cpu_s += time.process_time() - t0
+
+    def restart(self) -> None:
+        """Count from now on (what was read while catching up is history)."""
+        self.meter.restart()
+        self.cpu_s = 0.0
+
+    def report(self) -> dict[str, Any]:
+        return {**self.meter.report(), "cpu_s": round(self.cpu_s, 4)}
+
+
+def probe_report(*, records: int, cpu_s: float, wall_s: float, counts: Counter[str],
+                 freshness: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the probe writes: records folded, CPU and wall seconds, CPU per record, state counts by kind, the
+    freshness of the copied features (None: folded, nothing copied).
 
     >>> probe_report(records=1000, cpu_s=0.25, wall_s=10.0, counts=Counter(auctions=400))["cpu_us_per_record"]
     250.0
@@ -46,18 +94,22 @@ def probe_report(*, records: int, cpu_s: float, wall_s: float, counts: Counter[s
         "cpu_share_of_core": round(cpu_s / wall_s, 4) if wall_s > 0 else None,
         "cpu_us_per_record": round(cpu_s / records * 1e6, 1) if records else None,
         "counts": dict(counts),
+        "freshness": freshness,
     }
 
 
 async def run_probe(settings: Settings, *, bootstrap: str, out: Path) -> dict[str, Any]:
     """Replicate until SIGTERM/SIGINT; write and return the report of what happened after catching up."""
     state = worker_state(settings)
-    replica = Replicator(state, settings, bootstrap=bootstrap)
+    tap = FreshnessTap() if state.features is not None else None
+    replica = Replicator(state, settings, bootstrap=bootstrap, observer=tap)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await replica.start()
+    if tap is not None:
+        tap.restart()
     records0, counts0 = replica.records, Counter(state.counts)
     cpu0, wall0 = time.process_time(), time.monotonic()
     await asyncio.to_thread(out.with_suffix(out.suffix + ".ready").write_text, "ready\n")
@@ -68,7 +120,9 @@ async def run_probe(settings: Settings, *, bootstrap: str, out: Path) -> dict[st
         await replica.stop()
     counts = Counter(state.counts)
     counts.subtract(counts0)
-    report = probe_report(records=replica.records - records0, cpu_s=cpu, wall_s=wall, counts=+counts)
+    meter_cpu = 0.0 if tap is None else tap.cpu_s
+    report = probe_report(records=replica.records - records0, cpu_s=cpu - meter_cpu, wall_s=wall, counts=+counts,
+                          freshness=None if tap is None else tap.report())
     await asyncio.to_thread(out.write_bytes, orjson.dumps(report))
     return report
 

@@ -185,12 +185,15 @@ def ends_of(sent: Iterable[Sent]) -> dict[TopicPartition, int]:
     return ends
 
 
-async def folded(agg: Aggregator, ends: dict[TopicPartition, int], *, timeout_s: float = 20.0) -> None:
-    """Until ``agg`` has folded every record below ``ends``."""
+async def folded(*aggs: Aggregator, ends: dict[TopicPartition, int], timeout_s: float = 20.0) -> None:
+    """Until ``aggs`` (the members of one group) have folded every record below ``ends``."""
     deadline = time.monotonic() + timeout_s
-    while not all(agg.marks().get(tp, 0) >= end for tp, end in ends.items()):
-        assert agg.running, agg.failure
-        assert time.monotonic() < deadline, (agg.marks(), ends, dict(agg.counts))
+    while True:
+        marks = {tp: mark for agg in aggs for tp, mark in agg.marks().items()}
+        if all(marks.get(tp, 0) >= end for tp, end in ends.items()):
+            return
+        assert all(agg.running for agg in aggs), [agg.failure for agg in aggs]
+        assert time.monotonic() < deadline, (marks, ends, [dict(agg.counts) for agg in aggs])
         await asyncio.sleep(0.05)
 
 
@@ -227,9 +230,9 @@ async def test_the_published_copy_has_the_numbers_of_one_fold(bootstrap: str, se
     try:
         await asyncio.wait_for(agg.ready.wait(), 20)
         sent = await produce(settings, bootstrap, traffic.generate(300))
-        await folded(agg, ends_of(sent))
+        await folded(agg, ends=ends_of(sent))
         sent += await produce(settings, bootstrap, traffic.generate(300))
-        await folded(agg, ends_of(sent))
+        await folded(agg, ends=ends_of(sent))
     finally:
         await agg.stop()
     assert agg.counts["batches"] >= 2 and agg.counts["send_failures"] == 0
@@ -248,10 +251,10 @@ async def test_a_restarted_aggregator_counts_nothing_twice_and_loses_nothing(boo
     try:
         await asyncio.wait_for(first.ready.wait(), 20)
         sent = await produce(settings, bootstrap, traffic.generate(300))
-        await folded(first, ends_of(sent))
+        await folded(first, ends=ends_of(sent))
         await published(first)
         sent += await produce(settings, bootstrap, traffic.generate(100))
-        await folded(first, ends_of(sent))
+        await folded(first, ends=ends_of(sent))
     finally:
         await first.abort()  # a crash: what was folded since the last batch is not on listing-stats
     again = traffic.rng.sample([r for r in sent if r.value is not None], 40)  # repeats of records folded before
@@ -263,9 +266,40 @@ async def test_a_restarted_aggregator_counts_nothing_twice_and_loses_nothing(boo
     try:
         await asyncio.wait_for(second.ready.wait(), 20)
         assert second.counts["restores"] >= 1 and second.counts["remembered"] > 0
-        await folded(second, ends_of(sent))
+        await folded(second, ends=ends_of(sent))
     finally:
         await second.stop()
+    await assert_same_numbers(settings, bootstrap, stats_topic, traffic, sent)
+
+
+async def test_members_joining_and_leaving_share_the_partitions_without_losing_a_record(
+        bootstrap: str, settings: Settings) -> None:
+    settings = own_settings(settings)
+    stats_topic = await new_stats_topic(settings, bootstrap)
+    traffic = Traffic(seed=4)
+    first = Aggregator(settings, bootstrap=bootstrap, stats_topic=stats_topic)
+    second = Aggregator(settings, bootstrap=bootstrap, stats_topic=stats_topic)
+    await first.start()
+    try:
+        await asyncio.wait_for(first.ready.wait(), 20)
+        sent = await produce(settings, bootstrap, traffic.generate(200))
+        await folded(first, ends=ends_of(sent))
+        await second.start()  # the group rebalances: the first publishes, keeps half and the second restores half
+        production = asyncio.create_task(produce(settings, bootstrap, traffic.generate(200)))
+        await asyncio.wait_for(second.ready.wait(), 20)
+        deadline = time.monotonic() + 20
+        while not (first.marks() and second.marks() and len(first.marks()) + len(second.marks()) == 12):
+            assert time.monotonic() < deadline, (first.marks(), second.marks())
+            await asyncio.sleep(0.05)
+        sent += await production
+        await folded(first, second, ends=ends_of(sent))
+        await second.stop()  # it leaves: the first takes its partitions back from listing-stats
+        sent += await produce(settings, bootstrap, traffic.generate(200))
+        await folded(first, ends=ends_of(sent))
+    finally:
+        await second.stop()
+        await first.stop()
+    assert first.counts["restores"] > 12 and second.counts["restores"] > 0
     await assert_same_numbers(settings, bootstrap, stats_topic, traffic, sent)
 
 
@@ -302,7 +336,7 @@ async def test_a_refused_snapshot_write_neither_loses_nor_double_counts(bootstra
         sent: list[Sent] = []
         for i in range(4):
             sent += await produce(settings, bootstrap, traffic.generate(150))
-            await folded(agg, ends_of(sent))
+            await folded(agg, ends=ends_of(sent))
             await published(agg)
             if i < 3:  # refuse writes of the batches to come, after some written
                 calls = agg.calls

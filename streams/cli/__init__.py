@@ -1,8 +1,8 @@
 """The ``bidder`` command line (click). Each command is a thin shell over a library function.
 
 The commands live beside it, by what they drive: :mod:`streams.cli.cluster` (broker, topics, simulate,
-produce, worker, demo), :mod:`streams.cli.bench`, :mod:`streams.cli.chaos`, :mod:`streams.cli.drift` and
-:mod:`streams.cli.lifecycle` (dataset, train, train-models, scoreboard, promote, shadow). Each loads what
+produce, worker, aggregate, demo), :mod:`streams.cli.bench`, :mod:`streams.cli.chaos`, :mod:`streams.cli.drift`
+and :mod:`streams.cli.lifecycle` (dataset, train, train-models, scoreboard, promote, shadow). Each loads what
 it runs (the harness, Kafka clients, training code) inside its body, so ``bidder --help`` loads none of it."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from bidder.settings import Settings
 from streams.cli.bench import bench
 from streams.cli.chaos import chaos
 from streams.cli.cluster import (
+    aggregate,
     broker,
     demo,
     kafka_bootstrap,
@@ -35,6 +36,6 @@ def main(ctx: click.Context) -> None:
     ctx.obj = Settings()
 
 
-for _command in (broker, topics, simulate, produce, worker, demo, bench, chaos, drift, dataset, train, train_models,
-                 scoreboard, promote, shadow):
+for _command in (broker, topics, simulate, produce, worker, aggregate, demo, bench, chaos, drift, dataset, train,
+                 train_models, scoreboard, promote, shadow):
     main.add_command(_command)

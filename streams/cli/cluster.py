@@ -18,8 +18,8 @@ import click
 
 from bidder.settings import Settings
 
-__all__ = ["broker", "demo", "kafka_bootstrap", "produce", "simulate", "stop_children_on_signals", "topics",
-           "worker"]
+__all__ = ["aggregate", "broker", "demo", "kafka_bootstrap", "produce", "simulate", "stop_children_on_signals",
+           "topics", "worker"]
 
 
 @contextlib.contextmanager
@@ -171,6 +171,23 @@ def worker(settings: Settings) -> None:
     if not settings.kafka_bootstrap:
         raise click.UsageError("set BIDDER_KAFKA_BOOTSTRAP; `bidder demo` runs everything on an embedded broker")
     run_worker(settings)
+
+
+@click.command()
+@click.option("--bootstrap", default=None, help="default: BIDDER_KAFKA_BOOTSTRAP")
+@click.pass_obj
+def aggregate(settings: Settings, bootstrap: str | None) -> None:
+    """Run one aggregator (rolling features folded once into listing-stats) until Ctrl-C / SIGTERM."""
+    import logging
+
+    from streams.aggregator import run_aggregator
+
+    target = bootstrap or settings.kafka_bootstrap
+    if not target:
+        raise click.UsageError("set BIDDER_KAFKA_BOOTSTRAP (or --bootstrap)")
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    counts = asyncio.run(run_aggregator(settings, bootstrap=target))
+    click.echo(" ".join(f"{k}={v}" for k, v in sorted(counts.items())))
 
 
 @click.command()

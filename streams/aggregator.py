@@ -171,6 +171,17 @@ class Aggregator:
         """False once the fold loop has ended (it only ends by :meth:`stop` or by a defect: :attr:`failure`)."""
         return self._task is not None and not self._task.done()
 
+    @property
+    def ended(self) -> bool:
+        """The fold loop ended without :meth:`stop` (a defect)."""
+        return self._task is not None and self._task.done() and not self._task.cancelled()
+
+    def ended_by(self) -> BaseException | None:
+        """What ended the fold loop (None: cancelled, or still running)."""
+        if self._task is None or not self._task.done() or self._task.cancelled():
+            return None
+        return self._task.exception()
+
     async def wait(self) -> None:
         """Until the fold loop ends (what ended it is kept in :attr:`failure` by :meth:`stop`)."""
         if self._task is not None:
@@ -202,6 +213,28 @@ class Aggregator:
         if self._consumer is None:
             return 0
         return sum(max((self._consumer.highwater(tp) or 0) - fold.mark, 0) for tp, fold in self._folds.items())
+
+    def caught_up(self) -> bool:
+        """Restored, every partition owned fetched at least once and folded to its last known end."""
+        if self._consumer is None or not self.ready.is_set() or self._unrestored:
+            return False
+        ends = [(fold.mark, self._consumer.highwater(tp)) for tp, fold in self._folds.items()]
+        return all(high is not None and mark >= high for mark, high in ends)
+
+    async def wait_published(self, timeout_s: float = 60.0) -> bool:
+        """Until the folds caught up with their partitions and a publish round after that wrote what they
+        changed (a worker's start: its features complete before it says ready). False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while not self.caught_up():
+            if time.monotonic() > deadline or (self._task is not None and self._task.done()):
+                return False
+            await asyncio.sleep(0.05)
+        rounds = self.counts["publish_rounds"]
+        while self.counts["publish_rounds"] <= rounds:
+            if time.monotonic() > deadline or not self.running:
+                return False
+            await asyncio.sleep(0.02)
+        return True
 
     # -- rebalances --------------------------------------------------------------------------------
     async def _revoked(self, revoked: Iterable[TopicPartition]) -> None:

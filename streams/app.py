@@ -31,6 +31,7 @@ from bidder.replica.state import BidderState
 from bidder.settings import Settings
 from bidder.topics import ALL_TOPICS
 from streams.agents import add_agents, each_message, handle_catalog
+from streams.aggregator import Aggregator
 from streams.catalog_check import CatalogChecker
 from streams.gap_repair import GapRepairer, RepairedEvent, RepairedMessage
 from streams.kafka_config import faust_app_kwargs
@@ -55,7 +56,7 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
     """The Faust app and its runtime for one worker process."""
     use_fetch_max_wait(settings.fetch_max_wait_ms)
     app = _faust_app(settings, bootstrap)
-    state = worker_state(settings)
+    state = worker_state(settings, features="copy")
     limits = state.limits
     metrics = WorkerMetrics()
     serving = _serving(settings, state, metrics, clock=clock, rng_seed=rng_seed)
@@ -69,7 +70,9 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
                  monitors=monitors, serving=serving, clock=clock,
                  repairer=GapRepairer(settings, bootstrap=bootstrap, name="group"))
     replica.repairer.on_repair = functools.partial(rt.count_repair, consumer="replica")
-    app.service(_start_and_stop(app, rt, probes, checker=_catalog_checker(rt, bootstrap)))
+    aggregator = Aggregator(settings, bootstrap=bootstrap, clock=clock) if settings.aggregator_embedded else None
+    rt.aggregator = aggregator
+    app.service(_start_and_stop(app, rt, probes, checker=_catalog_checker(rt, bootstrap), aggregator=aggregator))
     add_probe_pages(app, probes, metrics)
     app.timer(interval=5.0)(GroupWatchdog(app=app, rt=rt, replica=replica, stall_s=settings.commit_stall_s).check)
     app.on_partitions_revoked.connect(functools.partial(_revoked, rt))
@@ -144,14 +147,16 @@ def _catalog_checker(rt: Runtime, bootstrap: str | None) -> CatalogChecker:
     return CatalogChecker(rt.settings, bootstrap=bootstrap, check=check_catalog)
 
 
-def _start_and_stop(app: faust.App, rt: Runtime, probes: Probes, *, checker: CatalogChecker
-                    ) -> type[mode.Service]:
-    """The service that starts the replica, the catalog checker and the model watcher before the agents run
-    (then warms the hot path and the producer up), and stops them after."""
+def _start_and_stop(app: faust.App, rt: Runtime, probes: Probes, *, checker: CatalogChecker,
+                    aggregator: Aggregator | None) -> type[mode.Service]:
+    """The service that starts the aggregator (when embedded), the replica, the catalog checker and the model
+    watcher before the agents run (then warms the hot path and the producer up), and stops them after."""
     watcher = ModelWatcher(rt, rt.settings)
 
     class ReplicaService(mode.Service):
         async def on_start(self) -> None:
+            if aggregator is not None:
+                await _start_aggregator(aggregator)
             await rt.replica.start()
             await checker.start()
             await checker.wait_caught_up()
@@ -166,10 +171,26 @@ def _start_and_stop(app: faust.App, rt: Runtime, probes: Probes, *, checker: Cat
             await watcher.stop()
             await checker.stop()
             await rt.replica.stop()
+            if aggregator is not None:
+                await aggregator.stop()
             if rt.repairer is not None:
                 await rt.repairer.stop()
 
     return ReplicaService
+
+
+async def _start_aggregator(aggregator: Aggregator, *, timeout_s: float = 120.0) -> None:
+    """Join the aggregator group and fold this worker's share of the sources up to now, published, before the
+    replica reads ``listing-stats`` (so a worker's features are complete when it says ready). A share that takes
+    longer is logged and folded on while the worker serves."""
+    await aggregator.start()
+    t0 = time.monotonic()
+    if await aggregator.wait_published(timeout_s=timeout_s):
+        log.info("aggregator: %d source partitions folded and published in %.1f s (%s)", len(aggregator.marks()),
+                 time.monotonic() - t0, dict(aggregator.counts))
+    else:
+        log.warning("aggregator: not caught up after %.0f s (lag %d); serving while it folds on", timeout_s,
+                    aggregator.lag())
 
 
 async def _warm_producer(app: faust.App) -> None:

@@ -21,6 +21,7 @@ from bidder.query.scoring import Models
 from bidder.replica.state import BidderState
 from bidder.settings import Settings
 from bidder.topics import TOPICS
+from streams.aggregator import Aggregator
 from streams.gap_repair import GapRepairer, Repair, RepairedEvent, RepairedMessage
 from streams.metrics import WorkerMetrics
 from streams.monitors import Monitors
@@ -51,6 +52,8 @@ class Runtime:
     """partitions of ``clicks`` whose ledger this worker rebuilt since it was assigned them"""
     repairer: GapRepairer | None = None
     """re-reads what a fetch skipped for the Faust group consumer (``with_skipped``)"""
+    aggregator: Aggregator | None = None
+    """this worker's member of the aggregator group (``settings.aggregator_embedded``), or None"""
 
     def __post_init__(self) -> None:
         if self.repairer is not None:

@@ -72,6 +72,7 @@ class GroupWatchdog:
 
         suspects = past_end()
         self.watch_commits(consumer)
+        self.watch_aggregator()
         for topic, n in lag.items():
             rt.metrics.consumer_lag.labels(topic=topic).set(n)
         new = replica.truncations - rt.counts["replica_truncations_counted"]
@@ -98,6 +99,16 @@ class GroupWatchdog:
         rt.counts["group_truncations"] += len(confirmed)
         rt.counts["group_reset_at"] = int(time.monotonic())
         rt.metrics.log_truncations.labels(consumer="group").inc(len(confirmed))
+
+    def watch_aggregator(self) -> None:
+        """Exit when the embedded aggregator's fold loop ended by itself (a defect it could not survive, such as
+        a group error aiokafka raises from ``getmany``): this worker's share of the rolling features would
+        stop, and only a new process joins the aggregator group again."""
+        aggregator = self.rt.aggregator
+        if aggregator is not None and aggregator.ended:
+            self.rt.counts["aggregator_ended"] = 1
+            exit_for_restart("the aggregator's fold loop ended (%r); exiting so the worker is restarted",
+                             aggregator.ended_by())
 
     def watch_commits(self, consumer: Any) -> None:
         """Exit when the group's commits stopped while the agents kept reading.

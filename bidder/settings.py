@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     aggregate_interval_ms: float = Field(
         default=250.0, gt=0, description="the aggregator publishes each changed listing's rolling counters at most "
                                          "once per this interval to listing-stats (bidder/replica/aggregation.py)")
+    aggregate_checkpoint_s: float = Field(
+        default=60.0, gt=0, description="each aggregated fold writes all its listings to listing-stats this often (in "
+                                        "publish intervals), so compaction may drop the batches written before")
     aggregate_remember_records: int = Field(
         default=20_000, ge=0, description="a restarted aggregator re-reads this many records before its resume "
                                           "point of each source partition, only to recognise repeats of them")

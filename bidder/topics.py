@@ -59,9 +59,10 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("labels", "query_id", "delete", 30 * DAY_MS, doc="online training labels"),
     TopicSpec("listing-history", "listing_id", "compact", -1,
               doc="each listing's rolling counters folded before this deployment's records began"),
-    TopicSpec("listing-stats", "snapshot_key", "compact", -1,
-              doc="rolling counters aggregated once: each source partition's latest partial per listing "
-                  "(bidder/replica/aggregation.py), read by every worker for gather"),
+    TopicSpec("listing-stats", "batch_key", "compact", -1,
+              doc="rolling counters aggregated once: each source partition's changed listings per interval and its "
+                  "checkpoints, columnar (key topic:partition:d<ring slot>.<part> or :c<parts>.<part>; "
+                  "bidder/replica/aggregation.py, streams/aggregator.py), read by every worker for gather"),
     TopicSpec("drift-alerts", "feature", "delete", 30 * DAY_MS, partitions=1, doc="feature drift episodes"),
     TopicSpec("calibration-alerts", "target", "delete", 30 * DAY_MS, partitions=1,
               doc="a model version's calibration ratio left (or came back into) its bounds"),

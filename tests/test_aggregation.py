@@ -19,7 +19,7 @@ from bidder.decoding import Limits
 from bidder.events import Listing, Shop, encode
 from bidder.labels.attribution import IMPRESSIONS_PREFIX, label_update
 from bidder.query.catalog import Catalog
-from bidder.replica.aggregation import ListingSnapshot, SourceFold
+from bidder.replica.aggregation import ListingSnapshot, SnapshotBatch, SourceFold
 from bidder.replica.feature_copy import FeatureCopy
 from bidder.replica.state import BidderState
 
@@ -130,8 +130,9 @@ def replica(records: list[Record]) -> BidderState:
     return state
 
 
-def wire(snapshots: list[ListingSnapshot]) -> list[ListingSnapshot]:
-    return [ListingSnapshot.decode(s.encode()) for s in snapshots]
+def wire(folds: list[SourceFold], max_rows: int) -> list[SnapshotBatch]:
+    """Each fold's next batch as ``listing-stats`` records of at most ``max_rows`` listings, read back."""
+    return [SnapshotBatch.decode(part.encode()) for f in folds for part in f.batch().parts(max_rows)]
 
 
 def fold(source: tuple[str, int]) -> SourceFold:
@@ -139,8 +140,8 @@ def fold(source: tuple[str, int]) -> SourceFold:
 
 
 @settings(max_examples=50, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), every=st.integers(1, 80))
-def test_the_aggregated_copy_has_the_numbers_of_the_replica(seed: int, every: int) -> None:
+@given(seed=st.integers(0, 2**32 - 1), every=st.integers(1, 80), max_rows=st.integers(1, 60))
+def test_the_aggregated_copy_has_the_numbers_of_the_replica(seed: int, every: int, max_rows: int) -> None:
     stream = Stream(seed)
     records = stream.generate(400)
     state = replica(records)
@@ -149,7 +150,7 @@ def test_the_aggregated_copy_has_the_numbers_of_the_replica(seed: int, every: in
     for i, r in enumerate(records, 1):
         folds[r.topic, r.partition].fold(r.offset, r.value)
         if i % every == 0 or i == len(records):
-            copy.apply(wire([s for f in folds.values() for s in f.snapshots()]), state.catalog)
+            copy.apply((), state.catalog, wire(list(folds.values()), max_rows))
     rows = np.arange(state.catalog.n_listings)
     now = stream.t + 60.0
     np.testing.assert_allclose(copy.stats.columns(rows, now=now), state.stats.columns(rows, now=now),
@@ -230,12 +231,20 @@ def test_the_restart_re_reads_records_some_listings_hold_already() -> None:
     assert compacted([*before, *after]) == whole(records, 10)
 
 
-def test_a_snapshot_survives_the_wire() -> None:
-    s = ListingSnapshot("labels", 2, 103, 0.0, 0.0, 1.5, 0.0, T0, -math.inf, -math.inf, 41, HALF_LIFE, 50, 30)
-    assert ListingSnapshot.decode(s.encode()) == s
-    assert s.key() == b"labels:2:103"
+def test_a_batch_survives_the_wire() -> None:
+    snaps = [ListingSnapshot("labels", 2, 103, 0.0, 0.0, 1.5, 0.0, T0, -math.inf, -math.inf, 41, HALF_LIFE, 50, 30),
+             ListingSnapshot("labels", 2, 207, 2.0, 1.0, 0.0, 0.4, T0 + 1, T0, T0 + 1, 44, HALF_LIFE, 50, 30)]
+    value = SnapshotBatch.of(snaps).encode()
+    assert SnapshotBatch.decode(value).snapshots() == snaps
+    assert [b.snapshots() for b in SnapshotBatch.of(snaps).parts(1)] == [[snaps[0]], [snaps[1]]]
     with pytest.raises(ValueError, match="version 1"):
-        ListingSnapshot.decode(s.encode().replace(b'"v":1', b'"v":2'))
+        SnapshotBatch.decode(b"LSB2" + value[4:])
+    with pytest.raises(ValueError, match="bytes of columns"):
+        SnapshotBatch.decode(value[:-8])
+    nan = SnapshotBatch.of([ListingSnapshot("labels", 2, 5, math.nan, 0.0, 0.0, 0.0, T0, -math.inf, -math.inf, 1,
+                                            HALF_LIFE, 2, 0)])
+    with pytest.raises(ValueError, match="finite"):
+        SnapshotBatch.decode(nan.encode())
 
 
 def snapshot(listing_id: int, *, impressions: float, offset: int, partition: int = 0) -> ListingSnapshot:
@@ -291,11 +300,11 @@ def test_a_worker_state_takes_its_features_from_listing_stats(seed: int, every: 
     history = [Record("listing-history", 0, i, history_record(lid, rng)) for i, lid in enumerate(LISTINGS[::3])]
     reference = replica([*history, *records])
     folds = {source: fold(source) for source in SOURCES}
-    written = []
+    written: list[SnapshotBatch] = []
     for i, r in enumerate(records, 1):
         folds[r.topic, r.partition].fold(r.offset, r.value)
         if i % every == 0 or i == len(records):
-            written += [s for f in folds.values() for s in f.snapshots()]
+            written += [part for f in folds.values() for part in f.batch().parts(rng.randint(1, 40))]
     worker = BidderState(half_life_s=HALF_LIFE, click_window_s=1e9, attribution_window_s=300.0, limits=Limits(),
                          features="copy")
     assert "listing-stats" in worker.replicated_topics and "listing-stats" not in reference.replicated_topics
@@ -312,4 +321,4 @@ def test_a_worker_state_takes_its_features_from_listing_stats(seed: int, every: 
     np.testing.assert_allclose(worker.stats.columns(rows, now=now), reference.stats.columns(rows, now=now),
                                rtol=1e-6, atol=1e-9)
     assert worker.history_from == reference.history_from
-    assert worker.counts["listing-stats"] == len(written)
+    assert worker.counts["listing-stats"] == len(written)  # one record per part

@@ -7,7 +7,7 @@ import math
 
 import orjson
 
-from bidder.replica.aggregation import ListingSnapshot
+from bidder.replica.aggregation import ListingSnapshot, SnapshotBatch
 from bidder.replica.freshness import FreshnessMeter
 
 
@@ -18,8 +18,8 @@ def _line(click_id: str, listing_id: int, ts: float, status: str = "charged") ->
 
 
 def _snap(partition: int, listing_id: int, offset: int, topic: str = "billing") -> bytes:
-    return ListingSnapshot(topic, partition, listing_id, 0.0, 1.0, 0.0, 0.3, 100.0, -math.inf, 100.0, offset,
-                           3600.0, offset + 1, 0).encode()
+    return SnapshotBatch.of([ListingSnapshot(topic, partition, listing_id, 0.0, 1.0, 0.0, 0.3, 100.0, -math.inf, 100.0,
+                                             offset, 3600.0, offset + 1, 0)]).encode()
 
 
 def test_a_snapshot_at_or_past_the_line_makes_it_visible_after_the_round() -> None:

@@ -55,7 +55,7 @@ def test_the_probe_counts_what_it_folds_after_catching_up(bootstrap: str, settin
 def test_a_replica_copying_the_features_measures_how_fresh_a_click_is(bootstrap: str, settings: Settings) -> None:
     import math
 
-    from bidder.replica.aggregation import ListingSnapshot
+    from bidder.replica.aggregation import ListingSnapshot, SnapshotBatch
     from streams.harness.replica_probe import FreshnessTap
     from streams.replicator import Replicator, worker_state
 
@@ -74,12 +74,16 @@ def test_a_replica_copying_the_features_measures_how_fresh_a_click_is(bootstrap:
                 p, o = await producer.send_raw("billing", b"7", orjson.dumps(line))
                 snap = ListingSnapshot("billing", p, listing, 0.0, 1.0, 0.0, 0.3, time.time(), -math.inf,
                                        time.time(), o, settings.feature_half_life_s, o + 1, o)
-                await producer.send_raw("listing-stats", snap.key(), snap.encode())
+                batch = SnapshotBatch.of([snap]).encode()
+                await producer.send_raw("listing-stats", f"billing:{p}:d0.0".encode(), batch)
             assert await replica.wait_caught_up(["billing", "listing-stats"])
         finally:
             await replica.stop()
+        # other tests' clicks may be measured beside it (the session's worker bills and aggregates too): this
+        # click is not pending, and at least it was measured
+        assert tap.meter.pending_for(listing) == 0
         return tap.report()
 
     report = asyncio.run(run())
-    assert report["count"] == 1 and report["pending"] == 0
+    assert report["count"] >= 1
     assert isinstance(report["p99_ms"], float) and 0.0 <= report["p99_ms"] < 30_000.0

@@ -1,13 +1,13 @@
 """Rolling features aggregated once: one partial fold per source partition, snapshots, a worker's copy.
 
-Today every worker folds every record of ``auctions``, ``billing`` and ``labels`` into its
-:class:`~bidder.query.rolling.RollingStats` (:class:`~bidder.replica.state.BidderState`). Here the record is
-folded once, by whoever owns its partition (:class:`SourceFold`), into partial counters keyed by listing id,
-and the listings that changed are published as :class:`ListingSnapshot` records to a compacted topic (key
-:meth:`ListingSnapshot.key`). A worker keeps the latest partial of every source per listing and their sum
-(:class:`bidder.replica.feature_copy.FeatureCopy`). The decay of ``RollingStats`` is exact and order-free
-and ``merge`` adds state folded elsewhere, so the partials of disjoint records combine into the fold of
-all of them.
+Each record of ``auctions``, ``billing`` and ``labels`` is folded once, by whoever owns its partition
+(:class:`SourceFold`, run by ``streams/aggregator.py``), into partial counters keyed by listing id, and the
+listings that changed are published in columnar :class:`SnapshotBatch` records to ``listing-stats`` (with
+periodic checkpoints of every listing, so that the topic can be compacted: ``streams.aggregator.record_keys``).
+A worker keeps the latest partial of every source per listing and their sum
+(:class:`bidder.replica.feature_copy.FeatureCopy`), which is what ``gather`` reads. The decay of
+``RollingStats`` is exact and order-free and ``merge`` adds state folded elsewhere, so the partials of
+disjoint records combine into the fold of all of them.
 
 What is counted, the same counters as ``BidderState.apply``:
 
@@ -25,13 +25,13 @@ keys seen is bounded like the structures it replaces (the oldest forgotten first
 
 **Exactly once across restarts.** A fold keeps per listing ``applied``, the offset of the last record folded
 into it (a record at offset ``o`` counts for listing ``L`` only if ``o > applied[L]``), and ``mark``: every
-offset below it is folded or skipped. Each :meth:`SourceFold.snapshots` batch holds every listing changed by
-the records in ``[since, mark)`` and says so in each snapshot. The resume protocol:
+offset below it is folded or skipped. Each :meth:`SourceFold.batch` holds every listing changed by the records
+in ``[since, mark)`` and says so (in each part, when it is written in several records). The resume protocol:
 
-1. The writer sends a batch to the compacted topic and waits for its acknowledgements before the next one,
-   so only the last batch written can be incomplete.
-2. A restarted aggregator reads the compacted topic back (any order; stale versions may be mixed in, the
-   highest offset per listing wins): ``fold = SourceFold.restore(topic, partition, snapshots, ...)``.
+1. The writer sends a batch to the topic and waits for its acknowledgements before the next one, so only the
+   last batch written can be incomplete.
+2. A restarted aggregator reads the topic back (any order; stale versions may be mixed in, the highest offset
+   per listing wins): ``fold = SourceFold.restore(topic, partition, snapshots, ...)``.
 3. It rebuilds its memory of repeats: ``fold.remember(offset, value)`` for the records of a window before
    ``fold.resume_from()`` at least as long as the repeats it must catch (redeliveries come within seconds).
 4. It folds from ``fold.resume_from()`` on: ``fold.fold(offset, value)``.
@@ -45,6 +45,7 @@ at all, and its record may lie below every surviving listing's offset.
 from __future__ import annotations
 
 import math
+import struct
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -59,7 +60,7 @@ from bidder.events import Winner
 from bidder.labels.attribution import IMPRESSIONS_PREFIX
 from bidder.query.rolling import RollingStats
 
-__all__ = ["AGGREGATED_TOPICS", "ListingSnapshot", "Source", "SourceFold"]
+__all__ = ["AGGREGATED_TOPICS", "ListingSnapshot", "SnapshotBatch", "Source", "SourceFold"]
 
 AGGREGATED_TOPICS: tuple[str, ...] = ("auctions", "billing", "labels")
 F64 = npt.NDArray[np.float64]
@@ -73,9 +74,8 @@ _UNREADABLE = (orjson.JSONDecodeError, KeyError, TypeError, ValueError, Attribut
 class ListingSnapshot:
     """One source partition's partial rolling counters of one listing, after the records up to ``offset``.
 
-    >>> s = ListingSnapshot("auctions", 2, 103, 1.0, 0.0, 0.0, 0.0, 50.0, 50.0, -math.inf, 7, 3600.0, 8, 0)
-    >>> ListingSnapshot.decode(s.encode()) == s, s.key()
-    (True, b'auctions:2:103')
+    >>> ListingSnapshot("auctions", 2, 103, 1.0, 0.0, 0.0, 0.0, 50.0, 50.0, -math.inf, 7, 3600.0, 8, 0).state()
+    (1.0, 0.0, 0.0, 0.0, 50.0, -inf, 50.0)
     """
 
     topic: str
@@ -108,43 +108,98 @@ class ListingSnapshot:
         return (self.impressions, self.clicks, self.conversions, self.spend, self.last_impression_at,
                 self.last_click_at, self.at)
 
+_MAGIC = b"LSB1"
+_HEAD = struct.Struct("<4sI")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SnapshotBatch:
+    """The partial counters of many listings of one source partition, columnar: what one ``listing-stats``
+    record carries (a batch of :meth:`SourceFold.batch`, or a part of one).
+
+    One record per listing made every impression a record of its own (~23 per outcome of 24 winners over a
+    large catalog): its encode, send, fetch and decode cost more than the fold it replaced. A batch is one
+    record of arrays (72 bytes per listing); a worker takes it in with a few numpy operations.
+
+    >>> s = ListingSnapshot("auctions", 2, 103, 1.0, 0.0, 0.0, 0.0, 50.0, 50.0, -math.inf, 7, 3600.0, 8, 0)
+    >>> b = SnapshotBatch.of([s])
+    >>> SnapshotBatch.decode(b.encode()).snapshots() == [s]
+    True
+    """
+
+    topic: str
+    partition: int
+    half_life_s: float
+    mark: int
+    """every offset below it was folded or skipped when this was taken"""
+    since: int
+    """the ``mark`` of the batch before: the batch (all its parts) holds every listing changed in ``[since, mark)``"""
+    listing_ids: I64
+    offsets: I64
+    """per listing: the last record of the source folded into it"""
+    state: F64
+    """``(n, 7)``: the values of :meth:`ListingSnapshot.state` per listing"""
+
     @property
-    def snapshot_key(self) -> str:
-        """``topic:partition:listing_id``: the ``listing-stats`` key field (``TOPICS["listing-stats"].key``)."""
-        return f"{self.topic}:{self.partition}:{self.listing_id}"
+    def source(self) -> Source:
+        return self.topic, self.partition
 
-    def key(self) -> bytes:
-        """The compacted topic's key: the latest record per key is the state."""
-        return self.snapshot_key.encode()
-
-    def encode(self) -> bytes:
-        # JSON has no infinities (orjson writes null): a last-seen time that never happened travels as null
-        d: dict[str, Any] = {"v": 1, **{f: getattr(self, f) for f in self.__slots__}}
-        d["last_impression_at"] = _finite_or_none(self.last_impression_at)
-        d["last_click_at"] = _finite_or_none(self.last_click_at)
-        return orjson.dumps(d)
+    def __len__(self) -> int:
+        return len(self.listing_ids)
 
     @classmethod
-    def decode(cls, value: bytes) -> ListingSnapshot:
-        """The snapshot ``value`` encodes; ValueError (or KeyError, TypeError) for anything else."""
-        d = orjson.loads(value)
-        if not isinstance(d, dict) or d.get("v") != 1:
-            raise ValueError(f"not a snapshot of version 1: {value[:40]!r}")
-        snap = cls(str(d["topic"]), int(d["partition"]), int(d["listing_id"]), float(d["impressions"]),
-                   float(d["clicks"]), float(d["conversions"]), float(d["spend"]), float(d["at"]),
-                   _time_or_never(d["last_impression_at"]), _time_or_never(d["last_click_at"]), int(d["offset"]),
-                   float(d["half_life_s"]), int(d["mark"]), int(d["since"]))
-        if not all(map(math.isfinite, (snap.at, *snap.state()[:4]))):
+    def of(cls, snapshots: list[ListingSnapshot]) -> SnapshotBatch:
+        """The snapshots (of one source and one batch) as columns."""
+        first = snapshots[0]
+        return cls(first.topic, first.partition, first.half_life_s, first.mark, first.since,
+                   np.fromiter((x.listing_id for x in snapshots), np.int64, len(snapshots)),
+                   np.fromiter((x.offset for x in snapshots), np.int64, len(snapshots)),
+                   np.asarray([x.state() for x in snapshots], np.float64).reshape(-1, 7))
+
+    def snapshots(self) -> list[ListingSnapshot]:
+        """One :class:`ListingSnapshot` per listing (a restore's form; the copy takes the columns)."""
+        return [ListingSnapshot(self.topic, self.partition, lid, imp, clk, conv, spend, at, last_imp, last_clk,
+                                offset, self.half_life_s, self.mark, self.since)
+                for lid, offset, (imp, clk, conv, spend, last_imp, last_clk, at)
+                in zip(self.listing_ids.tolist(), self.offsets.tolist(), self.state.tolist(), strict=True)]
+
+    def parts(self, max_rows: int) -> list[SnapshotBatch]:
+        """This batch cut into records of at most ``max_rows`` listings (every part says the batch's range)."""
+        return [SnapshotBatch(self.topic, self.partition, self.half_life_s, self.mark, self.since,
+                              self.listing_ids[i : i + max_rows], self.offsets[i : i + max_rows],
+                              self.state[i : i + max_rows]) for i in range(0, max(len(self), 1), max_rows)]
+
+    def take(self, mask: npt.NDArray[np.bool_]) -> SnapshotBatch:
+        """The listings ``mask`` selects, as a batch of the same range."""
+        return SnapshotBatch(self.topic, self.partition, self.half_life_s, self.mark, self.since,
+                             self.listing_ids[mask], self.offsets[mask], self.state[mask])
+
+    def encode(self) -> bytes:
+        head = orjson.dumps({"topic": self.topic, "partition": self.partition, "half_life_s": self.half_life_s,
+                             "mark": self.mark, "since": self.since, "n": len(self)})
+        return b"".join((_HEAD.pack(_MAGIC, len(head)), head, self.listing_ids.astype("<i8").tobytes(),
+                         self.offsets.astype("<i8").tobytes(), self.state.astype("<f8").tobytes()))
+
+    @classmethod
+    def decode(cls, value: bytes) -> SnapshotBatch:
+        """The batch ``value`` encodes; ValueError (or KeyError, TypeError) for anything else."""
+        if len(value) < _HEAD.size:
+            raise ValueError("too short for a snapshot batch")
+        magic, head_len = _HEAD.unpack_from(value)
+        if magic != _MAGIC:
+            raise ValueError(f"not a snapshot batch of version 1: {value[:8]!r}")
+        d = orjson.loads(value[_HEAD.size : _HEAD.size + head_len])
+        n = int(d["n"])
+        body = memoryview(value)[_HEAD.size + head_len :]
+        if n < 0 or len(body) != 72 * n:
+            raise ValueError(f"a batch of {n} listings has {len(body)} bytes of columns, not {72 * n}")
+        ids = np.frombuffer(body[: 8 * n], "<i8").astype(np.int64)
+        offsets = np.frombuffer(body[8 * n : 16 * n], "<i8").astype(np.int64)
+        state = np.frombuffer(body[16 * n :], "<f8").astype(np.float64).reshape(n, 7)
+        if not np.isfinite(state[:, [0, 1, 2, 3, 6]]).all():
             raise ValueError("a snapshot's counters and time are finite")
-        return snap
-
-
-def _finite_or_none(t: float) -> float | None:
-    return t if math.isfinite(t) else None
-
-
-def _time_or_never(t: float | None) -> float:
-    return -math.inf if t is None else float(t)
+        return cls(str(d["topic"]), int(d["partition"]), float(d["half_life_s"]), int(d["mark"]), int(d["since"]),
+                   ids, offsets, state)
 
 
 def _finite(x: Any) -> float:
@@ -301,15 +356,21 @@ class SourceFold:
         return row
 
     # -- snapshots ---------------------------------------------------------------------------------
-    def snapshots(self) -> list[ListingSnapshot]:
-        """The listings changed since the last call, as they are now."""
-        rows = sorted(self._dirty)
+    def batch(self, *, every_listing: bool = False) -> SnapshotBatch:
+        """The listings changed since the last batch (all of them with ``every_listing``: a checkpoint), as
+        they are now."""
+        picked = range(len(self._listing_ids)) if every_listing else sorted(self._dirty)
         self._dirty.clear()
         since, self._since = self._since, self._mark
-        state = self._stats.state(np.asarray(rows, np.int64)).T.tolist()
-        return [ListingSnapshot(self.topic, self.partition, self._listing_ids[row], imp, clk, conv, spend, at,
-                                last_imp, last_clk, self._applied[row], self.half_life_s, self._mark, since)
-                for row, (imp, clk, conv, spend, last_imp, last_clk, at) in zip(rows, state, strict=True)]
+        rows = np.fromiter(picked, np.int64, len(picked))
+        ids = np.fromiter((self._listing_ids[r] for r in picked), np.int64, len(picked))
+        offsets = np.fromiter((self._applied[r] for r in picked), np.int64, len(picked))
+        return SnapshotBatch(self.topic, self.partition, self.half_life_s, self._mark, since, ids, offsets,
+                             np.ascontiguousarray(self._stats.state(rows).T))
+
+    def snapshots(self) -> list[ListingSnapshot]:
+        """The listings changed since the last call, as they are now, one object each."""
+        return self.batch().snapshots()
 
     @classmethod
     def restore(cls, topic: str, partition: int, snapshots: Iterable[ListingSnapshot], *, half_life_s: float,

@@ -12,11 +12,12 @@ import numpy.typing as npt
 
 from bidder.query.catalog import Catalog
 from bidder.query.rolling import RollingStats
-from bidder.replica.aggregation import ListingSnapshot, Source
+from bidder.replica.aggregation import ListingSnapshot, SnapshotBatch, Source
 
 __all__ = ["FeatureCopy"]
 
 I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
 
 
 class _Partial:
@@ -33,9 +34,11 @@ class _Partial:
         out[inside] = self.offsets[rows[inside]]
         return out
 
-    def store(self, rows: I64, snaps: list[ListingSnapshot]) -> I64:
-        """Keep each snapshot newer than the one held for its row (the newest of a row's); the rows changed."""
-        offsets = np.fromiter((s.offset for s in snaps), np.int64, len(snaps))
+    def store(self, rows: I64, offsets: I64, state: F64) -> I64:
+        """Keep each listing's state (``state`` ``(n, 7)``) newer by offset than the one held for its row (the
+        newest of a row's); the rows changed."""
+        if len(rows) == 0:
+            return rows
         order = np.lexsort((offsets, rows))
         newest_of_row = np.r_[rows[order][1:] != rows[order][:-1], True]
         pick = order[newest_of_row]
@@ -47,7 +50,7 @@ class _Partial:
             grown[: len(self.offsets)] = self.offsets
             self.offsets = grown
         self.offsets[rows[pick]] = offsets[pick]
-        self.stats.set_state(rows[pick], np.asarray([snaps[i].state() for i in pick.tolist()]).T)
+        self.stats.set_state(rows[pick], state[pick].T)
         out: I64 = rows[pick]
         return out
 
@@ -88,14 +91,35 @@ class FeatureCopy:
         """Snapshots held for listings the catalog does not know yet."""
         return len(self._waiting)
 
-    def apply(self, snapshots: Iterable[ListingSnapshot], catalog: Catalog) -> None:
-        """Store ``snapshots`` (and the waiting ones the catalog now knows) and recombine the rows they touch."""
+    def apply(self, snapshots: Iterable[ListingSnapshot], catalog: Catalog,
+              batches: Iterable[SnapshotBatch] = ()) -> None:
+        """Store ``snapshots`` and ``batches`` (and the waiting ones the catalog now knows) and recombine the rows
+        they touch."""
         retried = self._take_known(catalog) if catalog.n_listings != self._listings_known else []
         by_source = self._place([*retried, *snapshots], catalog)
-        touched = [self._partial(src).store(np.asarray(rows, np.int64), snaps)
+        touched = [self._partial(src).store(np.asarray(rows, np.int64),
+                                            np.fromiter((s.offset for s in snaps), np.int64, len(snaps)),
+                                            np.asarray([s.state() for s in snaps], np.float64))
                    for src, (rows, snaps) in by_source.items()]
+        touched += [self._store_batch(b, catalog) for b in batches]
         if touched:
             self._combine(np.unique(np.concatenate(touched)))
+
+    def _store_batch(self, batch: SnapshotBatch, catalog: Catalog) -> I64:
+        """A batch's listings the catalog knows stored in their source's partial (the others wait)."""
+        if batch.half_life_s != self.stats.half_life_s:
+            self.counts["other_half_life"] += len(batch)
+            return np.empty(0, np.int64)
+        rows, _ = catalog.rows(batch.listing_ids)  # tombstoned listings keep their counters too: row, not active
+        unknown = rows < 0
+        if unknown.any():
+            for s in SnapshotBatch(batch.topic, batch.partition, batch.half_life_s, batch.mark, batch.since,
+                                   batch.listing_ids[unknown], batch.offsets[unknown],
+                                   batch.state[unknown]).snapshots():
+                self._wait(s)
+            known = ~unknown
+            return self._partial(batch.source).store(rows[known], batch.offsets[known], batch.state[known])
+        return self._partial(batch.source).store(rows, batch.offsets, batch.state)
 
     def retry_waiting(self, catalog: Catalog) -> None:
         """Apply the waiting snapshots of listings ``catalog`` now knows."""

@@ -2,8 +2,8 @@
 
 A click is billed as a ledger line on ``billing`` (partition ``p``, offset ``o``; its ``ts`` is the click's event
 time). The aggregator of that partition folds it into listing ``L``'s partial counters of source
-``("billing", p)`` and publishes a :class:`~bidder.replica.aggregation.ListingSnapshot` to ``listing-stats``
-whose ``offset`` is the last ledger line folded into ``L``. A replica that has read a snapshot of
+``("billing", p)`` and publishes it in a :class:`~bidder.replica.aggregation.SnapshotBatch` to ``listing-stats``
+whose offset for ``L`` is the last ledger line folded into ``L``. A replica that has read a snapshot of
 ``("billing", p)`` for ``L`` with ``offset >= o`` and taken it into its copy (``BidderState.flush``, once per
 fetch round) gathers the click for ``L``: the click is *visible*, and its freshness is the wall clock then
 minus ``ts``. Goal: p99 <= 1 s.
@@ -21,7 +21,7 @@ the state has flushed the round. Pure: no Kafka, the clock is the caller's.
 >>> line = {"click_id": "c1", "shop_id": 7, "listing_id": 103, "query_id": "q", "user_id": 1, "slot": 0,
 ...         "ts": 100.0, "day": 0, "price": 0.3, "amount": 0.3, "status": "charged", "spend_after": 0.3}
 >>> m.record("billing", 2, 40, orjson.dumps(line))
->>> m.snapshot(ListingSnapshot("billing", 2, 103, 0.0, 1.0, 0.0, 0.3, 100.0, -math.inf, 100.0, 40, 3600.0, 41, 0))
+>>> m.batch(SnapshotBatch("billing", 2, 3600.0, 41, 0, np.array([103]), np.array([40]), np.zeros((1, 7))))
 >>> m.round_end(now=100.25), m.report()["p50_ms"], m.report()["pending"]
 (1, 250.0, 0)
 """
@@ -36,7 +36,7 @@ import numpy as np
 import orjson
 
 from bidder.clicks.billing import LedgerEntry
-from bidder.replica.aggregation import ListingSnapshot
+from bidder.replica.aggregation import SnapshotBatch
 from bidder.replica.state import SNAPSHOT_TOPIC
 
 __all__ = ["FreshnessMeter"]
@@ -78,10 +78,10 @@ class FreshnessMeter:
             self.ledger_line(partition, offset, entry)
         elif topic == SNAPSHOT_TOPIC and value is not None:
             try:
-                snap = ListingSnapshot.decode(value)
+                batch = SnapshotBatch.decode(value)
             except _UNREADABLE:
                 return
-            self.snapshot(snap)
+            self.batch(batch)
 
     def ledger_line(self, partition: int, offset: int, entry: LedgerEntry) -> None:
         """A ledger line at ``billing[partition]@offset``."""
@@ -95,12 +95,15 @@ class FreshnessMeter:
         else:
             self._pending.setdefault(key, []).append((offset, ts))
 
-    def snapshot(self, snapshot: ListingSnapshot) -> None:
-        """A ``listing-stats`` snapshot; only those of a ``billing`` source cover ledger lines."""
-        if snapshot.topic != BILLING_TOPIC:
+    def batch(self, batch: SnapshotBatch) -> None:
+        """A ``listing-stats`` record; only those of a ``billing`` source cover ledger lines."""
+        if batch.topic != BILLING_TOPIC:
             return
-        key = (snapshot.partition, snapshot.listing_id)
-        covered = max(self._covered.get(key, -1), snapshot.offset)
+        for listing_id, offset in zip(batch.listing_ids.tolist(), batch.offsets.tolist(), strict=True):
+            self._cover((batch.partition, listing_id), offset)
+
+    def _cover(self, key: Key, offset: int) -> None:
+        covered = max(self._covered.get(key, -1), offset)
         self._covered[key] = covered
         waiting = self._pending.get(key)
         if not waiting:
@@ -146,6 +149,10 @@ class FreshnessMeter:
     def pending(self) -> int:
         """Clicks read but not (yet) covered by a snapshot taken into the copy."""
         return sum(map(len, self._pending.values())) + len(self._visible)
+
+    def pending_for(self, listing_id: int) -> int:
+        """Clicks on ``listing_id`` read but not covered yet (any billing partition)."""
+        return sum(len(v) for (_, lid), v in self._pending.items() if lid == listing_id)
 
     def report(self) -> dict[str, Any]:
         """``count`` clicks seen visible, their freshness ``p50_ms``/``p99_ms``/``max_ms`` (None when none),

@@ -38,7 +38,7 @@ from bidder.labels.attribution import IMPRESSIONS_PREFIX, ClickIndex
 from bidder.labels.auction_log import AuctionLog
 from bidder.query.catalog import Catalog
 from bidder.query.rolling import RollingStats
-from bidder.replica.aggregation import ListingSnapshot
+from bidder.replica.aggregation import ListingSnapshot, SnapshotBatch
 from bidder.replica.feature_copy import FeatureCopy
 from bidder.replica.history import HISTORY_TOPIC, merge_record
 
@@ -68,6 +68,8 @@ class BidderState:
         """the aggregated copy (``features="copy"``), whose ``stats`` is :attr:`stats`; None: folded here"""
         self.stats = RollingStats(half_life_s=half_life_s) if self.features is None else self.features.stats
         self._snapshots: list[ListingSnapshot] = []
+        """``listing-history`` records taken since the last :meth:`flush`"""
+        self._batches: list[SnapshotBatch] = []
         """``listing-stats`` records read since the last :meth:`flush`"""
         self._listings_at_flush = 0
         self.ledger = Ledger()
@@ -163,7 +165,7 @@ class BidderState:
         if value is None:  # a tombstone: a compacted topic may carry them; nothing to take
             self.counts["listing-stats_tombstones"] += 1
             return
-        self._snapshots.append(ListingSnapshot.decode(value))
+        self._batches.append(SnapshotBatch.decode(value))
         self.counts["listing-stats"] += 1
 
     def flush(self) -> None:
@@ -171,10 +173,10 @@ class BidderState:
         recombines the rows they touch in one pass)."""
         if self.features is None:
             return
-        snapshots, self._snapshots = self._snapshots, []
-        if snapshots or self.catalog.n_listings != self._listings_at_flush:
+        (snapshots, self._snapshots), (batches, self._batches) = (self._snapshots, []), (self._batches, [])
+        if snapshots or batches or self.catalog.n_listings != self._listings_at_flush:
             self._listings_at_flush = self.catalog.n_listings
-            self.features.apply(snapshots, self.catalog)
+            self.features.apply(snapshots, self.catalog, batches)
 
     def _apply_outcome(self, outcome: dict[str, Any]) -> None:
         if not self.auctions.add(outcome):

@@ -173,7 +173,9 @@ class Aggregator:
         consumer.subscribe(list(AGGREGATED_TOPICS), listener=_Listener(self))
         self._consumer = consumer  # before start: the first assignment may come during it
         await consumer.start()
-        pace_consumer(consumer, floor_s=settings.replica_fetch_floor_ms / 1000.0)
+        # what is folded waits for the next publish anyway: fetching more often than twice an interval only costs
+        # fetch rounds (the embedded noida answers every fetch at once)
+        pace_consumer(consumer, floor_s=max(settings.replica_fetch_floor_ms / 1000.0, self.interval_s / 2))
         self._task = asyncio.create_task(self._run(), name="aggregator")
 
     async def stop(self) -> None:

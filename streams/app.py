@@ -56,7 +56,7 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
     """The Faust app and its runtime for one worker process."""
     use_fetch_max_wait(settings.fetch_max_wait_ms)
     app = _faust_app(settings, bootstrap)
-    state = worker_state(settings, features="copy")
+    state = worker_state(settings)
     limits = state.limits
     metrics = WorkerMetrics()
     serving = _serving(settings, state, metrics, clock=clock, rng_seed=rng_seed)

@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 
 
-def worker_state(settings: Settings, *, features: FeatureSource = "fold") -> BidderState:
+def worker_state(settings: Settings, *, features: FeatureSource = "copy") -> BidderState:
     """The empty state a worker (or a replica alone) folds the topics into, from its settings: rolling features
     from the aggregators' ``listing-stats`` (``"copy"``), or folded from the raw records (``"fold"``)."""
     limits = Limits(max_bytes=settings.max_message_bytes, max_candidates=settings.max_candidates,

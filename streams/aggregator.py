@@ -164,8 +164,9 @@ class Aggregator:
     async def start(self) -> None:
         """Join the group and start folding (``ready`` says when the first assignment is restored)."""
         settings = self._settings
-        idempotent = settings.kafka_bootstrap is not None or settings.broker_kind != "tansu"  # as EventProducer
-        self._producer = AIOKafkaProducer(acks="all", enable_idempotence=idempotent,
+        # not idempotent, like the worker's Faust producer: a batch written twice by a retry changes nothing (the
+        # newest offset per listing wins), and the embedded Tansu refuses aiokafka's InitProducerId
+        self._producer = AIOKafkaProducer(acks="all", enable_idempotence=False,
                                           **aiokafka_producer_kwargs(settings, bootstrap=self._bootstrap))
         await self._producer.start()
         consumer = AIOKafkaConsumer(group_id=self.group_id, enable_auto_commit=False, auto_offset_reset="earliest",

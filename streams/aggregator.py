@@ -147,6 +147,8 @@ class Aggregator:
         self._folds: dict[TopicPartition, SourceFold] = {}
         self._parked: dict[TopicPartition, SourceFold] = {}
         """folds published and set aside by a revoke, taken back if the assignment that follows gives them back"""
+        self._truncated: set[TopicPartition] = set()
+        """source partitions found truncated below their fold's mark (logged once)"""
         self._unrestored: set[TopicPartition] = set()
         """assigned partitions without a fold yet (paused)"""
         self._retired: Counter[str] = Counter()
@@ -351,8 +353,15 @@ class Aggregator:
                     await asyncio.sleep(_RESTORE_RETRY_S)
                     continue
             generation = self._generation
-            batch = await consumer.getmany(timeout_ms=max(int(self.interval_s * 1000), 1),
-                                           max_records=_FETCH_RECORDS)
+            try:
+                batch = await consumer.getmany(timeout_ms=max(int(self.interval_s * 1000), 1),
+                                               max_records=_FETCH_RECORDS)
+            except KafkaError:  # a broker restart, a group error: the consumer recovers (rejoins, refetches)
+                self.counts["fetch_errors"] += 1
+                log.exception("aggregator: fetching failed; trying again")
+                await asyncio.sleep(_RESTORE_RETRY_S)
+                continue
+            self._check_truncation(consumer)
             async with self._lock:
                 if generation == self._generation:
                     await self._fold(batch)
@@ -363,6 +372,20 @@ class Aggregator:
                     for tp in await self._publish(self._folds):
                         self._refold(tp)
                     self.counts["publish_rounds"] += 1
+
+    def _check_truncation(self, consumer: AIOKafkaConsumer) -> None:
+        """Count (and log, once per partition) a source log truncated below a fold's mark: a memory-only broker
+        that came back empty, an unclean leader election. The fold counts nothing of the new log until its
+        offsets pass the old mark (no double count, but that partition's features stand still): offsets are
+        the fold's versions, and a truncated log reuses them (``docs/capacity.md``, what is left)."""
+        for tp, fold in self._folds.items():
+            high = consumer.highwater(tp)
+            if high is not None and high < fold.mark and tp not in self._truncated:
+                self._truncated.add(tp)
+                self.counts["truncations"] += 1
+                log.error("aggregator: %s[%d] high watermark %d is below the %d records folded: the log was "
+                          "truncated; nothing of it is counted until its offsets pass %d", tp.topic, tp.partition,
+                          high, fold.mark, fold.mark)
 
     async def _fold(self, batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         for tp, records in batch.items():

@@ -179,7 +179,7 @@ def _start_and_stop(app: faust.App, rt: Runtime, probes: Probes, *, checker: Cat
     return ReplicaService
 
 
-async def _start_aggregator(aggregator: Aggregator, *, timeout_s: float = 120.0) -> None:
+async def _start_aggregator(aggregator: Aggregator, *, timeout_s: float = 30.0) -> None:
     """Join the aggregator group and fold this worker's share of the sources up to now, published, before the
     replica reads ``listing-stats`` (so a worker's features are complete when it says ready). A share that takes
     longer is logged and folded on while the worker serves."""

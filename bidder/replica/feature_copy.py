@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bidder.query.catalog import Catalog
-from bidder.query.rolling import RollingStats
+from bidder.query.rolling import NEVER, RollingStats
 from bidder.replica.aggregation import ListingSnapshot, SnapshotBatch, Source
 
 __all__ = ["FeatureCopy"]
@@ -161,9 +161,24 @@ class FeatureCopy:
         return partial
 
     def _combine(self, rows: I64) -> None:
-        """Rows of :attr:`stats` = the merge of every source's partial held for them."""
-        self.stats.clear(rows)
-        for partial in self._partials.values():
-            held = rows[partial.held(rows) >= 0]
-            s = partial.stats.state(held)
-            self.stats.merge(held, counters=s[:4], at=s[6], last_impression=s[4], last_click=s[5])
+        """Rows of :attr:`stats` = the merge of every source's partial held for them, computed for all sources
+        at once: each partial's counters decayed to the latest ``at`` among them and summed, the last-seen
+        times their maximum (what ``RollingStats.merge`` of one partial after another gives, in a few numpy
+        operations whatever the number of source partitions)."""
+        if not self._partials:
+            self.stats.clear(rows)
+            return
+        partials = list(self._partials.values())
+        held = np.stack([p.held(rows) >= 0 for p in partials])  # (sources, rows)
+        states = np.stack([p.stats.state(rows) for p in partials])  # (sources, 7, rows)
+        at = np.where(held, states[:, 6], NEVER)
+        latest = at.max(axis=0)
+        with np.errstate(invalid="ignore"):  # -inf - -inf where no source holds the row: no counters either
+            factor = np.exp2(np.maximum(latest - at, 0.0) / -self.stats.half_life_s)
+        factor[~np.isfinite(at)] = 0.0
+        combined = np.empty((7, len(rows)))
+        combined[:4] = (states[:, :4] * factor[:, None, :]).sum(axis=0)
+        combined[4] = np.where(held, states[:, 4], NEVER).max(axis=0)
+        combined[5] = np.where(held, states[:, 5], NEVER).max(axis=0)
+        combined[6] = latest
+        self.stats.set_state(rows, combined)

@@ -156,7 +156,8 @@ def _start_and_stop(app: faust.App, rt: Runtime, probes: Probes, *, checker: Cat
     class ReplicaService(mode.Service):
         async def on_start(self) -> None:
             if aggregator is not None:
-                await _start_aggregator(aggregator)
+                await aggregator.start()
+                self.add_future(_log_first_publish(aggregator))
             await rt.replica.start()
             await checker.start()
             await checker.wait_caught_up()
@@ -179,17 +180,20 @@ def _start_and_stop(app: faust.App, rt: Runtime, probes: Probes, *, checker: Cat
     return ReplicaService
 
 
-async def _start_aggregator(aggregator: Aggregator, *, timeout_s: float = 30.0) -> None:
-    """Join the aggregator group and fold this worker's share of the sources up to now, published, before the
-    replica reads ``listing-stats`` (so a worker's features are complete when it says ready). A share that takes
-    longer is logged and folded on while the worker serves."""
-    await aggregator.start()
+async def _log_first_publish(aggregator: Aggregator, *, timeout_s: float = 120.0) -> None:
+    """Say when this worker's aggregator first caught up with its share and published it (or that it has not).
+
+    Not awaited by the start: the features published so far are on ``listing-stats`` already (the replica
+    reads them before the worker is ready), and a start that waited for the aggregator group could wait
+    for long (the embedded noida never evicts a member that exited without leaving, so a restarted
+    worker's aggregator waits for that member's session; the commit-stall watchdog then restarted the
+    worker again, in a loop: chaos t2)."""
     t0 = time.monotonic()
     if await aggregator.wait_published(timeout_s=timeout_s):
-        log.info("aggregator: %d source partitions folded and published in %.1f s (%s)", len(aggregator.marks()),
-                 time.monotonic() - t0, dict(aggregator.counts))
+        log.info("aggregator: %d source partitions folded and published %.1f s after the start (%s)",
+                 len(aggregator.marks()), time.monotonic() - t0, dict(aggregator.counts))
     else:
-        log.warning("aggregator: not caught up after %.0f s (lag %d); serving while it folds on", timeout_s,
+        log.warning("aggregator: not caught up %.0f s after the start (lag %d); folding on", timeout_s,
                     aggregator.lag())
 
 

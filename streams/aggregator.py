@@ -69,7 +69,7 @@ from bidder.replica.aggregation import AGGREGATED_TOPICS, ListingSnapshot, Snaps
 from bidder.settings import Settings
 from streams.gap_repair import GapRepairer
 from streams.kafka_config import aiokafka_consumer_kwargs, aiokafka_producer_kwargs
-from streams.workarounds import pace_consumer
+from streams.workarounds import pace_consumer, refresh_metadata
 
 __all__ = ["STATS_TOPIC", "Aggregator", "run_aggregator"]
 
@@ -347,7 +347,7 @@ class Aggregator:
             if self._unrestored:
                 try:
                     await self._restore_unrestored()
-                except (KafkaError, OSError):
+                except (KafkaError, OSError, RuntimeError):  # RuntimeError: no metadata for listing-stats yet
                     self.counts["restore_failures"] += 1
                     log.exception("aggregator: restoring %s failed; trying again", sorted(self._unrestored))
                     await asyncio.sleep(_RESTORE_RETRY_S)
@@ -511,6 +511,11 @@ class Aggregator:
         consumer = self._reader()
         await consumer.start()
         try:
+            for _ in range(50):  # metadata right after a broker restart may take a moment
+                if consumer.partitions_for_topic(self.stats_topic):
+                    break
+                await refresh_metadata(consumer)
+                await asyncio.sleep(0.1)
             parts = [TopicPartition(self.stats_topic, p)
                      for p in sorted(consumer.partitions_for_topic(self.stats_topic) or ())]
             if not parts:

@@ -364,7 +364,7 @@ class Aggregator:
             self._check_truncation(consumer)
             async with self._lock:
                 if generation == self._generation:
-                    await self._fold(batch)
+                    await self._fold_or_restore(batch)
                 else:
                     self.counts["discarded"] += sum(map(len, batch.values()))
                 if self._clock() - self._last_publish >= self.interval_s:
@@ -386,6 +386,18 @@ class Aggregator:
                 log.error("aggregator: %s[%d] high watermark %d is below the %d records folded: the log was "
                           "truncated; nothing of it is counted until its offsets pass %d", tp.topic, tp.partition,
                           high, fold.mark, fold.mark)
+
+    async def _fold_or_restore(self, batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        """Fold ``batch``; if fetching a skipped record again fails half-way (a broker restart), the partitions of
+        the batch are restored from ``listing-stats`` instead (their position is past records not folded)."""
+        try:
+            await self._fold(batch)
+        except (KafkaError, OSError):
+            self.counts["fold_failures"] += 1
+            log.exception("aggregator: folding a fetch failed; restoring its partitions from %s", self.stats_topic)
+            for tp in batch:
+                if tp in self._folds:
+                    self._refold(tp)
 
     async def _fold(self, batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         for tp, records in batch.items():

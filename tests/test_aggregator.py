@@ -13,7 +13,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +22,7 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord
 
 from bidder.clicks.billing import LedgerEntry
 from bidder.decoding import Limits
@@ -363,4 +364,39 @@ async def test_a_refused_snapshot_write_neither_loses_nor_double_counts(bootstra
         await agg.stop()
     assert agg.calls > max(agg.raise_at | agg.fail_at), "the test refuses writes it never reached"
     assert agg.counts["send_failures"] >= 3 and agg.counts["restores"] > len(agg.marks())
+    await assert_same_numbers(settings, bootstrap, stats_topic, traffic, sent)
+
+
+class FailingFolds(Aggregator):
+    """The ``fail``-th fetch is folded half-way, then fetching a skipped record again fails (a broker restart)."""
+
+    def __init__(self, settings: Settings, *, bootstrap: str, stats_topic: str, fail: int) -> None:
+        super().__init__(settings, bootstrap=bootstrap, stats_topic=stats_topic)
+        self.fetches = 0
+        self.fail = fail
+
+    async def _fold(self, batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        self.fetches += int(any(batch.values()))
+        if self.fetches != self.fail:
+            return await super()._fold(batch)
+        await super()._fold({tp: records[: len(records) // 2] for tp, records in batch.items()})
+        raise KafkaError("fetching a skipped record again failed (the test)")
+
+
+async def test_a_fetch_folded_half_way_is_restored_not_lost(bootstrap: str, settings: Settings) -> None:
+    settings = own_settings(settings)
+    stats_topic = await new_stats_topic(settings, bootstrap)
+    traffic = Traffic(seed=5)
+    agg = FailingFolds(settings, bootstrap=bootstrap, stats_topic=stats_topic, fail=2)
+    await agg.start()
+    try:
+        await asyncio.wait_for(agg.ready.wait(), 20)
+        sent: list[Sent] = []
+        for _ in range(4):
+            sent += await produce(settings, bootstrap, traffic.generate(100))
+            await folded(agg, ends=ends_of(sent))
+            await published(agg)
+    finally:
+        await agg.stop()
+    assert agg.counts["fold_failures"] == 1 and agg.counts["restores"] > len(agg.marks())
     await assert_same_numbers(settings, bootstrap, stats_topic, traffic, sent)

@@ -69,7 +69,8 @@ from bidder.replica.aggregation import AGGREGATED_TOPICS, ListingSnapshot, Snaps
 from bidder.settings import Settings
 from streams.gap_repair import GapRepairer
 from streams.kafka_config import aiokafka_consumer_kwargs, aiokafka_producer_kwargs
-from streams.workarounds import pace_consumer, refresh_metadata
+from streams.tail import group_less_consumer, partitions_of
+from streams.workarounds import pace_consumer
 
 __all__ = ["STATS_TOPIC", "Aggregator", "run_aggregator"]
 
@@ -511,10 +512,7 @@ class Aggregator:
 
     def _reader(self) -> AIOKafkaConsumer:
         """A consumer without a group (started by the caller)."""
-        kwargs = aiokafka_consumer_kwargs(self._settings, bootstrap=self._bootstrap)
-        kwargs.pop("session_timeout_ms", None)
-        kwargs.pop("heartbeat_interval_ms", None)
-        return AIOKafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest", **kwargs)
+        return group_less_consumer(self._settings, self._bootstrap, auto_offset_reset="earliest")
 
     async def _read_snapshots(self, sources: set[Source]) -> dict[Source, list[ListingSnapshot]]:
         """Every snapshot of ``sources`` on ``listing-stats``, read from its beginning to its end."""
@@ -523,15 +521,8 @@ class Aggregator:
         consumer = self._reader()
         await consumer.start()
         try:
-            for _ in range(50):  # metadata right after a broker restart may take a moment
-                if consumer.partitions_for_topic(self.stats_topic):
-                    break
-                await refresh_metadata(consumer)
-                await asyncio.sleep(0.1)
-            parts = [TopicPartition(self.stats_topic, p)
-                     for p in sorted(consumer.partitions_for_topic(self.stats_topic) or ())]
-            if not parts:
-                raise RuntimeError(f"topic {self.stats_topic!r} does not exist; run `bidder topics create` first")
+            # metadata right after a broker restart may take a moment (RuntimeError: the restore is tried again)
+            parts = [TopicPartition(self.stats_topic, p) for p in await partitions_of(consumer, self.stats_topic)]
             consumer.assign(parts)
             await consumer.seek_to_beginning(*parts)
             ends = await consumer.end_offsets(parts)

@@ -46,8 +46,8 @@ from bidder.replica.state import BidderState, FeatureSource
 from bidder.settings import Settings
 from bidder.topics import TOPICS
 from streams.gap_repair import GapRepairer
-from streams.kafka_config import aiokafka_consumer_kwargs
-from streams.workarounds import pace_consumer, refresh_metadata
+from streams.tail import group_less_consumer, partitions_of
+from streams.workarounds import pace_consumer
 
 __all__ = ["Replicator", "RoundObserver", "worker_state"]
 
@@ -102,24 +102,11 @@ class Replicator:
         self.repairer = GapRepairer(settings, bootstrap=bootstrap, name="replica")
 
     async def start(self) -> None:
-        kwargs = aiokafka_consumer_kwargs(self._settings, bootstrap=self._bootstrap)
-        kwargs.pop("session_timeout_ms", None)
-        kwargs.pop("heartbeat_interval_ms", None)
-        consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
-                                    max_partition_fetch_bytes=4 * 1024 * 1024, **kwargs)
+        consumer = group_less_consumer(self._settings, self._bootstrap, auto_offset_reset="earliest",
+                                       max_partition_fetch_bytes=4 * 1024 * 1024)
         await consumer.start()
         pace_consumer(consumer, floor_s=self._settings.replica_fetch_floor_ms / 1000.0)
-        parts: list[TopicPartition] = []
-        for topic in self._topics:
-            for _ in range(50):  # metadata for a just-created topic may take a moment
-                ids = consumer.partitions_for_topic(topic)
-                if ids:
-                    break
-                await refresh_metadata(consumer)
-                await asyncio.sleep(0.1)
-            else:
-                raise RuntimeError(f"topic {topic!r} does not exist; run `bidder topics create` first")
-            parts.extend(TopicPartition(topic, p) for p in sorted(ids))
+        parts = [TopicPartition(topic, p) for topic in self._topics for p in await partitions_of(consumer, topic)]
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         self._applied = dict.fromkeys(parts, 0)

@@ -60,7 +60,7 @@ from bidder.events import Winner
 from bidder.labels.attribution import IMPRESSIONS_PREFIX
 from bidder.query.rolling import RollingStats
 
-__all__ = ["AGGREGATED_TOPICS", "ListingSnapshot", "SnapshotBatch", "Source", "SourceFold"]
+__all__ = ["AGGREGATED_TOPICS", "ListingSnapshot", "RecentKeys", "SnapshotBatch", "Source", "SourceFold"]
 
 AGGREGATED_TOPICS: tuple[str, ...] = ("auctions", "billing", "labels")
 F64 = npt.NDArray[np.float64]
@@ -209,12 +209,21 @@ def _finite(x: Any) -> float:
     return t
 
 
-class _Recent:
-    """The last ``capacity`` keys seen, oldest forgotten first (a repeat does not refresh a key)."""
+class RecentKeys:
+    """The last ``capacity`` keys seen, oldest forgotten first (a repeat does not refresh a key): how the folds
+    here, ``BidderState`` (order ids) and the freshness meter (click ids) recognise a repeat in bounded memory.
+
+    >>> keys = RecentKeys(2)
+    >>> [keys.add("a"), keys.add("a"), keys.add("b"), keys.add("c"), "a" in keys, "c" in keys]
+    [True, False, True, True, False, True]
+    """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._keys: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._keys
 
     def add(self, key: str) -> bool:
         """Remember ``key``; False if it was remembered already."""
@@ -263,7 +272,7 @@ class SourceFold:
         self._dirty: set[int] = set()
         self._mark = 0
         self._since = 0
-        self._seen = _Recent({"auctions": max_queries, "billing": max_clicks, "labels": max_orders}[topic])
+        self._seen = RecentKeys({"auctions": max_queries, "billing": max_clicks, "labels": max_orders}[topic])
         """query ids, click ids or order ids, by topic"""
 
     @property

@@ -29,14 +29,13 @@ the state has flushed the round. Pure: no Kafka, the clock is the caller's.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 import orjson
 
 from bidder.clicks.billing import LedgerEntry
-from bidder.replica.aggregation import SnapshotBatch
+from bidder.replica.aggregation import RecentKeys, SnapshotBatch
 from bidder.replica.state import SNAPSHOT_TOPIC
 
 __all__ = ["FreshnessMeter"]
@@ -54,7 +53,6 @@ class FreshnessMeter:
     """
 
     def __init__(self, *, max_click_ids: int = 1_000_000) -> None:
-        self.max_click_ids = max_click_ids
         self._pending: dict[Key, list[tuple[int, float]]] = {}
         """(offset, click ts) of the lines not yet covered by a snapshot read"""
         self._covered: dict[Key, int] = {}
@@ -62,7 +60,7 @@ class FreshnessMeter:
         self._visible: list[float] = []
         """click ts of the lines covered this round (visible once the round is flushed)"""
         self._latencies_ms: list[float] = []
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen = RecentKeys(max_click_ids)
         self.excluded = 0
         """ledger lines that change no snapshot: duplicates, repeated click ids, unreadable lines"""
 
@@ -86,7 +84,7 @@ class FreshnessMeter:
     def ledger_line(self, partition: int, offset: int, entry: LedgerEntry) -> None:
         """A ledger line at ``billing[partition]@offset``."""
         ts = float(entry.ts)
-        if entry.status == "duplicate" or not math.isfinite(ts) or not self._new(str(entry.click_id)):
+        if entry.status == "duplicate" or not math.isfinite(ts) or not self._seen.add(str(entry.click_id)):
             self.excluded += 1
             return
         key = (partition, int(entry.listing_id))
@@ -130,14 +128,6 @@ class FreshnessMeter:
         self._visible.clear()
         self._latencies_ms.clear()
         self.excluded = 0
-
-    def _new(self, click_id: str) -> bool:
-        if click_id in self._seen:
-            return False
-        self._seen[click_id] = None
-        while len(self._seen) > self.max_click_ids:
-            self._seen.popitem(last=False)
-        return True
 
     # -- reading -----------------------------------------------------------------------------------
     @property

@@ -25,7 +25,7 @@ replica; the replica then skips lines below ``ledger_applied[partition]``.
 from __future__ import annotations
 
 import math
-from collections import Counter, OrderedDict
+from collections import Counter
 from typing import Any, Literal
 
 import numpy as np
@@ -38,7 +38,7 @@ from bidder.labels.attribution import IMPRESSIONS_PREFIX, ClickIndex
 from bidder.labels.auction_log import AuctionLog
 from bidder.query.catalog import Catalog
 from bidder.query.rolling import RollingStats
-from bidder.replica.aggregation import ListingSnapshot, SnapshotBatch
+from bidder.replica.aggregation import ListingSnapshot, RecentKeys, SnapshotBatch
 from bidder.replica.feature_copy import FeatureCopy
 from bidder.replica.history import HISTORY_TOPIC, merge_record
 
@@ -80,7 +80,7 @@ class BidderState:
         """clicks as they are on the ``clicks`` topic, decided or not: a purchase that finds no billed
         click but a sent one waits for its decision instead of being refused (``streams.agents.handle_purchase``)"""
         self.ledger_applied: dict[int, int] = {}
-        self._orders: OrderedDict[str, None] = OrderedDict()
+        self._orders = RecentKeys(1_000_000)
         self.counts: Counter[str] = Counter()
         self.history_from = float("inf")
         """event time of the earliest auction outcome folded, or the start of a ``listing-history`` (inf:
@@ -212,12 +212,9 @@ class BidderState:
         if label.get("type") != "label_update" or not label.get("converted"):
             return
         order = str(label["order_id"])
-        if order in self._orders:
+        if not self._orders.add(order):
             self.counts["conversions_repeated"] += 1
             return
-        self._orders[order] = None
-        while len(self._orders) > 1_000_000:
-            self._orders.popitem(last=False)
         self.counts["conversions"] += 1
         self.auctions.mark_converted(str(label["query_id"]), int(label["listing_id"]))
         row = self.catalog.listing_row(int(label["listing_id"]))

@@ -71,7 +71,6 @@ class BidderState:
         """``listing-history`` records taken since the last :meth:`flush`"""
         self._batches: list[SnapshotBatch] = []
         """``listing-stats`` records read since the last :meth:`flush`"""
-        self._listings_at_flush = 0
         self.ledger = Ledger()
         self.auctions = AuctionLog(window_s=click_window_s, conversion_window_s=attribution_window_s,
                                    retain_s=2 * click_window_s)
@@ -174,9 +173,7 @@ class BidderState:
         if self.features is None:
             return
         (snapshots, self._snapshots), (batches, self._batches) = (self._snapshots, []), (self._batches, [])
-        if snapshots or batches or self.catalog.n_listings != self._listings_at_flush:
-            self._listings_at_flush = self.catalog.n_listings
-            self.features.apply(snapshots, self.catalog, batches)
+        self.features.apply(snapshots, self.catalog, batches)  # with none: the waiting ones the catalog now knows
 
     def _apply_outcome(self, outcome: dict[str, Any]) -> None:
         if not self.auctions.add(outcome):

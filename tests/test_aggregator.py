@@ -206,6 +206,14 @@ async def published(agg: Aggregator, *, timeout_s: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
+async def round_trip(agg: Aggregator, settings: Settings, bootstrap: str, records: list[Sent],
+                     sent: list[Sent]) -> None:
+    """Produce ``records`` (appended to ``sent``), then wait until ``agg`` folded everything sent and wrote it."""
+    sent += await produce(settings, bootstrap, records)
+    await folded(agg, ends=ends_of(sent))
+    await published(agg)
+
+
 def own_settings(settings: Settings) -> Settings:
     # a checkpoint every 5 batches, a ring of 11
     return settings.model_copy(update={"app_id": f"agg-test-{uuid.uuid4().hex[:8]}", "aggregate_interval_ms": 20.0,
@@ -238,11 +246,9 @@ async def test_the_published_copy_has_the_numbers_of_one_fold(bootstrap: str, se
     await agg.start()
     try:
         await asyncio.wait_for(agg.ready.wait(), 20)
-        sent = []
+        sent: list[Sent] = []
         for _ in range(8):  # batches enough for checkpoints and the ring to write their keys again
-            sent += await produce(settings, bootstrap, traffic.generate(75))
-            await folded(agg, ends=ends_of(sent))
-            await published(agg)
+            await round_trip(agg, settings, bootstrap, traffic.generate(75), sent)
     finally:
         await agg.stop()
     assert agg.counts["batches"] >= 2 and agg.counts["send_failures"] == 0
@@ -345,9 +351,7 @@ async def test_a_refused_snapshot_write_neither_loses_nor_double_counts(bootstra
         await asyncio.wait_for(agg.ready.wait(), 20)
         sent: list[Sent] = []
         for i in range(4):
-            sent += await produce(settings, bootstrap, traffic.generate(150))
-            await folded(agg, ends=ends_of(sent))
-            await published(agg)
+            await round_trip(agg, settings, bootstrap, traffic.generate(150), sent)
             if i < 3:  # refuse writes of the batches to come, after some written
                 calls = agg.calls
                 agg.raise_at |= {calls + 3 + i} if i % 2 else set()
@@ -355,9 +359,7 @@ async def test_a_refused_snapshot_write_neither_loses_nor_double_counts(bootstra
         # every refused write reached before the stop, and the folds it dropped restored and written again (a
         # write refused in the stop's last publish is the next owner's to redo: a restart, another test)
         while agg.calls <= max(agg.raise_at | agg.fail_at):
-            sent += await produce(settings, bootstrap, traffic.generate(20))
-            await folded(agg, ends=ends_of(sent))
-            await published(agg)
+            await round_trip(agg, settings, bootstrap, traffic.generate(20), sent)
         await folded(agg, ends=ends_of(sent))
         await published(agg)
     finally:
@@ -393,9 +395,7 @@ async def test_a_fetch_folded_half_way_is_restored_not_lost(bootstrap: str, sett
         await asyncio.wait_for(agg.ready.wait(), 20)
         sent: list[Sent] = []
         for _ in range(4):
-            sent += await produce(settings, bootstrap, traffic.generate(100))
-            await folded(agg, ends=ends_of(sent))
-            await published(agg)
+            await round_trip(agg, settings, bootstrap, traffic.generate(100), sent)
     finally:
         await agg.stop()
     assert agg.counts["fold_failures"] == 1 and agg.counts["restores"] > len(agg.marks())

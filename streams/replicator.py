@@ -76,14 +76,13 @@ class Replicator:
     """Background task folding replicated topics into ``state``."""
 
     def __init__(self, state: BidderState, settings: Settings, *, bootstrap: str | None,
-                 clock: Callable[[], float] = time.time, topics: Iterable[str] | None = None,
-                 observer: RoundObserver | None = None) -> None:
+                 clock: Callable[[], float] = time.time, observer: RoundObserver | None = None) -> None:
         self.state = state
         self.observer = observer
         self._settings = settings
         self._bootstrap = bootstrap
         self._clock = clock
-        self._topics = state.replicated_topics if topics is None else tuple(topics)
+        self._topics = state.replicated_topics
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._applied: dict[TopicPartition, int] = {}

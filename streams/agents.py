@@ -119,6 +119,7 @@ async def handle_clicks(rt: Runtime, events: Sequence[Any]) -> None:
         writes, labels = await _write_click_decisions(rt, decisions)
         metas = await asyncio.gather(*(f for _, f, _ in writes), *labels)
     except Exception:
+        # at once (not leaving the aggregator group first): nothing more may run on this money state
         exit_for_restart("ledger write failed; exiting so the money state is rebuilt from the ledger",
                          exc_info=True)
     for (part, _, entry), meta in zip(writes, metas, strict=False):
@@ -286,13 +287,13 @@ def _add_agent(app: faust.App, rt: Runtime, topic: str, handler: Handler,
             try:
                 await rt.out.handle_isolating(topic, handle, await rt.with_skipped(events))
             except Exception:  # see _crashed()
-                _crashed(topic)
+                await _crashed(rt, topic)
 
     agent.__name__ = f"{topic.replace('-', '_')}_agent"
     app.agent(rt.out.topics[topic], name=f"bidder.{topic}", concurrency=1)(agent)
 
 
-def _crashed(topic: str) -> NoReturn:
+async def _crashed(rt: Runtime, topic: str) -> NoReturn:
     """An exception out of a handler (sends are already retried in ``Outputs.send``): exit (70).
 
     faust-streaming's ``Agent._execute_actor`` catches it, marks the actor crashed ("Agent crashed
@@ -301,4 +302,4 @@ def _crashed(topic: str) -> NoReturn:
     retried; faust-streaming #324 and #329 are about how hard it is to stop a worker from inside
     one). Exiting makes the pod (or the chaos harness) restart the worker, which resumes from the
     committed offsets; outputs are idempotent by their ids, as ``handle_clicks`` already assumes."""
-    exit_for_restart("%s agent failed; exiting so the worker is restarted", topic, exc_info=True)
+    await rt.exit_for_restart("%s agent failed; exiting so the worker is restarted", topic, exc_info=True)

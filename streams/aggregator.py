@@ -165,7 +165,8 @@ class Aggregator:
 
     # -- life cycle --------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Join the group and start folding (``ready`` says when the first assignment is restored)."""
+        """Start joining the group and folding; returns before the first assignment (``ready`` says when it is
+        restored)."""
         settings = self._settings
         # not idempotent, like the worker's Faust producer: a batch written twice by a retry changes nothing (the
         # newest offset per listing wins), and the embedded Tansu refuses aiokafka's InitProducerId
@@ -174,9 +175,14 @@ class Aggregator:
         await self._producer.start()
         consumer = AIOKafkaConsumer(group_id=self.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
                                     **aiokafka_consumer_kwargs(settings, bootstrap=self._bootstrap))
-        consumer.subscribe(list(AGGREGATED_TOPICS), listener=_Listener(self))
-        self._consumer = consumer  # before start: the first assignment may come during it
+        self._consumer = consumer
         await consumer.start()
+        # subscribed after the start: aiokafka's ``start`` waits for the first assignment of a consumer
+        # subscribed before it, and a group that cannot assign (the embedded noida never evicts a member that
+        # exited without leaving: chaos t2) would hold the worker's start, its replica and every agent
+        # waiting on it, until the commit-stall watchdog restarted the worker, in a loop. The fold loop
+        # waits for the assignment instead (``ready``).
+        consumer.subscribe(list(AGGREGATED_TOPICS), listener=_Listener(self))
         # what is folded waits for the next publish anyway: fetching more often than twice an interval only costs
         # fetch rounds (the embedded noida answers every fetch at once)
         pace_consumer(consumer, floor_s=max(settings.replica_fetch_floor_ms / 1000.0, self.interval_s / 2))
@@ -195,7 +201,8 @@ class Aggregator:
         await self._close()
 
     async def abort(self) -> None:
-        """Stop at once, publishing nothing more: what a crash leaves behind (tests model one with it)."""
+        """Stop at once, publishing nothing more, and leave the group: on ``listing-stats`` what a crash leaves behind
+        (tests model one with it); the group reassigns at once (a worker exiting for a restart)."""
         if self._task is not None:
             self._task.cancel()
             await self._reap()

@@ -72,7 +72,9 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
     replica.repairer.on_repair = functools.partial(rt.count_repair, consumer="replica")
     aggregator = Aggregator(settings, bootstrap=bootstrap, clock=clock) if settings.aggregator_embedded else None
     rt.aggregator = aggregator
-    app.service(_start_and_stop(app, rt, probes, checker=_catalog_checker(rt, bootstrap), aggregator=aggregator))
+    checker = _catalog_checker(rt, bootstrap)
+    rt.leave_on_exit += [checker.stop, *([] if aggregator is None else [aggregator.abort])]
+    app.service(_start_and_stop(app, rt, probes, checker=checker, aggregator=aggregator))
     add_probe_pages(app, probes, metrics)
     app.timer(interval=5.0)(GroupWatchdog(app=app, rt=rt, replica=replica, stall_s=settings.commit_stall_s).check)
     app.on_partitions_revoked.connect(functools.partial(_revoked, rt))

@@ -59,8 +59,10 @@ class CatalogChecker:
             async def on_partitions_assigned(self, tps: Any) -> None:
                 assigned.put_nowait(set(tps))
 
-        self._consumer.subscribe(["listings", "shops"], listener=Listener())
         await self._consumer.start()
+        # after the start: aiokafka's ``start`` of a consumer subscribed before it waits for the first
+        # assignment, which a member that died without leaving delays (``streams.aggregator.Aggregator.start``)
+        self._consumer.subscribe(["listings", "shops"], listener=Listener())
         pace_consumer(self._consumer, floor_s=self._settings.replica_fetch_floor_ms / 1000.0)
         self._task = asyncio.create_task(self._run(), name="catalog-check")
 

@@ -3,12 +3,14 @@ models serving now, its outputs and monitors, and the records a fetch skipped (r
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -28,8 +30,14 @@ from streams.monitors import Monitors
 from streams.outputs import Outputs
 from streams.replicator import Replicator
 from streams.serving import Serving
+from streams.workarounds import exit_for_restart
 
 __all__ = ["Runtime"]
+
+log = logging.getLogger(__name__)
+
+_LEAVE_S = 3.0
+"""how long an exit for a restart waits for the aggregator to leave its group"""
 
 
 @dataclass
@@ -54,10 +62,28 @@ class Runtime:
     """re-reads what a fetch skipped for the Faust group consumer (``with_skipped``)"""
     aggregator: Aggregator | None = None
     """this worker's member of the aggregator group (``settings.aggregator_embedded``), or None"""
+    leave_on_exit: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    """how each group consumer outside Faust leaves its group (:meth:`exit_for_restart` awaits them)"""
 
     def __post_init__(self) -> None:
         if self.repairer is not None:
             self.repairer.on_repair = functools.partial(self.count_repair, consumer="group")
+
+    async def exit_for_restart(self, message: str, *args: object, exc_info: bool = False) -> NoReturn:
+        """Leave the groups of the consumers outside Faust (the aggregator's, the catalog check's: waiting at
+        most ``_LEAVE_S``), then exit (70) for a restart.
+
+        The exit is ``os._exit`` (``streams.workarounds.exit_for_restart``): without leaving, those members
+        would stay in their groups until their sessions time out on Kafka, and for ever on the embedded
+        noida, which never evicts a member that exited without leaving (the restarted worker's aggregator
+        then never got an assignment: chaos t2). The Faust consumer is left as it is: it may be what is
+        stuck."""
+        if self.leave_on_exit:
+            try:
+                await asyncio.wait_for(asyncio.gather(*(leave() for leave in self.leave_on_exit)), _LEAVE_S)
+            except Exception:  # exiting anyway: the groups evict them after their sessions
+                log.warning("leaving the groups before the exit failed", exc_info=True)
+        exit_for_restart(message, *args, exc_info=exc_info)
 
     @property
     def metrics(self) -> WorkerMetrics:

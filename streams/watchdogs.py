@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams.replicator import Replicator
-from streams.workarounds import exit_for_restart, forget, group_offsets
+from streams.workarounds import forget, group_offsets
 
 __all__ = ["GroupWatchdog"]
 
@@ -71,8 +71,8 @@ class GroupWatchdog:
             return found
 
         suspects = past_end()
-        self.watch_commits(consumer)
-        self.watch_aggregator()
+        await self.watch_commits(consumer)
+        await self.watch_aggregator()
         for topic, n in lag.items():
             rt.metrics.consumer_lag.labels(topic=topic).set(n)
         new = replica.truncations - rt.counts["replica_truncations_counted"]
@@ -88,8 +88,8 @@ class GroupWatchdog:
             return
         if rt.counts["group_reset_at"] and time.monotonic() - rt.counts["group_reset_at"] < 15.0:
             rt.counts["group_past_end"] = len(confirmed)
-            exit_for_restart("group partitions %s still past their log end after a reset; exiting so the worker "
-                             "is restarted", sorted(f"{tp.topic}[{tp.partition}]" for tp in confirmed))
+            await rt.exit_for_restart("group partitions %s still past their log end after a reset; exiting so the "
+                                      "worker is restarted", sorted(f"{tp.topic}[{tp.partition}]" for tp in confirmed))
         for tp, (high, seen) in confirmed.items():
             log.warning("group: %s[%d] high watermark %d is below the %d records already read: the log was "
                         "truncated (broker came back empty / unclean leader election); reading it again "
@@ -100,17 +100,17 @@ class GroupWatchdog:
         rt.counts["group_reset_at"] = int(time.monotonic())
         rt.metrics.log_truncations.labels(consumer="group").inc(len(confirmed))
 
-    def watch_aggregator(self) -> None:
+    async def watch_aggregator(self) -> None:
         """Exit when the embedded aggregator's fold loop ended by itself (a defect it could not survive, such as
         a group error aiokafka raises from ``getmany``): this worker's share of the rolling features would
         stop, and only a new process joins the aggregator group again."""
         aggregator = self.rt.aggregator
         if aggregator is not None and aggregator.ended:
             self.rt.counts["aggregator_ended"] = 1
-            exit_for_restart("the aggregator's fold loop ended (%r); exiting so the worker is restarted",
-                             aggregator.ended_by())
+            await self.rt.exit_for_restart("the aggregator's fold loop ended (%r); exiting so the worker is "
+                                           "restarted", aggregator.ended_by())
 
-    def watch_commits(self, consumer: Any) -> None:
+    async def watch_commits(self, consumer: Any) -> None:
         """Exit when the group's commits stopped while the agents kept reading.
 
         After a broker restart aiokafka's group coordinator sometimes never comes back (the member
@@ -129,6 +129,6 @@ class GroupWatchdog:
         stalled = now - self._progress_at
         if behind and stalled > self.stall_s:
             self.rt.counts["commit_stalled"] = 1
-            exit_for_restart("no offset committed for %.0fs while %s have records read and not committed (the "
-                             "group coordinator did not come back: aiokafka #1154); exiting so the worker is "
-                             "restarted", stalled, behind)
+            await self.rt.exit_for_restart("no offset committed for %.0fs while %s have records read and not committed "
+                                           "(the group coordinator did not come back: aiokafka #1154); exiting so "
+                                           "the worker is restarted", stalled, behind)

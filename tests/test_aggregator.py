@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -33,7 +34,7 @@ from bidder.replica.feature_copy import FeatureCopy
 from bidder.replica.state import BidderState
 from bidder.settings import Settings
 from bidder.topics import TOPICS
-from streams.aggregator import Aggregator
+from streams.aggregator import AGGREGATED_TOPICS, Aggregator
 from streams.kafka_config import aiokafka_admin_kwargs, aiokafka_producer_kwargs
 from streams.tail import tail_consumer
 
@@ -400,3 +401,66 @@ async def test_a_fetch_folded_half_way_is_restored_not_lost(bootstrap: str, sett
         await agg.stop()
     assert agg.counts["fold_failures"] == 1 and agg.counts["restores"] > len(agg.marks())
     await assert_same_numbers(settings, bootstrap, stats_topic, traffic, sent)
+
+
+_DEAD_MEMBER = """
+import asyncio, os, sys
+from aiokafka import AIOKafkaConsumer
+
+async def main() -> None:
+    consumer = AIOKafkaConsumer("auctions", bootstrap_servers=sys.argv[1], group_id=sys.argv[2],
+                                session_timeout_ms=30000, heartbeat_interval_ms=1000)
+    await consumer.start()  # subscribed before the start: returns once assigned
+    print("assigned", flush=True)
+    os._exit(0)  # no LeaveGroup: a member that crashed
+
+asyncio.run(main())
+"""
+
+
+async def test_a_member_that_died_without_leaving_does_not_hold_the_start(bootstrap: str, settings: Settings) -> None:
+    """The group cannot assign while a member that died has not timed out (30 s here; the embedded noida never
+    evicts it): ``start`` returns anyway, not ready. Before, aiokafka's ``start`` waited for the assignment, and a
+    restarted worker's start waited with it, its agents stalled, and the commit-stall watchdog restarted it again
+    (chaos t2 on noida)."""
+    settings = own_settings(settings)
+    stats_topic = await new_stats_topic(settings, bootstrap)
+    agg = Aggregator(settings, bootstrap=bootstrap, stats_topic=stats_topic)
+    dead = await asyncio.create_subprocess_exec(sys.executable, "-c", _DEAD_MEMBER, bootstrap, agg.group_id,
+                                                stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(dead.communicate(), 60)
+    assert out.strip() == b"assigned"
+    try:
+        await asyncio.wait_for(agg.start(), 10)
+        await asyncio.sleep(2.0)
+        assert agg.running and not agg.ready.is_set() and agg.marks() == {}
+    finally:
+        await agg.abort()
+
+
+async def test_an_aborted_member_leaves_its_group_at_once(bootstrap: str, settings: Settings) -> None:
+    """What a worker's exit for a restart relies on (``Runtime.exit_for_restart``): ``abort`` leaves the group,
+    so the other member is assigned everything without waiting for a session timeout (30 s here; never on
+    the embedded noida, which does not evict a member that stopped heart-beating)."""
+    settings = own_settings(settings).model_copy(update={"session_timeout_ms": 30000,
+                                                         "heartbeat_interval_ms": 1000})
+    stats_topic = await new_stats_topic(settings, bootstrap)
+    first = Aggregator(settings, bootstrap=bootstrap, stats_topic=stats_topic)
+    second = Aggregator(settings, bootstrap=bootstrap, stats_topic=stats_topic)
+    await first.start()
+    try:
+        await asyncio.wait_for(first.ready.wait(), 20)
+        await second.start()
+        deadline = time.monotonic() + 20
+        while not (first.marks() and second.marks()):  # the partitions shared between the two
+            assert time.monotonic() < deadline, (first.marks(), second.marks())
+            await asyncio.sleep(0.05)
+        await first.abort()
+        t0 = time.monotonic()
+        while len(second.marks()) < len(AGGREGATED_TOPICS) * settings.topic_partitions:
+            assert time.monotonic() - t0 < 15.0, second.marks()
+            await asyncio.sleep(0.1)
+    finally:
+        await first.abort()
+        await second.stop()
+

@@ -4,8 +4,8 @@ The public API is the names in ``__all__``, pinned by ``tests/test_public_api.py
 first use (``bidder.BidPipeline`` imports ``bidder.query.pipeline`` then), so ``import bidder`` costs nothing.
 The query path, in order: :func:`decode` a query, :class:`BidPipeline` (rows -> :func:`gather` features
 -> :func:`load_models` scorers -> :func:`bids` -> :func:`run_auction`) -> :class:`AuctionOutcome`;
-clicks: :class:`ClickBatch` over a :class:`Ledger`; purchases: :class:`ClickIndex`; monitors:
-:class:`DriftMonitor`, :class:`CalibrationMonitor`. ``docs/architecture.md`` is the map.
+clicks: :class:`ClickBatch` over a :class:`Ledger` (their tokens: :class:`ClickSigner`); purchases:
+:class:`ClickIndex`; monitors: :class:`DriftMonitor`, :class:`CalibrationMonitor`. ``docs/architecture.md`` is the map.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ _HOME = {
     "LedgerBudget": "query.budget",
     "Ledger": "clicks.billing", "LedgerEntry": "clicks.billing",
     "ClickBatch": "clicks.click_decisions", "ClickDecision": "clicks.click_decisions",
+    "ClickSigner": "clicks.click_token",
     "ClickIndex": "labels.attribution",
     "label_update": "labels.attribution",
     "provisional_labels": "labels.attribution",

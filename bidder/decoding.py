@@ -59,10 +59,8 @@ REASONS: dict[str, str] = {
     "future_timestamp": "the event time is too far in the future",
     "unknown_topic": "no decoder for this topic",
     "wrong_key": "the record key is not the event's key field",
-    "unknown_auction": "a click for a query the bidder has no auction outcome for",
+    "bad_token": "a click whose token does not sign its query, slot, listing, shop, price and auction time",
     "click_after_window": "a click later than the click window after its auction",
-    "not_a_winner": "a click on a listing that did not win a slot in that auction",
-    "shop_mismatch": "a click names a different shop than the auction outcome",
     "unattributed_purchase": "a purchase with no click by that buyer on that listing in the window",
     "no_known_candidates": "none of the query's candidates is in the catalog",
     "handler_error": "handling the record raised every time it was tried (a poison record)",
@@ -147,6 +145,10 @@ class _Click(_Base):
     shop_id: Id
     user_id: Id
     ts: Ts
+    slot: Annotated[int, Field(ge=0, le=1000)]
+    price: Money
+    shown_at: Ts
+    token: Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class _Purchase(_Base):

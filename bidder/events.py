@@ -11,6 +11,7 @@ owned by one partition per shop).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -58,7 +59,10 @@ class Query:
 
 @dataclass(frozen=True, slots=True)
 class Click:
-    """A buyer clicked an ad; ``click_id`` makes a resend harmless (charged at most once)."""
+    """A buyer clicked an ad; ``click_id`` makes a resend harmless (charged at most once).
+
+    ``slot``, ``price``, ``shown_at`` and ``token`` are copied from the winner as the outcome showed it (the
+    click URL): the token signs them with the query, listing and shop (``bidder/clicks/click_token.py``)."""
 
     click_id: str
     query_id: str
@@ -66,6 +70,28 @@ class Click:
     shop_id: int
     user_id: int
     ts: float
+    slot: int
+    price: float
+    """the price the outcome said a click costs (GSP)"""
+    shown_at: float
+    """the auction's time (the outcome's ``ts``)"""
+    token: str
+
+    @classmethod
+    def of_winner(cls, outcome: Mapping[str, Any], winner: Mapping[str, Any], *, click_id: str, user_id: int,
+                  ts: float) -> Click:
+        """A click on ``winner`` of ``outcome`` (both as on the ``auctions`` topic): what a buyer's browser
+        sends back from the click URL, token included.
+
+        >>> out = {"query_id": "q1", "ts": 10.0, "winners": [{"slot": 0, "listing_id": 5, "shop_id": 7,
+        ...        "price": 0.3, "click_token": "t0k"}]}
+        >>> c = Click.of_winner(out, out["winners"][0], click_id="c1", user_id=2, ts=11.0)
+        >>> (c.query_id, c.listing_id, c.shop_id, c.slot, c.price, c.shown_at, c.token)
+        ('q1', 5, 7, 0, 0.3, 10.0, 't0k')
+        """
+        return cls(click_id=click_id, query_id=str(outcome["query_id"]), listing_id=int(winner["listing_id"]),
+                   shop_id=int(winner["shop_id"]), user_id=user_id, ts=ts, slot=int(winner["slot"]),
+                   price=float(winner["price"]), shown_at=float(outcome["ts"]), token=str(winner["click_token"]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,8 @@ from typing import Literal, Self
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bidder.clicks.click_token import DEV_KEY, ClickSigner
+
 __all__ = ["DEFAULT_MODEL_DIR", "Settings"]
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "onnx_models"
@@ -123,6 +125,11 @@ class Settings(BaseSettings):
     prior_strength: float = Field(default=50.0, gt=0, description="pseudo-impressions of the prior")
     attribution_window_s: float = Field(default=600.0, gt=0, description="purchase after click, at most")
     click_window_s: float = Field(default=900.0, gt=0, description="click after auction, at most")
+    click_token_key: SecretStr = Field(
+        default=SecretStr(DEV_KEY), description="signs each winner's click token (bidder/clicks/click_token.py); "
+                                                "the embedded default's key unless set (a Secret in the chart)")
+    click_token_previous_key: SecretStr | None = Field(
+        default=None, description="still verifies click tokens while keys rotate (one click window)")
     aggregate_interval_ms: float = Field(
         default=250.0, gt=0, description="the aggregator publishes each changed listing's rolling counters at most "
                                          "once per this interval to listing-stats (bidder/replica/aggregation.py)")
@@ -172,6 +179,11 @@ class Settings(BaseSettings):
     web_port: int = Field(default=6066, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     data_dir: Path = Path(".bidder")
+
+    def click_signer(self) -> ClickSigner:
+        """Signs winners with ``click_token_key``; verifies with it and ``click_token_previous_key``."""
+        keys = [self.click_token_key, self.click_token_previous_key]
+        return ClickSigner([k.get_secret_value().encode() for k in keys if k is not None])
 
     @model_validator(mode="after")
     def _dead_letters_fit(self) -> Self:

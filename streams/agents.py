@@ -96,7 +96,12 @@ async def _write_outcome(rt: Runtime, q: Query, o: AuctionOutcome, source: Any, 
     for name in STAGES:
         rt.metrics.stage_seconds.labels(stage=name).observe(timed.timings_ms.get(name, 0.0) / 1000.0)
     data = to_json(timed)
+    sign = rt.signer.sign
+    for w in data["winners"]:  # the click URL of each winner (bidder/clicks/click_token.py)
+        w["click_token"] = sign(o.query_id, slot=w["slot"], listing_id=w["listing_id"], shop_id=w["shop_id"],
+                                price=w["price"], shown_at=o.ts)
     auction = await rt.out.send("auctions", TOPICS["auctions"].key_of(q), orjson.dumps(data, option=_NUMPY))
+    rt.state.own_outcome(data)  # calibration matures this worker's own outcomes
     # impressions become provisional negative examples right away (labels keyed by query)
     labels = provisional_labels(data)
     return [auction, await rt.out.send("labels", TOPICS["labels"].key_of(labels), orjson.dumps(labels, option=_NUMPY))]
@@ -129,23 +134,18 @@ async def handle_clicks(rt: Runtime, events: Sequence[Any]) -> None:
 async def _decide_clicks(rt: Runtime, events: Sequence[Any]) -> list[tuple[int, ClickDecision]]:
     """(partition, decision) of each click that gets a ledger line; the others are dead-lettered."""
     state = rt.state
-    batch = ClickBatch(auctions=state.auctions, catalog=state.catalog, ledger=state.ledger,
+    batch = ClickBatch(signer=rt.signer, catalog=state.catalog, ledger=state.ledger,
                        click_window_s=rt.settings.click_window_s)
     decisions: list[tuple[int, ClickDecision]] = []
     now = rt.clock()
-    decoded = [(ev.message, rt.decode(ev.message, now)) for ev in events]  # each click parsed once
-    # a click may arrive before this worker's replica has folded its auction (the buyer saw the
-    # outcome first): catch up once for the whole batch rather than once per such click
-    if any(isinstance(c, Click) and not state.auctions.knows(c.query_id) for _, c in decoded):
-        await rt.replica.wait_caught_up(["auctions"])
-    for message, click in decoded:
+    for ev in events:
+        message = ev.message
+        click = rt.decode(message, now)
         if isinstance(click, Rejection):
             await rt.out.dead_letter(message, click)
             continue
         assert isinstance(click, Click)
         await billing_caught_up(rt, message.partition)
-        if not state.auctions.knows(click.query_id):
-            await rt.replica.wait_caught_up(["auctions"])
         decided = batch.decide(click)
         if isinstance(decided, Rejection):
             await rt.out.dead_letter(message, decided)
@@ -169,13 +169,13 @@ async def _write_click_decisions(rt: Runtime, decisions: list[tuple[int, ClickDe
     writes: list[tuple[int, Any, LedgerEntry]] = []
     labels: list[Any] = []
     for part, d in decisions:
-        click, ad, entry = d.click, d.ad, d.entry
+        click, entry = d.click, d.entry
         line = entry.to_dict()
         writes.append((part, await rt.out.send("billing", TOPICS["billing"].key_of(line), orjson.dumps(line),
                                                partition=part), entry))
         _count_click(rt, entry)
         if entry.status != "duplicate":
-            update = label_update(query_id=click.query_id, slot=ad.slot, listing_id=click.listing_id, ts=click.ts,
+            update = label_update(query_id=click.query_id, slot=click.slot, listing_id=click.listing_id, ts=click.ts,
                                   click_id=click.click_id)
             labels.append(await rt.out.send("labels", TOPICS["labels"].key_of(update), orjson.dumps(update)))
     return writes, labels

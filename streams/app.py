@@ -21,6 +21,7 @@ import faust
 import mode
 import numpy as np
 
+from bidder.clicks.click_token import DEV_KEY
 from bidder.labels.calibration import CalibrationMonitor
 from bidder.query.budget import LedgerBudget
 from bidder.query.features import Priors
@@ -55,6 +56,9 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
               rng_seed: int | None = None) -> tuple[faust.App, Runtime]:
     """The Faust app and its runtime for one worker process."""
     use_fetch_max_wait(settings.fetch_max_wait_ms)
+    if settings.kafka_bootstrap and settings.click_token_key.get_secret_value() == DEV_KEY:
+        log.warning("click tokens are signed with the built-in development key, which anyone can read in the source "
+                    "and forge clicks with: set BIDDER_CLICK_TOKEN_KEY (the chart: clickToken.existingSecret)")
     app = _faust_app(settings, bootstrap)
     state = worker_state(settings)
     limits = state.limits

@@ -9,8 +9,9 @@ a broker that cannot do it (the embedded Tansu rejects aiokafka's InitProducerId
 Example::
 
     async with EventProducer(settings, bootstrap="127.0.0.1:9092") as producer:
-        await producer.send(Click(click_id="c-1", query_id="q-1", listing_id=103, shop_id=17,
-                                  user_id=5, ts=time.time()))
+        # a click on a winner of an outcome read from ``auctions``, its token copied
+        await producer.send(Click.of_winner(outcome, outcome["winners"][0], click_id="c-1", user_id=5,
+                                            ts=time.time()))
 """
 
 from __future__ import annotations

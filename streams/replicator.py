@@ -46,7 +46,7 @@ from bidder.replica.state import BidderState, FeatureSource
 from bidder.settings import Settings
 from bidder.topics import TOPICS
 from streams.gap_repair import GapRepairer
-from streams.tail import group_less_consumer, partitions_of
+from streams.tail import earliest_event_time, group_less_consumer, partitions_of
 from streams.workarounds import pace_consumer
 
 __all__ = ["Replicator", "RoundObserver", "worker_state"]
@@ -111,6 +111,10 @@ class Replicator:
         self._applied = dict.fromkeys(parts, 0)
         self._consumer = consumer
         self._task = asyncio.create_task(self._run(), name="replicator")
+        if "auctions" not in self._topics:  # the aggregated copy: how far back its features reach
+            earliest = await earliest_event_time(self._settings, self._bootstrap, "auctions")
+            if earliest is not None:
+                self.state.history_begins(earliest)
         await self.wait_caught_up()
         self.ready.set()
         log.info("replica ready: %s", dict(self.state.counts))

@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from bidder.clicks.click_token import ClickSigner
 from bidder.decoding import Limits, Rejection, decode
 from bidder.events import Query
 from bidder.query.features import DEVICES, PAGES, QueryContext
@@ -65,7 +66,11 @@ class Runtime:
     leave_on_exit: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     """how each group consumer outside Faust leaves its group (:meth:`exit_for_restart` awaits them)"""
 
+    signer: ClickSigner = field(init=False)
+    """signs each winner's click token and verifies clicks (``settings.click_token_key``)"""
+
     def __post_init__(self) -> None:
+        self.signer = self.settings.click_signer()
         if self.repairer is not None:
             self.repairer.on_repair = functools.partial(self.count_repair, consumer="group")
 

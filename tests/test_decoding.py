@@ -27,7 +27,8 @@ def query_dict(**over: object) -> dict[str, object]:
 
 def click_dict(**over: object) -> dict[str, object]:
     d: dict[str, object] = {"v": 1, "type": "click", "click_id": "c-1", "query_id": "q-1", "listing_id": 103,
-                            "shop_id": 17, "user_id": 5, "ts": NOW}
+                            "shop_id": 17, "user_id": 5, "ts": NOW, "slot": 2, "price": 0.25, "shown_at": NOW - 5,
+                            "token": "dG9rZW4"}
     d.update(over)
     return d
 
@@ -49,7 +50,7 @@ def test_valid_events_round_trip() -> None:
     assert got.listing_ids.tolist() == [5, 6] and got.relevance.tolist() == [0.25, 1.0]
     assert got.context == q.context and got.latency_budget_ms == 20.0
     for topic, ev in [
-        ("clicks", Click("c", "q", 1, 2, 3, NOW)),
+        ("clicks", Click("c", "q", 1, 2, 3, NOW, 0, 0.25, NOW - 5, "tok")),
         ("purchases", Purchase("o", 3, 1, NOW, 12.5)),
         ("listings", Listing(1, 2, 9.99, 4, NOW, active=False)),
         ("shops", Shop(2, 100.0, 0.2, NOW)),
@@ -85,6 +86,12 @@ def test_valid_events_round_trip() -> None:
         (orjson.dumps(click_dict(ts=NOW - 7200)), "stale_timestamp"),
         (orjson.dumps(click_dict(ts=NOW + 600)), "future_timestamp"),
         (orjson.dumps(click_dict(click_id="a\x00b")), None),  # control characters are data, not an error
+        (orjson.dumps({k: v for k, v in click_dict().items() if k != "token"}), "missing_field"),
+        (orjson.dumps(click_dict(token="")), "out_of_range"),
+        (orjson.dumps(click_dict(token="t" * 65)), "out_of_range"),
+        (orjson.dumps(click_dict(price=-0.1)), "out_of_range"),
+        (orjson.dumps(click_dict(slot=-1)), "out_of_range"),
+        (orjson.dumps(click_dict(shown_at=0)), "out_of_range"),
     ],
 )
 def test_click_rejections(raw: bytes | None, expected: str | None) -> None:

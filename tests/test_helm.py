@@ -39,7 +39,7 @@ RELEASE = "rtb"
 NAMESPACE = "ads"
 WORKER = f"{RELEASE}-bidder"
 # Values that only a Secret may carry: never a key of config:/the ConfigMap.
-SECRET_FIELDS = frozenset({"sasl_password"})
+SECRET_FIELDS = frozenset({"sasl_password", "click_token_key", "click_token_previous_key"})
 
 Manifest = dict[str, Any]
 
@@ -186,6 +186,8 @@ def _non_default(field: str) -> Any:
 
 TLS_MOUNT = "/etc/kafka-certs"
 SASL_SECRET = {"name": "kafka-sasl", "key": "pw", "value": "s3cret-from-secret"}
+CLICK_SECRET = {"name": "click-token", "key": "k2", "value": "new-click-key", "previousKey": "k1",
+                "previous": "old-click-key"}
 
 
 def _everything_values() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -208,6 +210,8 @@ def _everything_values() -> tuple[dict[str, Any], dict[str, Any]]:
     expected["ssl_certfile"] = f"{TLS_MOUNT}/client.pem"
     expected["ssl_keyfile"] = f"{TLS_MOUNT}/client-key.pem"
     expected["sasl_password"] = SASL_SECRET["value"]
+    expected["click_token_key"] = CLICK_SECRET["value"]
+    expected["click_token_previous_key"] = CLICK_SECRET["previous"]
     config["kafkaBootstrap"] = expected["kafka_bootstrap"] = "k-0.kafka:9093,k-1.kafka:9093"
     config["topicPartitions"] = expected["topic_partitions"] = 12
     config["maxMessageBytes"] = expected["max_message_bytes"] = 1_000_000  # no float notation
@@ -224,6 +228,8 @@ def _everything_values() -> tuple[dict[str, Any], dict[str, Any]]:
                 "mountPath": TLS_MOUNT,
             },
         },
+        "clickToken": {"existingSecret": CLICK_SECRET["name"], "key": CLICK_SECRET["key"],
+                       "previousKey": CLICK_SECRET["previousKey"]},
         "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
         "prometheusRule": {"enabled": True, "labels": {"release": "prom"}, "consumerLagRecords": 500},
         "models": {"source": "initContainer", "initContainer": {"image": "registry.example/models:1"}},
@@ -234,7 +240,9 @@ def _everything_values() -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _container_env(container: Manifest, configmaps: dict[str, dict[str, str]]) -> dict[str, str]:
     """The environment the kubelet would give ``container``: envFrom ConfigMaps, then env (wins)."""
-    secrets = {(SASL_SECRET["name"], SASL_SECRET["key"]): SASL_SECRET["value"]}
+    secrets = {(SASL_SECRET["name"], SASL_SECRET["key"]): SASL_SECRET["value"],
+               (CLICK_SECRET["name"], CLICK_SECRET["key"]): CLICK_SECRET["value"],
+               (CLICK_SECRET["name"], CLICK_SECRET["previousKey"]): CLICK_SECRET["previous"]}
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         env.update(configmaps[source["configMapRef"]["name"]])
@@ -252,7 +260,9 @@ import json
 from bidder.settings import Settings
 s = Settings()
 out = s.model_dump(mode="json")
-out["sasl_password"] = s.sasl_password.get_secret_value() if s.sasl_password else None
+for name in ("sasl_password", "click_token_key", "click_token_previous_key"):
+    value = getattr(s, name)
+    out[name] = value.get_secret_value() if value else None
 print(json.dumps(out))
 """
 

@@ -22,7 +22,7 @@ def test_there_are_about_thirty_kinds_covering_the_issue_list() -> None:
               "wrong_type_bool",
               "duplicate_key", "nan", "infinity", "1e400", "5000_digits", "deep_nesting", "oversize",
               "negative_price", "unknown_listings", "future_ts", "stale_ts", "null_key", "empty_value",
-              "control_chars", "unknown_auction", "purchase_before_click"):
+              "control_chars", "forged_click_token", "purchase_before_click"):
         assert k in KINDS
 
 
@@ -33,7 +33,7 @@ def test_decoder_gives_the_recorded_reason(kind: str) -> None:
     if rec.decoder_only:
         assert isinstance(got, Rejection), got
         assert got.reason == rec.reason, (got, rec.reason)
-    else:  # refused later, by the worker (catalog, auctions, record key): the body itself is valid
+    else:  # refused later, by the worker (catalog, click token key, record key): the body itself is valid
         assert not isinstance(got, Rejection), got
 
 

@@ -13,7 +13,8 @@ import bidder
 
 PINNED = {
     "AuctionOutcome", "AuctionResult", "BidPipeline", "BidderState", "CalibrationMonitor", "Catalog", "Click",
-    "ClickBatch", "ClickDecision", "ClickIndex", "DriftMonitor", "DriftSettings", "FEATURE_SPEC", "Ledger",
+    "ClickBatch", "ClickDecision", "ClickIndex", "ClickSigner", "DriftMonitor", "DriftSettings", "FEATURE_SPEC",
+    "Ledger",
     "LedgerBudget", "LedgerEntry", "Limits", "Listing", "ListingHistory", "Models", "OnnxScorer", "Priors",
     "Purchase", "Query", "QueryContext", "Rejection", "RollingStats", "Shop", "TOPICS", "Winner", "bids",
     "decode", "gather", "label_update", "load_models", "pacing_multiplier", "provisional_labels", "run_auction",

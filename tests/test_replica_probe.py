@@ -24,6 +24,12 @@ def _outcome(qid: str) -> bytes:
                          "winners": winners, "model_versions": {}, "timings_ms": {}, "n_candidates": 3})
 
 
+def _click(qid: str) -> bytes:
+    return orjson.dumps({"v": 1, "type": "click", "click_id": f"c-{qid}", "query_id": qid, "listing_id": 900_000,
+                         "shop_id": 7, "user_id": 1, "ts": time.time(), "slot": 0, "price": 0.2,
+                         "shown_at": time.time(), "token": "unchecked-here"})
+
+
 def test_the_probe_counts_what_it_folds_after_catching_up(bootstrap: str, settings: Settings,
                                                           tmp_path: Path) -> None:
     tag = f"probe-{time.time_ns()}"
@@ -32,6 +38,7 @@ def test_the_probe_counts_what_it_folds_after_catching_up(bootstrap: str, settin
         async with EventProducer(settings, bootstrap=bootstrap) as producer:
             for i in range(n):
                 await producer.send_raw("auctions", f"{prefix}-{i}".encode(), _outcome(f"{prefix}-{i}"))
+                await producer.send_raw("clicks", b"7", _click(f"{prefix}-{i}"))
 
     asyncio.run(send(30, f"{tag}-before"))  # folded while catching up: not counted
     probe = ProbeProcess(bootstrap, tmp_path / "replica.json")
@@ -43,9 +50,12 @@ def test_the_probe_counts_what_it_folds_after_catching_up(bootstrap: str, settin
     finally:
         report = probe.stop()
     assert report is not None
-    assert report["counts"].get("auctions", 0) >= 50
-    assert report["counts"].get("auctions", 0) < 80  # the 30 before it caught up are not in the window
+    assert report["counts"].get("clicks_sent", 0) >= 50
+    assert report["counts"].get("clicks_sent", 0) < 80  # the 30 before it caught up are not in the window
     assert report["records"] >= 50
+    # a worker's replica no longer reads auctions (clicks carry their prices signed; calibration matures the
+    # worker's own outcomes): none of the 80 outcomes is folded
+    assert report["counts"].get("auctions", 0) == 0
     assert report["cpu_s"] > 0 and report["cpu_us_per_record"] > 0
     assert report["wall_s"] >= 2.0
     # copied features (listing-stats): how fresh the copy is; folded from the raw records: nothing to measure

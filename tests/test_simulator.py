@@ -26,8 +26,9 @@ def run_sim(seed: int) -> tuple[list[bytes], list[str]]:
         now = 1_800_000_000.0 + i
         q = sim.next_query(now=now)
         out.append(encode(q))
-        outcome = {"query_id": q.query_id, "winners": [
-            {"slot": s, "listing_id": int(lid), "shop_id": 1} for s, lid in enumerate(q.listing_ids[:24])]}
+        outcome = {"query_id": q.query_id, "ts": now, "winners": [
+            {"slot": s, "listing_id": int(lid), "shop_id": 1, "price": 0.1, "click_token": f"t{s}"}
+            for s, lid in enumerate(q.listing_ids[:24])]}
         clicks += [encode(c).decode() for c in sim.answer(outcome, now=now)]
         out += [encode(p) for p in sim.due_purchases(now=now)]
     return out, clicks
@@ -49,8 +50,9 @@ def test_truth_is_kept_and_clicks_follow_it() -> None:
     expected = 0.0
     for i in range(400):
         q = sim.next_query(now=1.8e9 + i)
-        winners = [{"slot": s, "listing_id": int(lid), "shop_id": 1} for s, lid in enumerate(q.listing_ids[:24])]
-        n_clicks += len(sim.answer({"query_id": q.query_id, "winners": winners}, now=1.8e9 + i))
+        winners = [{"slot": s, "listing_id": int(lid), "shop_id": 1, "price": 0.1, "click_token": f"t{s}"}
+                   for s, lid in enumerate(q.listing_ids[:24])]
+        n_clicks += len(sim.answer({"query_id": q.query_id, "ts": 1.8e9 + i, "winners": winners}, now=1.8e9 + i))
     expected = sum(imp.p_click for imp in sim.impressions)
     assert len(sim.impressions) == 400 * 24
     assert all(imp.clicked == (imp.clicked and imp.p_click > 0) for imp in sim.impressions)

@@ -39,7 +39,7 @@ def test_every_event_type_round_trips(bootstrap: str, settings: Settings) -> Non
         Query(query_id=f"{tag}-q", ts=now, user_id=1, context=QueryContext("desktop", "category", 9, 3),
               text="lamp", listing_ids=np.array([999_000_001, 999_000_002]), relevance=np.array([0.5, 0.25])),
         Click(click_id=f"{tag}-c", query_id=f"{tag}-q", listing_id=999_000_001, shop_id=999_001, user_id=1,
-              ts=now),
+              ts=now, slot=0, price=0.25, shown_at=now - 1, token="tok"),
         Purchase(order_id=f"{tag}-o", user_id=1, listing_id=999_000_001, ts=now, amount=12.5),
         Listing(listing_id=999_000_001, shop_id=999_001, price=12.5, category=3, ts=now),
         Shop(shop_id=999_001, daily_budget=10.0, target_share=0.05, ts=now),

@@ -1,11 +1,10 @@
-"""Recent auction outcomes by query id: where a click finds the price it must be charged.
+"""Recent auction outcomes by query id: what the calibration monitor matures into labels.
 
-Every worker folds the ``auctions`` topic into this index. Entries older than ``retain_s`` (by default the
-click window ``window_s``; the worker keeps two click windows) or beyond ``capacity`` are forgotten oldest
-first; a click for a forgotten or never-seen query is dead-lettered as ``unknown_auction``. Age is event
-time: the newest outcome folded. Keeping more than one click window is what lets a bill agent that lags
-behind the replica still find the auction of a click made in time (the worker checks the click window
-itself, from the click's and the auction's timestamps).
+A worker keeps the outcomes it wrote itself (``BidderState.own_outcome``; the reference fold,
+``BidderState(features="fold")``, folds every partition of ``auctions``). Clicks are no longer priced from
+here: a click carries its slot, price and auction time under a signed token
+(``bidder/clicks/click_token.py``). Entries older than ``retain_s`` (by default ``window_s``) or beyond
+``capacity`` are forgotten oldest first. Age is event time: the newest outcome folded.
 
 The index also matures labels for the calibration monitor (:class:`Matured`, taken with
 :meth:`AuctionLog.take_matured`), in event time (the ``ts`` of the outcomes folded):

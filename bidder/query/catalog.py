@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Catalog"]
+__all__ = ["Catalog", "RowIndex"]
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -112,3 +112,103 @@ class Catalog:
     def shop_row_of_listing(self, listing_id: int) -> int | None:
         row = self._listing_row.get(listing_id)
         return None if row is None else int(self.shop_row[row])
+
+
+class RowIndex:
+    """Vectorised listing id -> catalog row lookup, same answers as :meth:`Catalog.rows`.
+
+    ``Catalog.rows`` does one dict lookup per candidate; with 30k listings each lookup misses the cache
+    twice (hash slot, key object) and 600 of them took ~250 us here after an ONNX call had evicted the
+    caches. A snapshot of the catalog's ids answers instead, in one of two forms chosen at each rebuild:
+
+    * **dense**: when the ids span at most ``dense_factor`` x the number of listings (and at most
+      ``dense_max_slots``), an int32 table indexed by ``id - smallest id``: one gather, ~1 us for 600
+      ids (4 bytes x span of memory, 12 MB for the demo's 30k listings spread over 3M ids);
+    * **sorted**: otherwise, ``np.searchsorted`` over the sorted ids with the query's ids sorted first
+      (a sorted needle array lets each binary search start from the last: 27 us against 47 us for 600
+      ids in random order over 30k listings, measured here).
+
+    A row never changes its id (the catalog only appends rows; a tombstone clears ``active``), so a
+    snapshot stays right for the ids it holds; ids it lacks are asked of the catalog while the catalog
+    has rows the snapshot has not seen, and the snapshot is rebuilt once that backlog passes
+    ``rebuild_after`` rows.
+
+    >>> cat = Catalog()
+    >>> cat.upsert_shop(7, daily_budget=50.0, target_share=0.1)
+    >>> for i in (103, 203, 303): cat.upsert_listing(i, shop_id=7, price=1.0, category=0)
+    >>> cat.remove_listing(203)
+    >>> for factor in (128, 0):  # dense, then sorted
+    ...     rows, known = RowIndex(cat, dense_factor=factor).rows(np.array([303, 999, 203, 3]))
+    ...     print(rows.tolist(), known.tolist())
+    [2, -1, 1, -1] [True, False, False, False]
+    [2, -1, 1, -1] [True, False, False, False]
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        *,
+        rebuild_after: int = 256,
+        dense_factor: int = 128,
+        dense_max_slots: int = 1 << 24,
+    ) -> None:
+        self.catalog = catalog
+        self.rebuild_after = rebuild_after
+        self.dense_factor = dense_factor
+        self.dense_max_slots = dense_max_slots
+        self._n = -1
+        self._ids: I64 = np.empty(0, np.int64)
+        self._rows: I64 = np.empty(0, np.int64)
+        self._dense: npt.NDArray[np.int32] | None = None
+        self._base = 0
+        self._rebuild()
+
+    @property
+    def dense(self) -> bool:
+        """Whether the snapshot is the dense table (else sorted ids)."""
+        return self._dense is not None
+
+    def _rebuild(self) -> None:
+        n = self.catalog.n_listings
+        ids = self.catalog.listing_ids[:n]
+        order = np.argsort(ids, kind="stable")
+        self._ids, self._rows, self._n = ids[order], order.astype(np.int64), n
+        self._dense = None
+        if n:
+            base, span = int(self._ids[0]), int(self._ids[-1] - self._ids[0]) + 1
+            if span <= min(self.dense_factor * n, self.dense_max_slots):
+                dense = np.full(span + 1, -1, np.int32)  # the last slot answers every id outside
+                dense[self._ids - base] = self._rows
+                self._dense, self._base = dense, base
+
+    def _snapshot_rows(self, listing_ids: I64) -> I64:
+        dense = self._dense
+        if dense is not None:
+            k = (listing_ids - self._base).view(np.uint64)  # ids below the base wrap to huge values
+            np.minimum(k, len(dense) - 1, out=k)
+            return np.take(dense, k).astype(np.int64)
+        ids = self._ids
+        order = np.argsort(listing_ids)
+        pos = np.searchsorted(ids, listing_ids[order])
+        np.minimum(pos, len(ids) - 1, out=pos)
+        found_sorted = np.where(ids[pos] == listing_ids[order], self._rows[pos], -1)
+        rows: I64 = np.empty(len(listing_ids), np.int64)
+        rows[order] = found_sorted
+        return rows
+
+    def rows(self, listing_ids: I64) -> tuple[I64, npt.NDArray[np.bool_]]:
+        """Rows of ``listing_ids`` (``-1`` if unknown) and a mask of which are known and active."""
+        cat = self.catalog
+        listing_ids = np.asarray(listing_ids, np.int64)
+        if cat.n_listings - self._n > self.rebuild_after:
+            self._rebuild()
+        if len(self._ids) == 0:
+            return cat.rows(listing_ids)
+        rows = self._snapshot_rows(listing_ids)
+        if cat.n_listings > self._n:
+            missing = np.flatnonzero(rows < 0)
+            if len(missing):
+                rows[missing] = cat.rows(listing_ids[missing])[0]
+        known = rows >= 0
+        known &= cat.active[rows]  # row -1 reads the last slot; masked by `known` first
+        return rows, known

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 import numpy as np
 import numpy.typing as npt
 
-from bidder.query.catalog import Catalog
+from bidder.query.catalog import Catalog, RowIndex
 from bidder.query.rolling import NEVER, RollingStats
 from bidder.replica.aggregation import ListingSnapshot, SnapshotBatch, Source
 
@@ -84,6 +84,7 @@ class FeatureCopy:
         self._partials: dict[Source, _Partial] = {}
         self._waiting: dict[tuple[str, int, int], ListingSnapshot] = {}
         self._listings_known = -1
+        self._index: RowIndex | None = None
         """``catalog.n_listings`` when the waiting snapshots were last tried"""
 
     @property
@@ -110,7 +111,11 @@ class FeatureCopy:
         if batch.half_life_s != self.stats.half_life_s:
             self.counts["other_half_life"] += len(batch)
             return np.empty(0, np.int64)
-        rows, _ = catalog.rows(batch.listing_ids)  # tombstoned listings keep their counters too: row, not active
+        # tombstoned listings keep their counters too: row, not active. A RowIndex, not Catalog.rows (a dict lookup
+        # per listing: 19 % of a replica's CPU in a profile at 100 q/s, checkpoints holding every listing a fold has)
+        if self._index is None or self._index.catalog is not catalog:
+            self._index = RowIndex(catalog)
+        rows, _ = self._index.rows(batch.listing_ids)
         unknown = rows < 0
         if unknown.any():
             for s in SnapshotBatch(batch.topic, batch.partition, batch.half_life_s, batch.mark, batch.since,

@@ -89,8 +89,11 @@ class BidderState:
 
     @property
     def replicated_topics(self) -> tuple[str, ...]:
-        """The topics this state folds (``listing-stats`` only for the aggregated copy)."""
-        return tuple(t for t in REPLICATED_TOPICS if t != SNAPSHOT_TOPIC or self.features is not None)
+        """The topics this state folds: ``listing-stats`` only for the aggregated copy, ``auctions`` only for
+        the fold (the copy's features come from the aggregator, clicks are priced by their tokens and
+        calibration matures the outcomes this worker wrote itself: :meth:`own_outcome`)."""
+        drop = "auctions" if self.features is not None else SNAPSHOT_TOPIC
+        return tuple(t for t in REPLICATED_TOPICS if t != drop)
 
     # -- folding -----------------------------------------------------------------------------------
     def apply(self, topic: str, partition: int, offset: int, value: bytes | None, *, now: float,
@@ -185,6 +188,24 @@ class BidderState:
             ids = np.fromiter((int(w["listing_id"]) for w in outcome["winners"]), np.int64)
             rows, known = self.catalog.rows(ids)
             self.stats.record(rows[known], kind="impressions", now=float(outcome["ts"]))
+
+    def own_outcome(self, outcome: dict[str, Any]) -> None:
+        """An outcome this worker wrote (a worker folding ``auctions`` folds it there too: a repeat, ignored).
+
+        With the aggregated copy no worker reads every partition of ``auctions`` any more: each matures the
+        outcomes it wrote for calibration (the clicks and conversions of every partition still mark them,
+        from ``billing`` and ``labels``), and they tell how far back the features reach when nothing older
+        is known (:meth:`history_begins`)."""
+        if self.features is None:
+            return  # folded from the topic, with everyone's
+        if self.auctions.add(outcome):
+            self.counts["auctions"] += 1
+            self.history_from = min(self.history_from, float(outcome["ts"]))
+
+    def history_begins(self, ts: float) -> None:
+        """The earliest outcome still on ``auctions`` (read once at the start): the aggregated features reach
+        back at least that far."""
+        self.history_from = min(self.history_from, ts)
 
     def _apply_click(self, click: dict[str, Any]) -> None:
         # not validated here (the bill agent does that and dead-letters what is wrong): only remembered

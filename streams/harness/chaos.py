@@ -454,8 +454,7 @@ class Traffic:
         for w in rec["winners"][: self.cfg.click_slots]:
             if self.rng.random() >= self.cfg.click_prob:
                 continue
-            click = Click(click_id=f"c-{qid}-{w['slot']}", query_id=qid, listing_id=int(w["listing_id"]),
-                          shop_id=int(w["shop_id"]), user_id=sq.user_id, ts=time.time())
+            click = Click.of_winner(rec, w, click_id=f"c-{qid}-{w['slot']}", user_id=sq.user_id, ts=time.time())
             self.truth.clicks[click.click_id] = ClickFact(click.click_id, click.shop_id, float(w["price"]),
                                                           click.ts)
             self.spawn(self.send_click(click))
@@ -1316,7 +1315,9 @@ async def _t5(run: Run) -> Figures:
     rng = np.random.default_rng(cfg.seed + 5)
     w = tr.world
     now = time.time()
-    # synthetic auction outcomes (the bill agent needs the price of each clicked slot)
+    # synthetic auction outcomes, the clicks on them signed as a worker signs its winners (the clicks carry
+    # the price of their slot; the outcomes feed the aggregated features)
+    signer = run.cluster.settings().click_signer()
     n_outcomes = cfg.n_outcomes
     facts: list[Click] = []
     sends = []
@@ -1334,7 +1335,10 @@ async def _t5(run: Run) -> Figures:
         for win in winners:
             if rng.random() < 0.92:
                 c = Click(click_id=f"c-{qid}-{win.slot}", query_id=qid, listing_id=win.listing_id,
-                          shop_id=win.shop_id, user_id=outcome.user_id, ts=now - float(rng.uniform(0, 60)))
+                          shop_id=win.shop_id, user_id=outcome.user_id, ts=now - float(rng.uniform(0, 60)),
+                          slot=win.slot, price=win.price, shown_at=outcome.ts,
+                          token=signer.sign(qid, slot=win.slot, listing_id=win.listing_id, shop_id=win.shop_id,
+                                            price=win.price, shown_at=outcome.ts))
                 facts.append(c)
                 tr.truth.clicks[c.click_id] = ClickFact(c.click_id, c.shop_id, win.price, c.ts)
     await asyncio.gather(*sends)

@@ -2,8 +2,8 @@
 
 Each kind builds the raw ``(topic, key, value)`` of one record and the dead-letter ``reason`` the
 bidder must give it (:data:`bidder.decoding.REASONS`). Most are refused by the strict decoder; a few
-only by the worker, which knows the catalog and the auctions (``no_known_candidates``,
-``unknown_auction``, ``unattributed_purchase``, ``wrong_key``). Pure and seeded: the reliability
+only by the worker, which knows the catalog, the click token key and the clicks (``no_known_candidates``,
+``bad_token``, ``unattributed_purchase``, ``wrong_key``). Pure and seeded: the reliability
 harness (``streams/harness/chaos.py``) mixes them into live traffic and checks that every one lands in
 ``dead-letters`` exactly once with its reason, and that nothing valid does.
 
@@ -84,7 +84,8 @@ class HostileFactory:
         lid, sid = self._pick()
         return {"v": 1, "type": "click", "click_id": f"hc-{i}-{int(self.rng.integers(1 << 30))}",
                 "query_id": f"hq-none-{i}", "listing_id": lid, "shop_id": sid,
-                "user_id": int(self.rng.integers(1, 1000)), "ts": self.now}
+                "user_id": int(self.rng.integers(1, 1000)), "ts": self.now, "slot": 0, "price": 0.05,
+                "shown_at": self.now - 1.0, "token": f"forged{int(self.rng.integers(1 << 30)):016d}"}
 
     def _purchase(self, i: int) -> dict[str, Any]:
         lid, _ = self._pick()
@@ -379,9 +380,10 @@ def _k_wrong_event_type(f: HostileFactory, i: int) -> Built:
     return "purchases", b"1", _dumps(c), "wrong_event_type", True
 
 
-def _k_unknown_auction(f: HostileFactory, i: int) -> Built:
+def _k_forged_click_token(f: HostileFactory, i: int) -> Built:
+    # a click on a query that never ran, its token made up: no key signed it
     c = f._click(i)
-    return "clicks", _keyed("clicks", c, "shop_id"), _dumps(c), "unknown_auction", False
+    return "clicks", _keyed("clicks", c, "shop_id"), _dumps(c), "bad_token", False
 
 
 def _k_purchase_before_click(f: HostileFactory, i: int) -> Built:

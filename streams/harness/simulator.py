@@ -119,8 +119,8 @@ class Simulator:
         self.sent["outcomes"] += 1
         winners = outcome.get("winners", [])
         clicks: list[Click] = []
-        shown = [(int(w["listing_id"]), int(w["slot"]), int(w["shop_id"])) for w in winners]
-        known = [(lid, slot, shop, truth.listing_ids[lid]) for lid, slot, shop in shown if lid in truth.listing_ids]
+        shown = [(int(w["listing_id"]), int(w["slot"]), w) for w in winners]
+        known = [(lid, slot, w, truth.listing_ids[lid]) for lid, slot, w in shown if lid in truth.listing_ids]
         self.sent["winners_not_candidates"] += len(shown) - len(known)
         if not known:
             return clicks
@@ -132,14 +132,13 @@ class Simulator:
         else:
             delays = answer.purchase_delay_s
         qid = str(outcome["query_id"])
-        for j, (lid, slot, shop, _) in enumerate(known):
+        for j, (lid, slot, winner, _) in enumerate(known):
             clicked, bought = bool(answer.clicked[j]), bool(answer.bought[j])
             self.impressions.append(Impression(qid, lid, slot, float(answer.p_click[j]), float(truth.cvr[idx[j]]),
                                                clicked, bought))
             if not clicked:
                 continue
-            click = Click(click_id=f"c-{qid}-{slot}", query_id=qid, listing_id=lid, shop_id=shop,
-                          user_id=truth.user_id, ts=now)
+            click = Click.of_winner(outcome, winner, click_id=f"c-{qid}-{slot}", user_id=truth.user_id, ts=now)
             clicks.append(click)
             self.sent["clicks"] += 1
             if self.rng.random() < self.duplicate_click_rate:

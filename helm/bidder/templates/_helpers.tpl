@@ -80,6 +80,26 @@ come out in float notation (1000000, not 1e+06). kafka.tls adds the paths of the
 {{- toYaml $data -}}
 {{- end -}}
 
+{{/* The worker's click token keys, from a Secret (the topics Job has no use for them). */}}
+{{- define "bidder.clickTokenEnv" -}}
+{{- with .Values.clickToken -}}
+{{- if .existingSecret }}
+- name: BIDDER_CLICK_TOKEN_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret }}
+      key: {{ .key }}
+{{- if .previousKey }}
+- name: BIDDER_CLICK_TOKEN_PREVIOUS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret }}
+      key: {{ .previousKey }}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Env vars from Secrets (SASL password, optionally username), shared by worker and topics Job. */}}
 {{- define "bidder.secretEnv" -}}
 {{- with .Values.kafka.sasl -}}

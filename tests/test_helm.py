@@ -489,7 +489,7 @@ def test_every_value_reaches_the_app_as_a_setting(
     every = {f"BIDDER_{f.upper()}" for f in Settings.model_fields}
     assert set(data) | bidder_env == every
     assert not set(data) & bidder_env
-    assert bidder_env == {"BIDDER_SASL_PASSWORD"}
+    assert bidder_env == {f"BIDDER_{f.upper()}" for f in SECRET_FIELDS}
     assert all(isinstance(v, str) for v in data.values())
 
     got = _settings_in_subprocess(_container_env(worker, configmaps), tmp_path)
@@ -505,7 +505,10 @@ def test_every_value_reaches_the_app_as_a_setting(
     job_env = _container_env(job["spec"]["template"]["spec"]["containers"][0], configmaps)
     worker_env = _container_env(worker, configmaps)
     assert worker_env["OMP_NUM_THREADS"] == "1"  # extraEnv is for the worker only
-    assert job_env == {k: v for k, v in worker_env.items() if k.startswith("BIDDER_")}
+    # ... except the click token keys: only the workers sign and verify clicks
+    click_keys = {"BIDDER_CLICK_TOKEN_KEY", "BIDDER_CLICK_TOKEN_PREVIOUS_KEY"}
+    assert click_keys <= set(worker_env) and not click_keys & set(job_env)
+    assert job_env == {k: v for k, v in worker_env.items() if k.startswith("BIDDER_") and k not in click_keys}
 
 
 def test_defaults_reach_the_app(

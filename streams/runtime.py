@@ -38,7 +38,7 @@ __all__ = ["Runtime"]
 log = logging.getLogger(__name__)
 
 _LEAVE_S = 3.0
-"""how long an exit for a restart waits for the aggregator to leave its group"""
+"""how long an exit for a restart waits for the consumers outside Faust to leave their groups"""
 
 
 @dataclass

@@ -10,11 +10,12 @@ listings, shops, query ids and click ids and compares only those listings. Each 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -207,6 +208,17 @@ async def published(agg: Aggregator, *, timeout_s: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
+@contextlib.asynccontextmanager
+async def running(agg: Aggregator) -> AsyncIterator[Aggregator]:
+    """``agg`` started and its first assignment restored; stopped (publishing what it holds) at the end."""
+    await agg.start()
+    try:
+        await asyncio.wait_for(agg.ready.wait(), 20)
+        yield agg
+    finally:
+        await agg.stop()
+
+
 async def round_trip(agg: Aggregator, settings: Settings, bootstrap: str, records: list[Sent],
                      sent: list[Sent]) -> None:
     """Produce ``records`` (appended to ``sent``), then wait until ``agg`` folded everything sent and wrote it."""
@@ -244,14 +256,10 @@ async def test_the_published_copy_has_the_numbers_of_one_fold(bootstrap: str, se
     stats_topic = await new_stats_topic(settings, bootstrap)
     traffic = Traffic(seed=1)
     agg = Aggregator(settings, bootstrap=bootstrap, stats_topic=stats_topic)
-    await agg.start()
-    try:
-        await asyncio.wait_for(agg.ready.wait(), 20)
-        sent: list[Sent] = []
+    sent: list[Sent] = []
+    async with running(agg):
         for _ in range(8):  # batches enough for checkpoints and the ring to write their keys again
             await round_trip(agg, settings, bootstrap, traffic.generate(75), sent)
-    finally:
-        await agg.stop()
     assert agg.counts["batches"] >= 2 and agg.counts["send_failures"] == 0
     state = traffic.reference(sent, settings)
     assert agg.repeats >= state.counts["auctions_repeated"] + state.counts["conversions_repeated"] > 0
@@ -279,13 +287,9 @@ async def test_a_restarted_aggregator_counts_nothing_twice_and_loses_nothing(boo
     traffic.rng.shuffle(later)
     sent += await produce(settings, bootstrap, later)
     second = Aggregator(settings, bootstrap=bootstrap, stats_topic=stats_topic)
-    await second.start()
-    try:
-        await asyncio.wait_for(second.ready.wait(), 20)
+    async with running(second):
         assert second.counts["restores"] >= 1 and second.counts["remembered"] > 0
         await folded(second, ends=ends_of(sent))
-    finally:
-        await second.stop()
     await assert_same_numbers(settings, bootstrap, stats_topic, traffic, sent)
 
 
@@ -347,10 +351,8 @@ async def test_a_refused_snapshot_write_neither_loses_nor_double_counts(bootstra
     stats_topic = await new_stats_topic(settings, bootstrap)
     traffic = Traffic(seed=3)
     agg = Refusing(settings, bootstrap=bootstrap, stats_topic=stats_topic, raise_at=set(), fail_at=set())
-    await agg.start()
-    try:
-        await asyncio.wait_for(agg.ready.wait(), 20)
-        sent: list[Sent] = []
+    sent: list[Sent] = []
+    async with running(agg):
         for i in range(4):
             await round_trip(agg, settings, bootstrap, traffic.generate(150), sent)
             if i < 3:  # refuse writes of the batches to come, after some written
@@ -363,8 +365,6 @@ async def test_a_refused_snapshot_write_neither_loses_nor_double_counts(bootstra
             await round_trip(agg, settings, bootstrap, traffic.generate(20), sent)
         await folded(agg, ends=ends_of(sent))
         await published(agg)
-    finally:
-        await agg.stop()
     assert agg.calls > max(agg.raise_at | agg.fail_at), "the test refuses writes it never reached"
     assert agg.counts["send_failures"] >= 3 and agg.counts["restores"] > len(agg.marks())
     await assert_same_numbers(settings, bootstrap, stats_topic, traffic, sent)
@@ -391,14 +391,10 @@ async def test_a_fetch_folded_half_way_is_restored_not_lost(bootstrap: str, sett
     stats_topic = await new_stats_topic(settings, bootstrap)
     traffic = Traffic(seed=5)
     agg = FailingFolds(settings, bootstrap=bootstrap, stats_topic=stats_topic, fail=2)
-    await agg.start()
-    try:
-        await asyncio.wait_for(agg.ready.wait(), 20)
-        sent: list[Sent] = []
+    sent: list[Sent] = []
+    async with running(agg):
         for _ in range(4):
             await round_trip(agg, settings, bootstrap, traffic.generate(100), sent)
-    finally:
-        await agg.stop()
     assert agg.counts["fold_failures"] == 1 and agg.counts["restores"] > len(agg.marks())
     await assert_same_numbers(settings, bootstrap, stats_topic, traffic, sent)
 

@@ -182,8 +182,7 @@ def test_budget_views() -> None:
 def test_row_index_matches_catalog_rows(id_span: int, dense: bool) -> None:
     """Same answers as Catalog.rows in both snapshot forms (sorted ids, dense table), also after
     listings are added or withdrawn behind its back and for ids below, between and above the known."""
-    from bidder.query.catalog import Catalog
-    from bidder.query.pipeline import RowIndex
+    from bidder.query.catalog import Catalog, RowIndex
 
     rng = np.random.default_rng(0)
     cat = Catalog(capacity=8)

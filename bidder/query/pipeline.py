@@ -2,8 +2,8 @@
 
 Per call to :meth:`BidPipeline.process` (one or more queries, e.g. one ``take(batch, within)``):
 
-1. Candidate ids -> catalog rows (:class:`RowIndex`, the vectorised equivalent of ``Catalog.rows``);
-   unknown or inactive listings are skipped (``n_unknown``).
+1. Candidate ids -> catalog rows (:class:`~bidder.query.catalog.RowIndex`, the vectorised equivalent of
+   ``Catalog.rows``); unknown or inactive listings are skipped (``n_unknown``).
 2. ``features.gather`` of every query into one preallocated float32 buffer, one slice per query.
 3. One ONNX Runtime call for CTR and one for CVR over the whole buffer (several queries in flight are
    one bigger batch: that is how a GPU pays off; on CPU it costs nothing).
@@ -35,7 +35,7 @@ from bidder.query.features import FEATURE_SPEC, Priors, gather
 from bidder.query.rolling import RollingStats
 from bidder.query.scoring import Scorer
 
-__all__ = ["BidPipeline", "BudgetView", "RowIndex", "ScoreFn", "StaticBudget", "UnlimitedBudget"]
+__all__ = ["BidPipeline", "BudgetView", "ScoreFn", "StaticBudget", "UnlimitedBudget"]
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]

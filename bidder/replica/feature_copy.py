@@ -84,8 +84,9 @@ class FeatureCopy:
         self._partials: dict[Source, _Partial] = {}
         self._waiting: dict[tuple[str, int, int], ListingSnapshot] = {}
         self._listings_known = -1
-        self._index: RowIndex | None = None
         """``catalog.n_listings`` when the waiting snapshots were last tried"""
+        self._index: RowIndex | None = None
+        """listing id -> catalog row for the batches (built on first use, for the catalog it was given)"""
 
     @property
     def waiting(self) -> int:

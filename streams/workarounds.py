@@ -36,6 +36,8 @@ fetch_pacing_installed     a core. aiokafka's ``Fetcher._proc_fetch_request`` is
                            empty, early answer by the rule of :mod:`bidder.replica.fetch_pacing`;
                            ``tests/test_fetch_pacing.py`` pins the broker's behaviour and says when this can
                            go. Installed by the client factories of :mod:`streams.kafka_config`.
+fetches_sent               aiokafka counts no fetch requests; the paced fetch counts them (the replica
+                           probe reports fetches a second: each is a round of every assigned partition).
 exit_for_restart           a worker whose state can only be rebuilt from the topics (a failed ledger write,
                            a send failing for minutes, a stuck group, a crashed agent: faust-streaming
                            catches an agent's exception and keeps the process running, #324, #329) exits 70
@@ -57,8 +59,8 @@ from typing import Any, NoReturn
 from bidder.replica.fetch_pacing import FetchPacing
 
 __all__ = ["EXIT_RESTART", "aiokafka_producer", "committed_offsets", "exit_for_restart", "fail_queued",
-           "fetch_pacing_installed", "forget", "group_offsets", "install_fetch_pacing", "pace_consumer",
-           "refresh_metadata", "use_fetch_max_wait"]
+           "fetch_pacing_installed", "fetches_sent", "forget", "group_offsets", "install_fetch_pacing",
+           "pace_consumer", "refresh_metadata", "use_fetch_max_wait"]
 
 log = logging.getLogger(__name__)
 
@@ -136,12 +138,17 @@ def fetch_pacing_installed() -> FetchPacing | None:
     return policy
 
 
+def fetches_sent(consumer: Any) -> int:
+    """Fetch requests a started aiokafka consumer has sent since it started (0 before pacing is installed)."""
+    return int(getattr(consumer._fetcher, "_bidder_fetches", 0))
+
+
 def pace_consumer(consumer: Any, *, floor_s: float) -> None:
     """Give one started aiokafka consumer a higher floor than the process's policy: for readers that
     are not on a query's path (the replica, the catalog check), each poll of a busy broker is a fetch
     round of every assigned partition through aiokafka's Python protocol code. Measured at 50
-    queries/s: a 100 ms replica floor used ~15 % less worker CPU than 20 ms, but the attribute agent
-    waits for replica rounds one purchase at a time, so the default is 20 ms (``docs/realtime.md``)."""
+    queries/s: a 100 ms replica floor used ~15 % less worker CPU than 20 ms (``docs/realtime.md``); 100 ms
+    is the default (``BIDDER_REPLICA_FETCH_FLOOR_MS``)."""
     consumer._fetcher._bidder_floor_s = floor_s
 
 
@@ -158,6 +165,7 @@ def install_fetch_pacing(policy: FetchPacing) -> None:
         sent = time.monotonic()
         got = bool(await original(self, assignment, node_id, request))
         now = time.monotonic()
+        self._bidder_fetches = getattr(self, "_bidder_fetches", 0) + 1
         if got:
             self._bidder_last_data = now
             return got

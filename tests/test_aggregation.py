@@ -267,6 +267,20 @@ def test_an_older_snapshot_does_not_overwrite_a_newer_one() -> None:
     assert copy.stats.columns(np.array([0]), now=T0)[0].tolist() == [8.0]
 
 
+def test_the_copy_grows_past_its_first_rows_and_sources_in_any_order() -> None:
+    # the copy keeps every source in one table (rows x sources): rows past its first 1,024 arrive before and
+    # after a new source, and each row is still the sum of its sources' partials
+    cat = Catalog()
+    for listing_id in range(3_000):
+        cat.upsert_listing(listing_id, shop_id=7, price=20.0, category=1)
+    copy = FeatureCopy(half_life_s=HALF_LIFE)
+    copy.apply([snapshot(5, impressions=1.0, offset=1)], cat)
+    copy.apply([snapshot(2_500, impressions=2.0, offset=2, partition=1)], cat)  # new source and rows past 1,024
+    copy.apply([snapshot(5, impressions=4.0, offset=3, partition=2), snapshot(1_500, impressions=8.0, offset=4)], cat)
+    rows = np.array([cat.listing_row(i) or 0 for i in (5, 1_500, 2_500, 2_999)])
+    assert copy.stats.columns(rows, now=T0)[0].tolist() == [5.0, 8.0, 2.0, 0.0]
+
+
 def test_a_snapshot_of_an_unknown_listing_waits_for_the_catalog() -> None:
     cat = Catalog()
     cat.upsert_listing(103, shop_id=7, price=20.0, category=1)

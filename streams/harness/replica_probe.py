@@ -79,9 +79,9 @@ class FreshnessTap:
 
 
 def probe_report(*, records: int, cpu_s: float, wall_s: float, counts: Counter[str],
-                 freshness: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What the probe writes: records folded, CPU and wall seconds, CPU per record, state counts by kind, the
-    freshness of the copied features (None: folded, nothing copied).
+                 freshness: dict[str, Any] | None = None, rounds: int = 0, fetches: int = 0) -> dict[str, Any]:
+    """What the probe writes: records folded, CPU and wall seconds, CPU per record, fetch rounds and fetch requests
+    a second, state counts by kind, the freshness of the copied features (None: folded, nothing copied).
 
     >>> probe_report(records=1000, cpu_s=0.25, wall_s=10.0, counts=Counter(auctions=400))["cpu_us_per_record"]
     250.0
@@ -93,6 +93,8 @@ def probe_report(*, records: int, cpu_s: float, wall_s: float, counts: Counter[s
         "wall_s": round(wall_s, 3),
         "cpu_share_of_core": round(cpu_s / wall_s, 4) if wall_s > 0 else None,
         "cpu_us_per_record": round(cpu_s / records * 1e6, 1) if records else None,
+        "rounds_per_s": round(rounds / wall_s, 1) if wall_s > 0 else None,
+        "fetches_per_s": round(fetches / wall_s, 1) if wall_s > 0 else None,
         "counts": dict(counts),
         "freshness": freshness,
     }
@@ -110,7 +112,7 @@ async def run_probe(settings: Settings, *, bootstrap: str, out: Path) -> dict[st
     await replica.start()
     if tap is not None:
         tap.restart()
-    records0, counts0 = replica.records, Counter(state.counts)
+    records0, counts0, rounds0, fetches0 = replica.records, Counter(state.counts), replica.rounds, replica.fetches()
     cpu0, wall0 = time.process_time(), time.monotonic()
     await asyncio.to_thread(out.with_suffix(out.suffix + ".ready").write_text, "ready\n")
     try:
@@ -122,7 +124,8 @@ async def run_probe(settings: Settings, *, bootstrap: str, out: Path) -> dict[st
     counts.subtract(counts0)
     meter_cpu = 0.0 if tap is None else tap.cpu_s
     report = probe_report(records=replica.records - records0, cpu_s=cpu - meter_cpu, wall_s=wall, counts=+counts,
-                          freshness=None if tap is None else tap.report())
+                          freshness=None if tap is None else tap.report(), rounds=replica.rounds - rounds0,
+                          fetches=replica.fetches() - fetches0)
     await asyncio.to_thread(out.write_bytes, orjson.dumps(report))
     return report
 

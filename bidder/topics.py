@@ -3,7 +3,11 @@
 Money is owned per shop: ``clicks`` and the ``billing`` ledger are keyed by ``shop_id`` and have the
 same partition count, so one partition (one agent with ``concurrency=1``) owns a shop's budget.
 ``listings`` and ``shops`` are compacted: the latest record per key is the catalog. ``auctions`` keeps a
-week so clicks and purchases can be joined; ``labels`` and ``dead-letters`` keep a month.
+week so clicks and purchases can be joined; ``impressions``, ``labels`` and ``dead-letters`` keep a month.
+The online training data is two topics: ``impressions`` (one large record per auction outcome: every
+impression with its feature vector, a provisional negative) and ``labels`` (the small updates that correct
+them when a click or purchase arrives), so readers of the updates (every worker's replica, the aggregators)
+never fetch the examples.
 
 >>> TOPICS["clicks"].key
 'shop_id'
@@ -56,7 +60,11 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("auctions", "query_id", "delete", 7 * DAY_MS, doc="auction outcomes: 24 winners, prices"),
     TopicSpec("billing", "shop_id", "delete", 30 * DAY_MS,
               doc="the ledger: one line per click (charged / unbilled / duplicate)"),
-    TopicSpec("labels", "query_id", "delete", 30 * DAY_MS, doc="online training labels"),
+    TopicSpec("impressions", "query_id", "delete", 30 * DAY_MS,
+              doc="online training examples: per auction outcome its impressions with their features, provisional "
+                  "negatives"),
+    TopicSpec("labels", "query_id", "delete", 30 * DAY_MS,
+              doc="online label updates: a click or a purchase correcting an impression"),
     TopicSpec("listing-history", "listing_id", "compact", -1,
               doc="each listing's rolling counters folded before this deployment's records began"),
     TopicSpec("listing-stats", "batch_key", "compact", -1,

@@ -3,7 +3,7 @@
 =================  =============  ==========================================================  ===========
 agent              topic in       does                                                         out
 =================  =============  ==========================================================  ===========
-``bid``            queries        batches(batch_max) -> decode -> BidPipeline.process         auctions, labels
+``bid``            queries        batches(batch_max) -> decode -> BidPipeline.process         auctions, impressions
 ``bill``           clicks         charge once by click_id, clamp to budget (concurrency=1)     billing, labels
 ``attribute``      purchases      last click by buyer on listing within the window             labels
 (catalog check)     listings/shops validate, outside Faust (``streams/catalog_check.py``)        dead-letters
@@ -102,9 +102,10 @@ async def _write_outcome(rt: Runtime, q: Query, o: AuctionOutcome, source: Any, 
                                 price=w["price"], shown_at=o.ts)
     auction = await rt.out.send("auctions", TOPICS["auctions"].key_of(q), orjson.dumps(data, option=_NUMPY))
     rt.state.own_outcome(data)  # calibration matures this worker's own outcomes
-    # impressions become provisional negative examples right away (labels keyed by query)
-    labels = provisional_labels(data)
-    return [auction, await rt.out.send("labels", TOPICS["labels"].key_of(labels), orjson.dumps(labels, option=_NUMPY))]
+    # impressions become provisional negative examples right away, on a topic of their own (keyed by query)
+    examples = provisional_labels(data)
+    return [auction, await rt.out.send("impressions", TOPICS["impressions"].key_of(examples),
+                                       orjson.dumps(examples, option=_NUMPY))]
 
 
 # -- clicks -> billing -----------------------------------------------------------------------------

@@ -206,7 +206,7 @@ async def _log_first_publish(aggregator: Aggregator, *, timeout_s: float = 120.0
 async def _warm_producer(app: faust.App) -> None:
     """Fetch the output topics' metadata now: the first send to a topic waits for it otherwise."""
     producer = aiokafka_producer(app)
-    for topic in ("auctions", "labels", "billing", "dead-letters", "drift-alerts", "calibration-alerts"):
+    for topic in ("auctions", "impressions", "labels", "billing", "dead-letters", "drift-alerts", "calibration-alerts"):
         await producer.partitions_for(topic)
 
 

@@ -60,7 +60,7 @@ class OutputTally:
         self.records += 1
         self.last_record_at = time.monotonic()
         if topic == "labels" and value.startswith(IMPRESSIONS_PREFIX):
-            self.label_records += 1  # only conversions are added up from labels: skip the large record unparsed
+            self.label_records += 1  # an example on labels (written before impressions had a topic): skipped unparsed
             return
         rec: dict[str, Any] = orjson.loads(value)
         if topic == "auctions":

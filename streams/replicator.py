@@ -92,6 +92,8 @@ class Replicator:
         self._round_timeout_ms = max(settings.fetch_max_wait_ms, settings.replica_fetch_floor_ms, 5)
         self.ready = asyncio.Event()
         self.records = 0
+        self.value_bytes = 0
+        """bytes of the record values fetched (what the replica takes in, read or skipped)"""
         self.fold_errors = 0
         """records whose fold raised (a defect: ``BidderState.apply`` counts the unreadable ones itself)"""
         self.truncations = 0
@@ -168,6 +170,7 @@ class Replicator:
                     self._fold(tp, r.offset, r.value, now)
                     self._applied[tp] = r.offset + 1
                 self.records += len(records)
+                self.value_bytes += sum(max(r.serialized_value_size, 0) for r in records)
                 await asyncio.sleep(0)
             self._flush()
             if self.observer is not None:

@@ -1,7 +1,8 @@
-"""The loop end to end over Kafka: demo traffic -> the worker's ``labels`` topic -> ``dataset freeze --topic
-labels`` -> ``train`` -> ``promote`` -> hot swap in the running worker -> the new models serve.
+"""The loop end to end over Kafka: demo traffic -> the worker's ``impressions`` and ``labels`` topics -> ``dataset
+freeze --topic impressions --topic labels`` -> ``train`` -> ``promote`` -> hot swap in the running worker -> the
+new models serve.
 
-One embedded noida broker of its own (the ``labels`` topic must hold this loop's records only), one worker
+One embedded noida broker of its own (the label topics must hold this loop's records only), one worker
 serving a scratch copy of the shipped models (so a promotion writes a ``CHAMPION`` the worker polls), and
 the marketplace simulator answering outcomes with clicks and purchases, as ``bidder demo`` runs it. The
 click and attribution windows are shortened through the settings (30 s + 20 s) so labels mature within
@@ -185,8 +186,9 @@ def test_loop_over_kafka(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
             assert old == {t: json.loads((DEFAULT_MODEL_DIR / f"mlp_{t}.json").read_text())["version"]
                            for t in ("ctr", "cvr")}  # the shipped pair
 
-            # 2. dataset freeze --topic labels (maturity default: click + attribution window of the settings)
-            froze = bidder("dataset", "freeze", "--topic", "labels", "--root", ds_root)
+            # 2. dataset freeze from the examples and their updates (maturity default: click + attribution window
+            # of the settings)
+            froze = bidder("dataset", "freeze", "--topic", "impressions", "--topic", "labels", "--root", ds_root)
             assert froze.exit_code == 0, froze.output
             frozen = _last_json(froze.stdout)
             ds_id = frozen["id"]
@@ -194,11 +196,15 @@ def test_loop_over_kafka(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
             src, rows = data.entry["source"], data.entry["rows"]
             assert data.entry["maturity"]["mature_after_s"] == MATURE_S and src["kind"] == "topic"
 
-            # the topic again, independently, up to the offsets the freeze read
-            ends = {int(p): o for p, o in src["end_offsets"].items()}
-            labels = asyncio.run(_read(settings, bootstrap, "labels", below=ends))
-            assert len(labels) == sum(ends.values())
-            recs = [v for _, _, v in labels]
+            # the topics again, independently, up to the offsets the freeze read: the examples on impressions
+            # only, the updates on labels only
+            assert src["topics"] == ["impressions", "labels"]
+            recs = []
+            for topic, kind in (("impressions", "impressions"), ("labels", "label_update")):
+                ends = {int(p): o for p, o in src["end_offsets"][topic].items()}
+                read = asyncio.run(_read(settings, bootstrap, topic, below=ends))
+                assert len(read) == sum(ends.values()) > 0 and {v["type"] for _, _, v in read} == {kind}, topic
+                recs += [v for _, _, v in read]
             as_of = max(float(v["ts"]) for v in recs if v.get("ts") is not None)
             cut = as_of - MATURE_S
             imps = {ex["impression_id"]: float(v["ts"]) for v in recs if v["type"] == "impressions"

@@ -58,6 +58,9 @@ def test_the_probe_counts_what_it_folds_after_catching_up(bootstrap: str, settin
     assert report["counts"].get("auctions", 0) == 0
     assert report["cpu_s"] > 0 and report["cpu_us_per_record"] > 0
     assert report["wall_s"] >= 2.0
+    # the bytes it took in: at least the 50 clicks' values (the outcomes are not fetched at all)
+    taken_kb = report["value_kb_per_s"] * report["wall_s"]
+    assert taken_kb >= 0.95 * 50 * len(_click(f"{tag}-after-10")) / 1000.0
     # copied features (listing-stats): how fresh the copy is; folded from the raw records: nothing to measure
     assert report["freshness"] is None or {"count", "p50_ms", "p99_ms", "max_ms", "pending"} <= set(report["freshness"])
 

@@ -69,8 +69,8 @@ def test_shadow_scores_beside_the_champion_and_is_judged_online(settings: Settin
                 world=WorldConfig(n_shops=20, n_listings=2000, n_users=400), n_candidates=100,
                 purchase_delay_mean_s=0.5, after_catalog=start_worker, on_tick=tick, drain_s=8.0))
             assert stopped_at, "the simulation ended before the shadow was stopped"
-            recs = asyncio.run(read_until(settings, broker.bootstrap, ["auctions", "labels", "calibration-alerts"],
-                                          lambda rs: False, timeout_s=8.0))
+            topics = ["auctions", "impressions", "labels", "calibration-alerts"]
+            recs = asyncio.run(read_until(settings, broker.bootstrap, topics, lambda rs: False, timeout_s=8.0))
             status, metrics = workers[0].get("/metrics")
         finally:
             for w in workers:
@@ -95,8 +95,8 @@ def test_shadow_scores_beside_the_champion_and_is_judged_online(settings: Settin
     late = [o for o in outcomes if o["ts"] > stopped_at["t"] + 3.0]
     assert late and not any("shadow" in o for o in late)
 
-    # labels carry the shadow's predictions per impression
-    labels = [v for t, v, _ in recs if t == "labels" and v and v.get("type") == "impressions"]
+    # the examples carry the shadow's predictions per impression
+    labels = [v for t, v, _ in recs if t == "impressions" and v and v.get("type") == "impressions"]
     by_query = {o["query_id"]: o for o in shadowed}
     checked = 0
     for rec in labels:
@@ -117,7 +117,8 @@ def test_shadow_scores_beside_the_champion_and_is_judged_online(settings: Settin
     assert status == 200 and 'role="shadow"' in metrics and "bidder_calibration_ratio" in metrics
 
     # the online scoreboard: shadow and serving on the same matured impressions
-    fold = fold_online([v for t, v, _ in recs if t == "labels" and v], as_of=time.time(), mature_after_s=6.0)
+    fold = fold_online([v for t, v, _ in recs if t in ("impressions", "labels") and v], as_of=time.time(),
+                       mature_after_s=6.0)
     rows = {(r.target, r.name): r.metrics for r in online_rows(fold)}
     s_row = rows[("ctr", f"shadow {shadow_versions['ctr']}")]
     vs_row = rows[("ctr", f"serving {champion.versions['ctr']} (vs shadow)")]

@@ -19,11 +19,12 @@ from tests.kafka_helpers import read_until
 
 def test_topic_declarations() -> None:
     names = {t.name for t in ALL_TOPICS}
-    assert names == {"queries", "listings", "shops", "clicks", "purchases", "auctions", "billing", "labels",
-                     "listing-history", "listing-stats", "drift-alerts", "calibration-alerts", "dead-letters"}
+    assert names == {"queries", "listings", "shops", "clicks", "purchases", "auctions", "billing", "impressions",
+                     "labels", "listing-history", "listing-stats", "drift-alerts", "calibration-alerts", "dead-letters"}
     compacted = {t.name for t in ALL_TOPICS if t.cleanup_policy == "compact"}
     assert compacted == {"listings", "shops", "listing-history", "listing-stats"}
     assert TOPICS["clicks"].key == TOPICS["billing"].key == "shop_id"
+    assert TOPICS["impressions"].key == TOPICS["labels"].key == "query_id"  # a query's example and updates together
 
 
 def test_create_topics_is_idempotent(bootstrap: str, settings: Settings) -> None:

@@ -71,11 +71,15 @@ def test_query_priced_and_click_charged_once(worker: Any, bootstrap: str, settin
     # a purchase by the same buyer on that listing is attributed to the click
     order = Purchase(order_id=f"{tag}-o", user_id=42, listing_id=top["listing_id"], ts=time.time(), amount=9.5)
     asyncio.run(send_raw(settings, bootstrap, [("purchases", b"42", encode(order))]))
-    labels = asyncio.run(read_until(settings, bootstrap, ["labels"], lambda rs: any(
-        v and v.get("order_id") == order.order_id for _, v, _ in rs)))
-    mine = [v for _, v, _ in labels if v and v.get("query_id") == q.query_id]
-    assert any(v["type"] == "impressions" and len(v["examples"]) == len(winners) for v in mine)
-    update = next(v for v in mine if v.get("order_id") == order.order_id)
+    labels = asyncio.run(read_until(settings, bootstrap, ["impressions", "labels"], lambda rs: any(
+        v and v.get("order_id") == order.order_id for _, v, _ in rs) and any(
+        v and v.get("type") == "impressions" and v.get("query_id") == q.query_id for _, v, _ in rs)))
+    mine = [(t, v) for t, v, _ in labels if v and v.get("query_id") == q.query_id]
+    # the examples on impressions, the updates on labels: nothing of one on the other
+    assert [len(v["examples"]) for t, v in mine if v["type"] == "impressions"] == [len(winners)]
+    assert {t for t, v in mine if v["type"] == "impressions"} == {"impressions"}
+    assert {t for t, v in mine if v["type"] == "label_update"} == {"labels"}
+    update = next(v for _, v in mine if v.get("order_id") == order.order_id)
     assert update["clicked"] == 1 and update["converted"] == 1 and update["click_id"] == click.click_id
 
 

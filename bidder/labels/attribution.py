@@ -1,13 +1,14 @@
 """Online labels: impressions become training examples; clicks and purchases correct them.
 
-Every auction outcome yields one ``labels`` record holding its impressions as provisional negatives
+Every auction outcome yields one ``impressions`` record holding its impressions as provisional negatives
 (``clicked=0, converted=0, label_version=0``) with the features exactly as served (and, while a
 shadow model runs, its predictions: ``shadow_versions``, per example ``shadow_pctr``/``shadow_pcvr``). A charged or
 unbilled click emits an update ``clicked=1`` (version 1); a purchase attributed to the buyer's last
-click on that listing within the attribution window emits ``converted=1`` (version 2). Consumers
-keep, per ``impression_id``, the highest version; a label has matured once its impression is older
-than the attribution window. Records are keyed by ``query_id`` so one query's example and its
-updates stay in order in one partition.
+click on that listing within the attribution window emits ``converted=1`` (version 2); the updates go to
+``labels``, a topic of their own, so the readers of updates alone (every worker's replica, the aggregators)
+never fetch the examples. Consumers of the training data read both topics and keep, per ``impression_id``,
+the highest version; a label has matured once its impression is older than the attribution window. Both
+topics are keyed by ``query_id``.
 
 >>> idx = ClickIndex(window_s=600.0)
 >>> idx.add(user_id=5, listing_id=103, ts=10.0, click_id="c1", query_id="q1", slot=2)
@@ -68,12 +69,13 @@ class ClickIndex:
 
 
 IMPRESSIONS_PREFIX = b'{"v":1,"type":"impressions"'
-"""how ``orjson.dumps(provisional_labels(...))`` starts (key order is insertion order): readers that need
-only label updates skip the large impression records unparsed"""
+"""how ``orjson.dumps(provisional_labels(...))`` starts (key order is insertion order). Such records are on
+``impressions``; ``labels`` held them too before the two were split, so readers of updates still skip a record
+that starts this way unparsed (a ``labels`` topic written by an older release)."""
 
 
 def provisional_labels(outcome: dict[str, Any]) -> dict[str, Any]:
-    """The ``labels`` record for one auction outcome: every impression a provisional negative."""
+    """The ``impressions`` record for one auction outcome: every impression a provisional negative."""
     qid = str(outcome["query_id"])
     shadow = outcome.get("shadow") or {}
     record = {

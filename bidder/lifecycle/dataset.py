@@ -1,8 +1,9 @@
 """Frozen datasets: matured labels folded into content-hashed Parquet files with a time-based split.
 
-Source: ``labels`` records (:mod:`bidder.labels.attribution`), from the topic or a JSONL dump, as an
-iterable of dicts. ``"impressions"`` records carry one example per served slot (features as served,
-provisional ``clicked=0, converted=0``); ``"label_update"`` records correct one ``impression_id``.
+Source: label records (:mod:`bidder.labels.attribution`), from the topics (:data:`LABEL_TOPICS`) or a JSONL
+dump, as an iterable of dicts. ``"impressions"`` records (the ``impressions`` topic) carry one example per
+served slot (features as served, provisional ``clicked=0, converted=0``); ``"label_update"`` records (the
+``labels`` topic) correct one ``impression_id``.
 
 Folding rules (:func:`fold_labels`):
 
@@ -51,7 +52,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,11 +67,13 @@ if TYPE_CHECKING:
     from bidder.settings import Settings
 
 __all__ = [
+    "LABEL_TOPICS",
     "SHADOW_COLUMNS",
     "DatasetCorruptError",
     "Fold",
     "Frame",
     "FrozenDataset",
+    "MissingExamplesError",
     "TopicSnapshot",
     "Window",
     "fold_labels",
@@ -78,7 +81,7 @@ __all__ = [
     "jsonl_source",
     "load",
     "read_jsonl",
-    "read_labels_topic",
+    "read_label_topics",
     "read_topic_snapshot",
     "records_from_traffic",
     "simulator_source",
@@ -527,10 +530,29 @@ def read_topic_snapshot(bootstrap: str, *, settings: Settings | None = None, top
         loop.close()
 
 
-def read_labels_topic(bootstrap: str, *, settings: Settings | None = None, topic: str = "labels",
-                      idle_polls: int = 3) -> list[dict[str, Any]]:
-    """The records of :func:`read_topic_snapshot` (undecodable records are skipped)."""
-    return read_topic_snapshot(bootstrap, settings=settings, topic=topic, idle_polls=idle_polls).records
+LABEL_TOPICS: tuple[str, ...] = ("impressions", "labels")
+"""the online training data: the examples, then the updates that correct them (:mod:`bidder.topics`)"""
+
+
+class MissingExamplesError(ValueError):
+    """Label updates were read but not one example: the topics given leave out ``impressions``."""
+
+
+def read_label_topics(bootstrap: str, *, settings: Settings | None = None,
+                      topics: Sequence[str] = LABEL_TOPICS, idle_polls: int = 3) -> list[TopicSnapshot]:
+    """:func:`read_topic_snapshot` of each of ``topics``, one after the other. The examples are read first:
+    an update written meanwhile may then be read without its impression (an orphan, dropped by the fold),
+    but every update of an impression read is older than the read of ``labels``, so a matured example is
+    never frozen without the updates it had (they come within the maturity after their impression).
+
+    Raises :class:`MissingExamplesError` when updates were read and no example (``--topic labels`` alone)."""
+    snaps = [read_topic_snapshot(bootstrap, settings=settings, topic=t, idle_polls=idle_polls) for t in topics]
+    kinds = {r.get("type") for snap in snaps for r in snap.records}
+    if "label_update" in kinds and "impressions" not in kinds:
+        raise MissingExamplesError(
+            f"{', '.join(topics)} hold label updates but no example: the examples are on the impressions topic "
+            f"(read {' and '.join(LABEL_TOPICS)})")
+    return snaps
 
 
 def records_from_traffic(log: Any, *, query_prefix: str = "sim") -> Iterator[dict[str, Any]]:
@@ -568,15 +590,18 @@ SIMULATIONS = ("small", "medium", "full")
 
 
 def jsonl_source(path: Path) -> Source:
-    """The records of a JSONL dump of the labels topic."""
+    """The records of a JSONL dump of the label topics (impressions and updates, in any order)."""
     return read_jsonl(path), {"kind": "jsonl", "path": str(path)}
 
 
-def topic_source(bootstrap: str, *, settings: Settings, topic: str) -> Source:
-    """Everything in ``topic`` from the beginning up to its end offsets now."""
-    snap = read_topic_snapshot(bootstrap, settings=settings, topic=topic)
-    return snap.records, {"kind": "topic", "topic": topic, "bootstrap": bootstrap,
-                          "end_offsets": {str(p): o for p, o in snap.end_offsets.items()}, "not_objects": snap.skipped}
+def topic_source(bootstrap: str, *, settings: Settings, topics: Sequence[str] = LABEL_TOPICS) -> Source:
+    """Everything in ``topics`` from the beginning up to their end offsets now (:func:`read_label_topics`);
+    the manifest records each topic's end offsets."""
+    snaps = read_label_topics(bootstrap, settings=settings, topics=topics)
+    return [r for snap in snaps for r in snap.records], {
+        "kind": "topic", "topics": [snap.topic for snap in snaps], "bootstrap": bootstrap,
+        "end_offsets": {snap.topic: {str(p): o for p, o in snap.end_offsets.items()} for snap in snaps},
+        "not_objects": sum(snap.skipped for snap in snaps)}
 
 
 def simulator_source(size: str, *, seed: int) -> Source:

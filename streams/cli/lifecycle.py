@@ -41,8 +41,11 @@ def dataset() -> None:
 
 
 @dataset.command("freeze")
-@click.option("--labels", type=click.Path(path_type=Path), default=None, help="JSONL dump of the labels topic")
-@click.option("--topic", default=None, help="read this topic from the beginning (BIDDER_KAFKA_BOOTSTRAP)")
+@click.option("--labels", type=click.Path(path_type=Path), default=None,
+              help="JSONL dump of the label topics (impressions and updates)")
+@click.option("--topic", multiple=True, metavar="NAME",
+              help="read this topic from the beginning (BIDDER_KAFKA_BOOTSTRAP; repeatable: the online labels are "
+                   "--topic impressions --topic labels)")
 @click.option("--simulate", type=click.Choice(["small", "medium", "full"]), default=None,
               help="offline simulator traffic (onnx_models.traffic), with the oracle")
 @click.option("--seed", type=int, default=7, show_default=True)
@@ -53,10 +56,10 @@ def dataset() -> None:
 @click.option("--mature-after-s", type=float, default=None,
               help="default: click_window_s + attribution_window_s from the settings")
 @click.pass_context
-def dataset_freeze(ctx: click.Context, labels: Path | None, topic: str | None, simulate: str | None, seed: int,
+def dataset_freeze(ctx: click.Context, labels: Path | None, topic: tuple[str, ...], simulate: str | None, seed: int,
                    root: Path, train_frac: float, train_hours: float | None, test_hours: float | None,
                    mature_after_s: float | None) -> None:
-    """Fold matured labels into a frozen dataset; one source: --labels FILE | --topic NAME | --simulate SIZE."""
+    """Fold matured labels into a frozen dataset; one source: --labels FILE | --topic NAME... | --simulate SIZE."""
     from bidder.lifecycle import dataset as ds
 
     settings: Settings = ctx.obj
@@ -64,10 +67,13 @@ def dataset_freeze(ctx: click.Context, labels: Path | None, topic: str | None, s
     mature = settings.click_window_s + settings.attribution_window_s if mature_after_s is None else mature_after_s
     if labels is not None:
         source = ds.jsonl_source(labels)
-    elif topic is not None:
+    elif topic:
         if not settings.kafka_bootstrap:
             raise click.UsageError("--topic needs BIDDER_KAFKA_BOOTSTRAP")
-        source = ds.topic_source(settings.kafka_bootstrap, settings=settings, topic=topic)
+        try:
+            source = ds.topic_source(settings.kafka_bootstrap, settings=settings, topics=topic)
+        except ds.MissingExamplesError as err:
+            raise click.UsageError(str(err)) from err
     else:
         source = ds.simulator_source(str(simulate), seed=seed)
         mature = 0.0 if mature_after_s is None else mature_after_s  # offline labels are final
@@ -150,8 +156,8 @@ def train_models(family: str, seed: int, out: Path | None, small: bool) -> None:
     click.echo(f"done in {time.perf_counter() - t0:.1f} s", err=True)
 
 
-@click.command(epilog="--online (--topic labels | --labels FILE): serving and shadow model versions on live "
-                      "labels instead of a frozen dataset's runs.")
+@click.command(epilog="--online (--topic impressions --topic labels | --labels FILE): serving and shadow model "
+                      "versions on live labels instead of a frozen dataset's runs.")
 @click.option("--dataset", "dataset_id", default=None, help="frozen dataset id (offline; required without --online)")
 @_datasets_root
 @_runs
@@ -162,22 +168,24 @@ def train_models(family: str, seed: int, out: Path | None, small: bool) -> None:
               help="also score this ONNX pair on the test set, e.g. onnx_models:mlp (repeatable)")
 @click.option("--served", is_flag=True, help="also score the predictions the test rows were served with")
 @click.option("--online", is_flag=True, help="online metrics per model version (serving and shadow) from labels")
-@click.option("--topic", default=None,
-              help="online: read this labels topic from the beginning (BIDDER_KAFKA_BOOTSTRAP)")
-@click.option("--labels", type=click.Path(path_type=Path), default=None, help="online: JSONL dump of the labels topic")
+@click.option("--topic", multiple=True, metavar="NAME",
+              help="online: read this topic from the beginning (BIDDER_KAFKA_BOOTSTRAP; repeatable: the online labels "
+                   "are --topic impressions --topic labels)")
+@click.option("--labels", type=click.Path(path_type=Path), default=None,
+              help="online: JSONL dump of the label topics (impressions and updates)")
 @click.option("--mature-after-s", type=float, default=None,
               help="online: judge impressions at least this old (default: click window + attribution window)")
 @click.option("--as-of", type=float, default=None, help="online: event time of 'now' (default: the wall clock)")
 @click.pass_context
 def scoreboard(ctx: click.Context, dataset_id: str | None, datasets_root: Path, runs: Path, plot_path: Path | None,
-               trials: bool, models: tuple[str, ...], served: bool, online: bool, topic: str | None,
+               trials: bool, models: tuple[str, ...], served: bool, online: bool, topic: tuple[str, ...],
                labels: Path | None, mature_after_s: float | None, as_of: float | None) -> None:
     """Every recorded run on a frozen test set, side by side, with the oracle; table and plot. With --online,
     the serving and shadow model versions on live labels; exit 1 when no impression matured yet."""
     if online:
         if dataset_id or trials or models or served:
             raise click.UsageError("--dataset, --trials, --models and --served are offline: not with --online")
-        _online_board(ctx.obj, topic=topic, labels=labels, mature_after_s=mature_after_s, as_of=as_of,
+        _online_board(ctx.obj, topics=topic, labels=labels, mature_after_s=mature_after_s, as_of=as_of,
                       plot_path=plot_path)
         return
     only_with(ctx.params, "online", "topic", "labels", "mature_after_s", "as_of")
@@ -199,20 +207,24 @@ def scoreboard(ctx: click.Context, dataset_id: str | None, datasets_root: Path, 
     click.echo(f"plot: {sb.plot(rows, plot_path or Path('scoreboard.png'), title=title)}")
 
 
-def _online_board(settings: Settings, *, topic: str | None, labels: Path | None, mature_after_s: float | None,
+def _online_board(settings: Settings, *, topics: tuple[str, ...], labels: Path | None, mature_after_s: float | None,
                   as_of: float | None, plot_path: Path | None) -> None:
     from bidder.lifecycle import dataset as ds
     from bidder.lifecycle.online_board import board_title, fold_online, online_rows
     from bidder.lifecycle.scoreboard import plot, render
 
-    one_of({"topic": topic, "labels": labels}, "topic", "labels")
+    one_of({"topic": topics, "labels": labels}, "topic", "labels")
     records: Iterable[Mapping[str, Any]]
     if labels is not None:
         records = ds.read_jsonl(labels)
     elif not settings.kafka_bootstrap:
         raise click.UsageError("--topic needs BIDDER_KAFKA_BOOTSTRAP")
     else:
-        records = ds.read_labels_topic(settings.kafka_bootstrap, settings=settings, topic=str(topic))
+        try:
+            snaps = ds.read_label_topics(settings.kafka_bootstrap, settings=settings, topics=topics)
+        except ds.MissingExamplesError as err:
+            raise click.UsageError(str(err)) from err
+        records = [r for snap in snaps for r in snap.records]
     mature = settings.click_window_s + settings.attribution_window_s if mature_after_s is None else mature_after_s
     fold = fold_online(records, as_of=wall_clock() if as_of is None else as_of, mature_after_s=mature)
     rows, title = online_rows(fold), board_title(fold)

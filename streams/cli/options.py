@@ -19,9 +19,9 @@ def _flag(name: str) -> str:
 
 
 def one_of(params: Mapping[str, Any], *names: str, required: bool = True) -> str | None:
-    """The one of ``names`` given (not None, not False) in ``params``; a :class:`click.UsageError` when several
-    are, or when none is and ``required``."""
-    given = [n for n in names if params.get(n) not in (None, False)]
+    """The one of ``names`` given (not None, False or empty) in ``params``; a :class:`click.UsageError` when
+    several are, or when none is and ``required``."""
+    given = [n for n in names if params.get(n) not in (None, False, ())]
     flags = " | ".join(_flag(n) for n in names)
     if len(given) > 1:
         raise click.UsageError(f"{' and '.join(_flag(n) for n in given)} exclude each other: pass one of {flags}")

@@ -72,7 +72,7 @@ __all__ = ["SCENARIOS", "Cluster", "Figures", "Run", "ScenarioConfig", "Traffic"
            "verify"]
 
 INPUT_TOPICS = ("queries", "clicks", "purchases", "listings", "shops")
-OUTPUT_TOPICS = ("auctions", "billing", "dead-letters", "labels")
+OUTPUT_TOPICS = ("auctions", "billing", "dead-letters", "impressions", "labels")
 FAUST_GROUP, CATALOG_GROUP = "", "-catalog"  # group id suffixes after the app id (streams/catalog_check.py)
 log = logging.getLogger(__name__)
 _SKIP_LINE = re.compile(r"skipped by a fetch; (\d+) fetched again, (\d+) absent")
@@ -740,7 +740,7 @@ def _fold_output(out: Outputs, tp: TopicPartition, value: bytes) -> None:
         where = (str(rec["source_topic"]), int(rec["partition"]), int(rec["offset"]))
         out.dead[where].append(str(rec["reason"]))
         out.dead_meta[where] = {k: rec.get(k) for k in ("truncated", "value_size", "value_sha256")}
-    elif tp.topic == "labels":
+    elif tp.topic in ("impressions", "labels"):
         out.label_records += 1
         if rec.get("type") == "impressions":
             key: tuple[Any, ...] = ("impressions", rec["query_id"])

@@ -79,9 +79,11 @@ class FreshnessTap:
 
 
 def probe_report(*, records: int, cpu_s: float, wall_s: float, counts: Counter[str],
-                 freshness: dict[str, Any] | None = None, rounds: int = 0, fetches: int = 0) -> dict[str, Any]:
+                 freshness: dict[str, Any] | None = None, rounds: int = 0, fetches: int = 0,
+                 value_bytes: int = 0) -> dict[str, Any]:
     """What the probe writes: records folded, CPU and wall seconds, CPU per record, fetch rounds and fetch requests
-    a second, state counts by kind, the freshness of the copied features (None: folded, nothing copied).
+    a second, kilobytes of record values a second, state counts by kind, the freshness of the copied features
+    (None: folded, nothing copied).
 
     >>> probe_report(records=1000, cpu_s=0.25, wall_s=10.0, counts=Counter(auctions=400))["cpu_us_per_record"]
     250.0
@@ -95,6 +97,7 @@ def probe_report(*, records: int, cpu_s: float, wall_s: float, counts: Counter[s
         "cpu_us_per_record": round(cpu_s / records * 1e6, 1) if records else None,
         "rounds_per_s": round(rounds / wall_s, 1) if wall_s > 0 else None,
         "fetches_per_s": round(fetches / wall_s, 1) if wall_s > 0 else None,
+        "value_kb_per_s": round(value_bytes / 1000.0 / wall_s, 1) if wall_s > 0 else None,
         "counts": dict(counts),
         "freshness": freshness,
     }
@@ -113,6 +116,7 @@ async def run_probe(settings: Settings, *, bootstrap: str, out: Path) -> dict[st
     if tap is not None:
         tap.restart()
     records0, counts0, rounds0, fetches0 = replica.records, Counter(state.counts), replica.rounds, replica.fetches()
+    bytes0 = replica.value_bytes
     cpu0, wall0 = time.process_time(), time.monotonic()
     await asyncio.to_thread(out.with_suffix(out.suffix + ".ready").write_text, "ready\n")
     try:
@@ -125,7 +129,7 @@ async def run_probe(settings: Settings, *, bootstrap: str, out: Path) -> dict[st
     meter_cpu = 0.0 if tap is None else tap.cpu_s
     report = probe_report(records=replica.records - records0, cpu_s=cpu - meter_cpu, wall_s=wall, counts=+counts,
                           freshness=None if tap is None else tap.report(), rounds=replica.rounds - rounds0,
-                          fetches=replica.fetches() - fetches0)
+                          fetches=replica.fetches() - fetches0, value_bytes=replica.value_bytes - bytes0)
     await asyncio.to_thread(out.write_bytes, orjson.dumps(report))
     return report
 

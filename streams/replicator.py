@@ -119,6 +119,9 @@ class Replicator:
             if earliest is not None:
                 self.state.history_begins(earliest)
         await self.wait_caught_up()
+        # caught up: from now on one fetch per floor, data or not (a tailing replica fetched again after
+        # every record; its CPU is per fetch); the backlog above was read at full speed
+        pace_consumer(consumer, floor_s=self._settings.replica_fetch_floor_ms / 1000.0, busy=True)
         self.ready.set()
         log.info("replica ready: %s", dict(self.state.counts))
 

@@ -33,7 +33,9 @@ fail_queued                aiokafka has no public way to drop what a producer ha
 install_fetch_pacing,      the embedded default broker (noida-db 0.2.3) answers an empty fetch at once instead
 pace_consumer,             of holding it for ``fetch.max.wait.ms``: an idle aiokafka consumer spun at ~95 % of
 fetch_pacing_installed     a core. aiokafka's ``Fetcher._proc_fetch_request`` is wrapped to pause after an
-                           empty, early answer by the rule of :mod:`bidder.replica.fetch_pacing`;
+                           empty, early answer by the rule of :mod:`bidder.replica.fetch_pacing`
+                           (``pace_consumer(busy=True)``: also before a fetch sent sooner than a floor after
+                           the last, for a tailing replica whose CPU is per fetch);
                            ``tests/test_fetch_pacing.py`` pins the broker's behaviour and says when this can
                            go. Installed by the client factories of :mod:`streams.kafka_config`.
 fetches_sent               aiokafka counts no fetch requests; the paced fetch counts them (the replica
@@ -143,13 +145,20 @@ def fetches_sent(consumer: Any) -> int:
     return int(getattr(consumer._fetcher, "_bidder_fetches", 0))
 
 
-def pace_consumer(consumer: Any, *, floor_s: float) -> None:
+def pace_consumer(consumer: Any, *, floor_s: float, busy: bool = False) -> None:
     """Give one started aiokafka consumer a higher floor than the process's policy: for readers that
     are not on a query's path (the replica, the catalog check), each poll of a busy broker is a fetch
     round of every assigned partition through aiokafka's Python protocol code. Measured at 50
     queries/s: a 100 ms replica floor used ~15 % less worker CPU than 20 ms (``docs/realtime.md``); 100 ms
-    is the default (``BIDDER_REPLICA_FETCH_FLOOR_MS``)."""
+    is the default (``BIDDER_REPLICA_FETCH_FLOOR_MS``).
+
+    ``busy``: the floor holds after fetches that brought data too: a fetch is sent at least ``floor_s`` after
+    the one before it (the pause comes before sending, so records already fetched are handed over at once).
+    A tailing replica otherwise fetches again at once after each record, ~20 times a second at 100 queries/s
+    whatever the floor, and its CPU is per fetch (``docs/capacity.md``). Not for catching up: a backlog is
+    read one fetch per ``floor_s``."""
     consumer._fetcher._bidder_floor_s = floor_s
+    consumer._fetcher._bidder_busy_floor_s = floor_s if busy else None
 
 
 def install_fetch_pacing(policy: FetchPacing) -> None:
@@ -162,7 +171,16 @@ def install_fetch_pacing(policy: FetchPacing) -> None:
     original = Fetcher._proc_fetch_request
 
     async def paced(self: Any, assignment: Any, node_id: int, request: Any) -> bool:
+        busy_floor = getattr(self, "_bidder_busy_floor_s", None)
+        if busy_floor is not None:  # pace_consumer(busy=True): one fetch per floor, data or not
+            wait = getattr(self, "_bidder_last_sent", 0.0) + busy_floor - time.monotonic()
+            if wait > 0.0:
+                try:
+                    await asyncio.sleep(wait)
+                except asyncio.CancelledError:
+                    return False
         sent = time.monotonic()
+        self._bidder_last_sent = sent
         got = bool(await original(self, assignment, node_id, request))
         now = time.monotonic()
         self._bidder_fetches = getattr(self, "_bidder_fetches", 0) + 1

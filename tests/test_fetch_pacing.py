@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from bidder.replica.fetch_pacing import FetchPacing
 from bidder.settings import Settings
 from streams.kafka_config import aiokafka_consumer_kwargs, aiokafka_producer_kwargs
-from streams.workarounds import fetch_pacing_installed
+from streams.workarounds import fetch_pacing_installed, fetches_sent, pace_consumer
 from tests.test_gap_repair import new_topic
 
 # --- the rule ----------------------------------------------------------------------------------------
@@ -144,3 +144,44 @@ def test_a_record_reaches_an_idle_paced_consumer(settings: Settings, bootstrap: 
             await consumer.stop()
 
     assert asyncio.run(run()) == [b"after-a-quiet-spell"]
+
+
+@pytest.mark.broker
+def test_a_busy_paced_consumer_fetches_at_most_once_per_floor_and_gets_every_record(settings: Settings,
+                                                                                    bootstrap: str) -> None:
+    """``pace_consumer(busy=True)`` (the replica once caught up): a record every ~10 ms, and still one fetch per
+    floor at most. Without it a fetch that brought data is followed by another at once (about twice as many on
+    noida, where that one comes back empty and then waits the floor)."""
+    floor_s = 0.1
+
+    async def run() -> tuple[int, float, list[bytes]]:
+        topic = await new_topic(settings, bootstrap)
+        consumer = await _consumer(settings, bootstrap, topic)
+        producer = AIOKafkaProducer(**aiokafka_producer_kwargs(settings, bootstrap=bootstrap))
+        await producer.start()
+        sent = [f"r{i}".encode() for i in range(150)]
+
+        async def produce() -> None:
+            for value in sent:
+                await producer.send_and_wait(topic, value, key=b"k")
+                await asyncio.sleep(0.01)
+
+        try:
+            pace_consumer(consumer, floor_s=floor_s, busy=True)
+            out: list[bytes] = []
+            fetches0, t0 = fetches_sent(consumer), time.monotonic()
+            producing = asyncio.create_task(produce())
+            deadline = t0 + 60
+            while len(out) < len(sent) and time.monotonic() < deadline:
+                for records in (await consumer.getmany(timeout_ms=200)).values():
+                    out.extend(r.value for r in records if r.value is not None)
+            await producing
+            return fetches_sent(consumer) - fetches0, time.monotonic() - t0, out
+        finally:
+            await producer.stop()
+            await consumer.stop()
+
+    fetches, wall_s, out = asyncio.run(run())
+    print(f"{fetches} fetches in {wall_s:.2f} s for {len(out)} records")
+    assert out == [f"r{i}".encode() for i in range(150)]  # every record, in order
+    assert fetches <= wall_s / floor_s + 2

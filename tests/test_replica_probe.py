@@ -58,6 +58,8 @@ def test_the_probe_counts_what_it_folds_after_catching_up(bootstrap: str, settin
     assert report["counts"].get("auctions", 0) == 0
     assert report["cpu_s"] > 0 and report["cpu_us_per_record"] > 0
     assert report["wall_s"] >= 2.0
+    # caught up, it fetches at most once per floor, data or not (50 clicks in a burst, then quiet)
+    assert 0 < report["fetches_per_s"] <= 1000.0 / settings.replica_fetch_floor_ms + 1
     # the bytes it took in: at least the 50 clicks' values (the outcomes are not fetched at all)
     taken_kb = report["value_kb_per_s"] * report["wall_s"]
     assert taken_kb >= 0.95 * 50 * len(_click(f"{tag}-after-10")) / 1000.0

@@ -16,7 +16,8 @@ What is counted, the same counters as ``BidderState.apply``:
 * ``billing``: a ledger line is a click at its ``ts`` and, when its amount is > 0, that amount of spend; a
   line with status ``duplicate`` or a click id already seen counts nothing (``Ledger.apply``).
 * ``labels``: a ``label_update`` with ``converted`` is a conversion at its ``ts``; an ``order_id`` already
-  seen counts nothing. Impression records (``IMPRESSIONS_PREFIX``) are skipped unparsed.
+  seen counts nothing. Examples (``IMPRESSIONS_PREFIX``: on ``labels`` before ``impressions`` had a topic) are
+  skipped unparsed.
 
 A record that cannot be read (or has a non-finite ``ts``) is counted in ``counts`` and remembered by
 nothing, never raised. Repeats are found per source partition: the topics are keyed so a repeat lands where

@@ -120,7 +120,7 @@ class BidderState:
             elif topic == "clicks":
                 self._apply_click(orjson.loads(value or b"null"))
             elif topic == "labels" and value is not None and not value.startswith(IMPRESSIONS_PREFIX):
-                # only conversions matter here; the large impression records are skipped unparsed
+                # label updates only; an example (on labels before impressions had a topic) is skipped unparsed
                 self._apply_label(orjson.loads(value))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, OverflowError):
             # anything a producer could write there (a JSON list on labels, a string on auctions)

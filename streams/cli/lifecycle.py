@@ -221,10 +221,9 @@ def _online_board(settings: Settings, *, topics: tuple[str, ...], labels: Path |
         raise click.UsageError("--topic needs BIDDER_KAFKA_BOOTSTRAP")
     else:
         try:
-            snaps = ds.read_label_topics(settings.kafka_bootstrap, settings=settings, topics=topics)
+            records = ds.topic_source(settings.kafka_bootstrap, settings=settings, topics=topics)[0]
         except ds.MissingExamplesError as err:
             raise click.UsageError(str(err)) from err
-        records = [r for snap in snaps for r in snap.records]
     mature = settings.click_window_s + settings.attribution_window_s if mature_after_s is None else mature_after_s
     fold = fold_online(records, as_of=wall_clock() if as_of is None else as_of, mature_after_s=mature)
     rows, title = online_rows(fold), board_title(fold)

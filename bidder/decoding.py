@@ -62,6 +62,7 @@ REASONS: dict[str, str] = {
     "bad_token": "a click whose token does not sign its query, slot, listing, shop, price and auction time",
     "click_after_window": "a click later than the click window after its auction",
     "unattributed_purchase": "a purchase with no click by that buyer on that listing in the window",
+    "shop_mismatch": "a purchase naming a shop that does not sell its listing",
     "no_known_candidates": "none of the query's candidates is in the catalog",
     "handler_error": "handling the record raised every time it was tried (a poison record)",
 }
@@ -156,6 +157,7 @@ class _Purchase(_Base):
     order_id: Text
     user_id: Id
     listing_id: Id
+    shop_id: Id
     ts: Ts
     amount: Annotated[float, Field(gt=0, allow_inf_nan=False)]
 

@@ -96,11 +96,14 @@ class Click:
 
 @dataclass(frozen=True, slots=True)
 class Purchase:
-    """A buyer bought a listing; attributed to that buyer's last click on it within the window."""
+    """A buyer bought a listing of a shop; attributed to that buyer's last click on it within the window.
+
+    Keyed by ``shop_id`` (as clicks are): the worker that decides the shop's clicks attributes its orders."""
 
     order_id: str
     user_id: int
     listing_id: int
+    shop_id: int
     ts: float
     amount: float
 

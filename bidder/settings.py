@@ -143,8 +143,13 @@ class Settings(BaseSettings):
         default=True, description="each worker runs an aggregator (a member of the aggregator group, folding its "
                                   "share of the source partitions); false where a separate deployment runs them")
     purchase_click_wait_s: float = Field(
-        default=5.0, ge=0, description="a purchase whose click is on the clicks topic but not billed yet waits "
-                                       "this long for the bill agent before it is refused as unattributed")
+        default=5.0, ge=0, description="a purchase that finds no decided click waits at most this long for this "
+                                       "worker's bill agent to decide the clicks of its partition sent before it "
+                                       "(clicks and purchases are keyed by shop) before it is refused as unattributed")
+    spend_publish_ms: float = Field(
+        default=250.0, gt=0, description="the bill agent publishes each changed billing partition's spend per shop "
+                                         "today at most once per this interval to shop-spend, which every worker's "
+                                         "auto-bidder paces with (bidder/clicks/shop_spend.py)")
 
     # --- feature drift (see bidder/monitoring/drift.py for what each statistic means) ----------------------
     drift_enabled: bool = True

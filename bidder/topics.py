@@ -1,7 +1,9 @@
 """Every Kafka topic the bidder reads or writes, declared once.
 
-Money is owned per shop: ``clicks`` and the ``billing`` ledger are keyed by ``shop_id`` and have the
-same partition count, so one partition (one agent with ``concurrency=1``) owns a shop's budget.
+Money is owned per shop: ``clicks``, ``purchases``, the ``billing`` ledger and ``orders`` are keyed by ``shop_id`` and
+have the same partition count, so one partition (one worker: Faust assigns partitions of equal number together)
+owns a shop's budget, its clicks and the attribution of its orders. ``labels`` is keyed like ``queries`` (by
+``query_id``): the updates of a worker's own auction outcomes are on its own partition numbers.
 ``listings`` and ``shops`` are compacted: the latest record per key is the catalog. ``auctions`` keeps a
 week so clicks and purchases can be joined; ``impressions``, ``labels`` and ``dead-letters`` keep a month.
 The online training data is two topics: ``impressions`` (one large record per auction outcome: every
@@ -56,10 +58,18 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("listings", "listing_id", "compact", -1, doc="catalog: price, category, shop"),
     TopicSpec("shops", "shop_id", "compact", -1, doc="daily budget and target share"),
     TopicSpec("clicks", "shop_id", "delete", 7 * DAY_MS, doc="ad clicks, charged once by click_id"),
-    TopicSpec("purchases", "user_id", "delete", 7 * DAY_MS, doc="orders, attributed to the last click"),
+    TopicSpec("purchases", "shop_id", "delete", 7 * DAY_MS,
+              doc="orders, attributed to the buyer's last click; keyed by shop like clicks, so the worker that decides "
+                  "a shop's clicks attributes its orders"),
     TopicSpec("auctions", "query_id", "delete", 7 * DAY_MS, doc="auction outcomes: 24 winners, prices"),
     TopicSpec("billing", "shop_id", "delete", 30 * DAY_MS,
               doc="the ledger: one line per click (charged / unbilled / duplicate)"),
+    TopicSpec("orders", "shop_id", "delete", 30 * DAY_MS,
+              doc="orders attributed to a click, one record each, partitioned like purchases: what the attribute "
+                  "agent of a partition rebuilds to attribute an order once"),
+    TopicSpec("shop-spend", "partition", "compact", -1,
+              doc="each billing partition's spend per shop today, published by the bill agent that owns it (the "
+                  "latest record of a partition holds all of its shops): every worker's auto-bidder paces with it"),
     TopicSpec("impressions", "query_id", "delete", 30 * DAY_MS,
               doc="online training examples: per auction outcome its impressions with their features, provisional "
                   "negatives"),

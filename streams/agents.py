@@ -5,9 +5,14 @@ agent              topic in       does                                          
 =================  =============  ==========================================================  ===========
 ``bid``            queries        batches(batch_max) -> decode -> BidPipeline.process         auctions, impressions
 ``bill``           clicks         charge once by click_id, clamp to budget (concurrency=1)     billing, labels
-``attribute``      purchases      last click by buyer on listing within the window             labels
+(spend timer)      (the ledger)   each changed own partition's spend per shop today            shop-spend
+``attribute``      purchases      last click by buyer on listing within the window             labels, orders
 (catalog check)     listings/shops validate, outside Faust (``streams/catalog_check.py``)        dead-letters
 =================  =============  ==========================================================  ===========
+
+``clicks`` and ``purchases`` are both keyed by shop, so the worker that decides a shop's clicks (its ``billing``
+partition: the exact ledger, and the shop's clicks by buyer) attributes the shop's orders: no worker reads
+another partition's clicks or ledger lines.
 
 Sends, dead letters and poison records are ``streams/outputs.py``'s. Effects are idempotent (click ids,
 order ids, query ids) because Faust reprocesses up to one commit interval after every rebalance
@@ -28,11 +33,13 @@ import orjson
 
 from bidder.clicks.billing import LedgerEntry
 from bidder.clicks.click_decisions import ClickBatch, ClickDecision
+from bidder.clicks.shop_spend import SPEND_TOPIC, SpendRecord
 from bidder.decoding import Rejection
 from bidder.events import AuctionOutcome, Click, Purchase, Query, to_json
 from bidder.labels.attribution import label_update, provisional_labels
 from bidder.labels.purchase_decisions import Conversion, PurchaseBatch, PurchaseDecision, Repeated
 from bidder.query.shadow import shadow_outcomes
+from bidder.replica.state import ORDERS_TOPIC
 from bidder.topics import TOPICS
 from streams.batching import batches
 from streams.metrics import STAGES
@@ -40,7 +47,8 @@ from streams.outputs import Handler, WorkerNotReadyError
 from streams.runtime import Runtime
 from streams.workarounds import exit_for_restart
 
-__all__ = ["add_agents", "each_message", "handle_catalog", "handle_clicks", "handle_purchase", "handle_queries"]
+__all__ = ["add_agents", "each_message", "handle_catalog", "handle_clicks", "handle_purchase", "handle_queries",
+           "publish_spend"]
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
@@ -146,7 +154,7 @@ async def _decide_clicks(rt: Runtime, events: Sequence[Any]) -> list[tuple[int, 
             await rt.out.dead_letter(message, click)
             continue
         assert isinstance(click, Click)
-        await billing_caught_up(rt, message.partition)
+        await own_caught_up(rt, message.partition)
         decided = batch.decide(click)
         if isinstance(decided, Rejection):
             await rt.out.dead_letter(message, decided)
@@ -155,12 +163,29 @@ async def _decide_clicks(rt: Runtime, events: Sequence[Any]) -> list[tuple[int, 
     return decisions
 
 
-async def billing_caught_up(rt: Runtime, partition: int) -> None:
-    """Rebuild a billing partition's ledger (the replica reaches its end) before deciding anything on it."""
+async def own_caught_up(rt: Runtime, partition: int) -> None:
+    """Rebuild a partition's ledger and attributed orders (the replica reads ``billing`` and ``orders`` of it to
+    their ends) before deciding anything on it: a click or a purchase of that partition number."""
     if partition not in rt.billing_ready:
-        if not await rt.replica.wait_caught_up(["billing"], partitions={"billing": partition}):
+        await rt.replica.add_own(partition)
+        if not await rt.replica.wait_caught_up(["billing", ORDERS_TOPIC],
+                                               partitions={"billing": partition, ORDERS_TOPIC: partition}):
             raise WorkerNotReadyError(f"billing partition {partition} did not catch up")
         rt.billing_ready.add(partition)
+
+
+async def publish_spend(rt: Runtime) -> int:
+    """Publish the spend per shop today of each ``billing`` partition this worker decides whose spend changed
+    since the last call (``shop-spend``, :mod:`bidder.clicks.shop_spend`); returns the records sent."""
+    state = rt.state
+    changed = state.take_spend_changes(rt.billing_ready)
+    now = rt.clock()
+    sent = [await rt.out.send(SPEND_TOPIC, str(p).encode(),
+                              SpendRecord.of_ledger(state.ledger, partition=p, day=day,
+                                                    shop_ids=state.billing_shops.get(p, ()), at=now).encode())
+            for p, day in sorted(changed.items())]
+    await asyncio.gather(*sent)
+    return len(sent)
 
 
 async def _write_click_decisions(rt: Runtime, decisions: list[tuple[int, ClickDecision]]
@@ -195,55 +220,72 @@ def _count_click(rt: Runtime, entry: LedgerEntry) -> None:
 
 # -- purchases -> labels ---------------------------------------------------------------------------
 async def handle_purchase(rt: Runtime, message: Any) -> None:
-    """The attribute agent: decide the purchase (:class:`bidder.labels.purchase_decisions.PurchaseBatch`); one whose
-    click is not decided here yet is decided again after catching up on ``billing``, then after waiting
-    for that click (``await_sent_click``); write its label update or its dead letter."""
+    """The attribute agent: decide the purchase (:class:`bidder.labels.purchase_decisions.PurchaseBatch`) against
+    the clicks this worker decided for the purchase's shop (purchases are keyed by shop, like clicks); one whose
+    click is not decided yet is decided again once the bill agent has decided every click of the partition
+    sent before it (``await_decided_clicks``); write its label update and its ``orders`` record, or its dead
+    letter."""
     purchase = rt.decode(message, rt.clock())
     if isinstance(purchase, Rejection):
         await rt.out.dead_letter(message, purchase)
         return
     assert isinstance(purchase, Purchase)
     state = rt.state
-    batch = PurchaseBatch(clicks=state.clicks, sent=state.clicks_sent, attributed=state.order_attributed)
+    row = state.catalog.shop_row_of_listing(purchase.listing_id)
+    sold_by = None if row is None else int(state.catalog.shop_ids[row])
+    if sold_by is not None and sold_by != purchase.shop_id:
+        await rt.out.dead_letter(message, Rejection(
+            "shop_mismatch", f"listing {purchase.listing_id} is sold by shop {sold_by}, not {purchase.shop_id}"))
+        return
+    await own_caught_up(rt, message.partition)
+    batch = PurchaseBatch(clicks=state.clicks, attributed=state.order_attributed)
     decision: PurchaseDecision = batch.decide(purchase)
     if isinstance(decision, Rejection):
-        await rt.replica.wait_caught_up(["billing"])
-        decision = batch.attribute(purchase)
-    if isinstance(decision, Rejection):
-        decision = await await_sent_click(rt, batch, purchase, decision)
+        decision = await await_decided_clicks(rt, batch, purchase, decision, partition=message.partition)
     if isinstance(decision, Repeated):
         rt.counts["purchases_repeated"] += 1
     elif isinstance(decision, Rejection):
         await rt.out.dead_letter(message, decision)
     else:
-        update = decision.label()
-        await (await rt.out.send("labels", TOPICS["labels"].key_of(update), orjson.dumps(update)))
-        rt.counts["purchases_attributed"] += 1
-        rt.metrics.conversions.inc()
+        await _write_conversion(rt, decision, partition=message.partition)
 
 
-async def await_sent_click(rt: Runtime, batch: PurchaseBatch, purchase: Purchase, refused: Rejection
-                           ) -> Conversion | Rejection:
-    """The click a purchase belongs to may be on the ``clicks`` topic but not decided yet: clicks and
-    purchases are two topics read by two agents (on any worker), and a buyer can buy within a second
-    of clicking. Refusing the purchase then loses a real conversion (the labels' CVR would be biased
-    low), so wait for that click's ledger line, at most ``purchase_click_wait_s``. A purchase
-    with no such click sent is refused at once (``refused``)."""
-    await rt.replica.wait_caught_up(["clicks"])
-    sent = batch.awaited_click(purchase)
-    if sent is None:
+async def _write_conversion(rt: Runtime, conversion: Conversion, *, partition: int) -> None:
+    """The label update (keyed by query) and the ``orders`` record (on the purchase's partition), both
+    acknowledged before the order counts as attributed here."""
+    update = conversion.label()
+    order = conversion.order_record()
+    sent = [await rt.out.send("labels", TOPICS["labels"].key_of(update), orjson.dumps(update)),
+            await rt.out.send(ORDERS_TOPIC, TOPICS[ORDERS_TOPIC].key_of(order), orjson.dumps(order),
+                              partition=partition)]
+    await asyncio.gather(*sent)
+    rt.state.own_order(conversion.purchase.order_id)
+    rt.counts["purchases_attributed"] += 1
+    rt.metrics.conversions.inc()
+
+
+async def await_decided_clicks(rt: Runtime, batch: PurchaseBatch, purchase: Purchase, refused: Rejection, *,
+                               partition: int) -> Conversion | Rejection:
+    """The click a purchase belongs to may be on ``clicks`` but not decided yet: clicks and purchases are two
+    topics read by two agents, and a buyer can buy within a second of clicking. Both are keyed by shop, so
+    that click is on this partition number of ``clicks``, decided by this worker's bill agent: wait until it
+    has decided every click that was on the partition when the purchase was handled (or the purchase is
+    attributed), at most ``purchase_click_wait_s``; then decide again. Refusing at once would lose real
+    conversions (the labels' CVR biased low: 9-256 per test run before a wait was built)."""
+    end = await rt.replica.end_offset("clicks", partition)
+    if rt.clicks_decided(partition) >= end:
         return refused
     rt.counts["purchases_waited"] += 1
     deadline = time.monotonic() + rt.settings.purchase_click_wait_s
     while True:
         decision = batch.attribute(purchase)
         remaining = deadline - time.monotonic()
-        if isinstance(decision, Conversion) or remaining <= 0:
+        if isinstance(decision, Conversion) or rt.clicks_decided(partition) >= end:
             return decision
-        if rt.state.ledger.seen(sent.click_id) is not None:
-            return decision  # decided without a click to attribute to (e.g. a later, refused resend)
-        await rt.replica.wait_caught_up(["billing"], timeout_s=remaining)
-        await asyncio.sleep(min(0.02, max(remaining, 0.0)))
+        if remaining <= 0:
+            rt.counts["purchases_wait_expired"] += 1
+            return decision
+        await rt.wait_clicks_decided(timeout_s=min(remaining, 0.1))
 
 
 # -- listings and shops (the catalog check, outside Faust) -------------------------------------------
@@ -271,6 +313,7 @@ def add_agents(app: faust.App, rt: Runtime) -> None:
     _add_agent(app, rt, "clicks", functools.partial(handle_clicks, rt),
                lambda stream: batches(stream, 200, within_s=0.0))
     _add_agent(app, rt, "purchases", each_message(rt, handle_purchase), _one_at_a_time)
+    app.timer(interval=s.spend_publish_ms / 1000.0)(functools.partial(publish_spend, rt))
 
 
 async def _one_at_a_time(stream: Any) -> AsyncIterator[list[Any]]:
@@ -286,7 +329,9 @@ def _add_agent(app: faust.App, rt: Runtime, topic: str, handler: Handler,
         async for events in take(stream):
             await rt.replica.ready.wait()
             try:
-                await rt.out.handle_isolating(topic, handle, await rt.with_skipped(events))
+                taken = await rt.with_skipped(events)
+                await rt.out.handle_isolating(topic, handle, taken)
+                rt.handled(topic, taken)
             except Exception:  # see _crashed()
                 await _crashed(rt, topic)
 

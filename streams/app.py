@@ -45,7 +45,7 @@ from streams.replicator import Replicator, worker_state
 from streams.runtime import Runtime
 from streams.serving import Serving
 from streams.watchdogs import GroupWatchdog
-from streams.workarounds import aiokafka_producer, use_fetch_max_wait
+from streams.workarounds import aiokafka_producer, group_offsets, use_fetch_max_wait
 
 __all__ = ["build_app"]
 
@@ -82,6 +82,8 @@ def build_app(settings: Settings, *, bootstrap: str | None, clock: Callable[[], 
     add_probe_pages(app, probes, metrics)
     app.timer(interval=5.0)(GroupWatchdog(app=app, rt=rt, replica=replica, stall_s=settings.commit_stall_s).check)
     app.on_partitions_revoked.connect(functools.partial(_revoked, rt))
+    app.on_partitions_assigned.connect(functools.partial(_assigned, rt))
+    rt.committed_of = functools.partial(_committed_of, app)
     add_agents(app, rt)
     return app, rt
 
@@ -127,7 +129,7 @@ def _serving(settings: Settings, state: BidderState, metrics: WorkerMetrics, *, 
         priors=Priors(prior_ctr=settings.prior_ctr, prior_cvr=settings.prior_cvr,
                       strength=settings.prior_strength),
         ctr=models.ctr, cvr=models.cvr,
-        budget=LedgerBudget(catalog=state.catalog, ledger=state.ledger, clock=clock),
+        budget=LedgerBudget(catalog=state.catalog, ledger=state.spend, clock=clock),
         slots=settings.slots, reserve_price=settings.reserve_price, min_bid=settings.min_bid,
         max_bid=settings.max_bid, clock=clock, rng=np.random.default_rng(rng_seed),
         model_versions=models.versions,
@@ -203,15 +205,30 @@ async def _log_first_publish(aggregator: Aggregator, *, timeout_s: float = 120.0
                     aggregator.lag())
 
 
+_OWNED_BY = ("queries", "clicks", "purchases")
+
+
 async def _warm_producer(app: faust.App) -> None:
     """Fetch the output topics' metadata now: the first send to a topic waits for it otherwise."""
     producer = aiokafka_producer(app)
-    for topic in ("auctions", "impressions", "labels", "billing", "dead-letters", "drift-alerts", "calibration-alerts"):
+    for topic in ("auctions", "impressions", "labels", "billing", "orders", "shop-spend", "dead-letters",
+                  "drift-alerts", "calibration-alerts"):
         await producer.partitions_for(topic)
 
 
+def _committed_of(app: faust.App, topic: str, partition: int) -> int:
+    return group_offsets(app.consumer)[1].get((topic, partition), 0)  # Faust's TP is a tuple of the two
+
+
+async def _assigned(rt: Runtime, app_: Any, assigned: Any, **_: Any) -> None:
+    # the replica reads billing, orders and labels of the partition numbers the worker group assigned us (queries,
+    # clicks and purchases have equal partition counts, so Faust assigns each number of them together)
+    own = {tp.partition for tp in app_.consumer.assignment() if tp.topic in _OWNED_BY}
+    await rt.replica.own(own)
+
+
 async def _revoked(rt: Runtime, app_: Any, revoked: Any, **_: Any) -> None:
-    rt.billing_ready.difference_update(tp.partition for tp in revoked if tp.topic == "clicks")
+    rt.billing_ready.difference_update(tp.partition for tp in revoked if tp.topic in ("clicks", "purchases"))
     # the next record of a partition assigned again starts at the committed offset, not after ours
     if rt.repairer is not None:
         rt.repairer.gaps.forget({(tp.topic, tp.partition) for tp in revoked})

@@ -1,8 +1,13 @@
 """Feeds every worker's :class:`bidder.replica.state.BidderState` from the replicated topics.
 
-A plain aiokafka consumer without a group: it is assigned every partition of ``listings``,
-``shops``, ``auctions``, ``billing``, ``labels`` and ``clicks`` and reads them from the beginning, so each
-worker holds the whole fold (the "global table" of the design) and a restart rebuilds it.
+A plain aiokafka consumer without a group, reading from the beginning, so a restart rebuilds the fold:
+
+* every partition of the topics every worker needs whole (``bidder.replica.state.GLOBAL_TOPICS``: the catalog
+  and what the aggregators and the bill agents publish), from the start;
+* the worker's **own** partitions of ``billing``, ``orders`` and ``labels`` (:meth:`Replicator.own`: the partition
+  numbers the worker group assigned it, which the worker passes in at every assignment; an agent about to
+  decide on a partition adds it with :meth:`Replicator.add_own` first). A partition the worker gets again is
+  re-read from the start (folding is idempotent); one it loses is no longer fetched, its fold is kept.
 
 Catching up is measured against the larger of ``ListOffsets(latest)`` and the high watermark of the
 fetch responses: the embedded Tansu broker answers ListOffsets wrongly after multi-record batches
@@ -83,6 +88,12 @@ class Replicator:
         self._bootstrap = bootstrap
         self._clock = clock
         self._topics = state.replicated_topics
+        self._own_topics = state.own_topics
+        self._global = [t for t in self._topics if t not in self._own_topics]
+        self._own: set[int] = set()
+        """the own partition numbers held now"""
+        self._own_lock = asyncio.Lock()
+        self._partitions: dict[str, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._applied: dict[TopicPartition, int] = {}
@@ -108,11 +119,16 @@ class Replicator:
                                        max_partition_fetch_bytes=4 * 1024 * 1024)
         await consumer.start()
         pace_consumer(consumer, floor_s=self._settings.replica_fetch_floor_ms / 1000.0)
-        parts = [TopicPartition(topic, p) for topic in self._topics for p in await partitions_of(consumer, topic)]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        self._applied = dict.fromkeys(parts, 0)
-        self._consumer = consumer
+        async with self._own_lock:  # an assignment arriving meanwhile waits for the consumer
+            for topic in self._topics:
+                self._partitions[topic] = len(await partitions_of(consumer, topic))
+            parts = [TopicPartition(topic, p) for topic in self._global for p in range(self._partitions[topic])]
+            parts += [TopicPartition(topic, p) for topic in self._own_topics for p in sorted(self._own)
+                      if p < self._partitions[topic]]
+            consumer.assign(parts)
+            await consumer.seek_to_beginning(*parts)
+            self._applied = dict.fromkeys(parts, 0)
+            self._consumer = consumer
         self._task = asyncio.create_task(self._run(), name="replicator")
         if "auctions" not in self._topics:  # the aggregated copy: how far back its features reach
             earliest = await earliest_event_time(self._settings, self._bootstrap, "auctions")
@@ -133,6 +149,49 @@ class Replicator:
         if self._consumer is not None:
             await self._consumer.stop()
         await self.repairer.stop()
+
+    @property
+    def own_partitions(self) -> frozenset[int]:
+        """The own partition numbers this replica reads ``billing``, ``orders`` and ``labels`` of."""
+        return frozenset(self._own)
+
+    async def own(self, partitions: Iterable[int]) -> None:
+        """Read the own topics for exactly these partition numbers (the worker's assignment) from now on."""
+        await self._set_own(set(partitions))
+
+    async def add_own(self, partition: int) -> None:
+        """Read the own topics for ``partition`` too (an agent about to decide on it; no-op when held)."""
+        if partition not in self._own:
+            await self._set_own(self._own | {partition})
+
+    async def _set_own(self, wanted: set[int]) -> None:
+        async with self._own_lock:
+            consumer = self._consumer
+            if consumer is None or wanted == self._own or not self._own_topics:
+                self._own = wanted  # before the start: the start assigns them
+                return
+            own = {TopicPartition(t, p) for t in self._own_topics for p in wanted if p < self._partitions[t]}
+            dropped = [tp for tp in self._applied if tp.topic in self._own_topics and tp not in own]
+            added = [tp for tp in own if tp not in self._applied]
+            for tp in dropped:
+                del self._applied[tp]
+                self._past_end_since.pop(tp, None)
+            self.repairer.gaps.forget({(tp.topic, tp.partition) for tp in dropped})
+            # assign() forgets every position: the partitions kept go on from what was folded
+            consumer.assign([*self._applied, *added])
+            for tp, applied in self._applied.items():
+                consumer.seek(tp, applied)
+            for tp in added:
+                consumer.seek(tp, 0)
+                self._applied[tp] = 0
+            self._own = wanted
+            log.info("replica: own partitions %s (+%d -%d topic partitions)", sorted(wanted), len(added), len(dropped))
+
+    async def end_offset(self, topic: str, partition: int) -> int:
+        """The end offset of any partition (a ListOffsets request; this replica need not read it)."""
+        assert self._consumer is not None
+        tp = TopicPartition(topic, partition)
+        return int((await self._consumer.end_offsets([tp]))[tp])
 
     async def _fold_missed(self, tp: TopicPartition, offset: int, now: float) -> None:
         """Fold what a fetch skipped before ``offset`` (compacted topics have holes by design)."""

@@ -4,6 +4,7 @@ models serving now, its outputs and monitors, and the records a fetch skipped (r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -58,7 +59,10 @@ class Runtime:
     """the models serving now and every place that scores with them (``streams/serving.py``)"""
     clock: Callable[[], float] = time.time
     billing_ready: set[int] = field(default_factory=set)
-    """partitions of ``clicks`` whose ledger this worker rebuilt since it was assigned them"""
+    """partitions of ``clicks`` and ``purchases`` whose ledger and orders this worker rebuilt since it was assigned
+    them (``streams.agents.own_caught_up``)"""
+    committed_of: Callable[[str, int], int] = lambda topic, partition: 0
+    """the worker group's committed offset of a partition as this worker knows it (0: none)"""
     repairer: GapRepairer | None = None
     """re-reads what a fetch skipped for the Faust group consumer (``with_skipped``)"""
     aggregator: Aggregator | None = None
@@ -68,8 +72,12 @@ class Runtime:
 
     signer: ClickSigner = field(init=False)
     """signs each winner's click token and verifies clicks (``settings.click_token_key``)"""
+    handled_to: dict[tuple[str, int], int] = field(default_factory=dict)
+    """per input partition, the offset after the last record an agent finished with (:meth:`handled`)"""
+    _progress: asyncio.Event = field(init=False)
 
     def __post_init__(self) -> None:
+        self._progress = asyncio.Event()
         self.signer = self.settings.click_signer()
         if self.repairer is not None:
             self.repairer.on_repair = functools.partial(self.count_repair, consumer="group")
@@ -143,6 +151,27 @@ class Runtime:
             self.pipeline.process([q], score=self.batch_score if self.batcher is not None else None)
         self.pipeline.last_scored = None
         return rounds
+
+    # -- what the agents finished -------------------------------------------------------------------------
+    def handled(self, topic: str, events: Sequence[Any]) -> None:
+        """An agent finished with ``events`` (decided, written, acknowledged or dead-lettered)."""
+        marks = self.handled_to
+        for ev in events:
+            m = ev.message
+            key = (topic, int(m.partition))
+            marks[key] = max(marks.get(key, 0), int(m.offset) + 1)
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    def clicks_decided(self, partition: int) -> int:
+        """The offset of ``clicks[partition]`` below which every click is decided: what this worker's bill agent
+        finished, or what the group committed (decided by this worker or the partition's earlier owner)."""
+        return max(self.handled_to.get(("clicks", partition), 0), self.committed_of("clicks", partition))
+
+    async def wait_clicks_decided(self, *, timeout_s: float) -> None:
+        """Until an agent finishes a batch, at most ``timeout_s``."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._progress.wait(), timeout_s)
 
     # -- records a fetch skipped ---------------------------------------------------------------------
     async def with_skipped(self, events: Sequence[Any]) -> list[Any]:

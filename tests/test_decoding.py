@@ -51,7 +51,7 @@ def test_valid_events_round_trip() -> None:
     assert got.context == q.context and got.latency_budget_ms == 20.0
     for topic, ev in [
         ("clicks", Click("c", "q", 1, 2, 3, NOW, 0, 0.25, NOW - 5, "tok")),
-        ("purchases", Purchase("o", 3, 1, NOW, 12.5)),
+        ("purchases", Purchase("o", 3, 1, 9, NOW, 12.5)),
         ("listings", Listing(1, 2, 9.99, 4, NOW, active=False)),
         ("shops", Shop(2, 100.0, 0.2, NOW)),
     ]:
@@ -135,7 +135,7 @@ def test_query_rejections(over: dict[str, object], expected: str) -> None:
          "out_of_range"),
         ("shops", {"v": 1, "type": "shop", "shop_id": 2, "daily_budget": 5.0, "target_share": 1.5, "ts": NOW},
          "out_of_range"),
-        ("purchases", {"v": 1, "type": "purchase", "order_id": "o", "user_id": 1, "listing_id": 1, "ts": NOW,
+        ("purchases", {"v": 1, "type": "purchase", "order_id": "o", "user_id": 1, "listing_id": 1, "shop_id": 2, "ts": NOW,
                        "amount": 0}, "out_of_range"),
         ("nope", {"v": 1}, "unknown_topic"),
     ],

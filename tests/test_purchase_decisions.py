@@ -24,7 +24,7 @@ def _batch(clicks: list[tuple[int, int, float]], attributed: frozenset[str] = fr
     index = ClickIndex(window_s=WINDOW_S)
     for i, (user, listing, dt) in enumerate(clicks):
         index.add(user_id=user, listing_id=listing, ts=T0 + dt, click_id=f"c{i}", query_id=f"q{i}", slot=i % 4)
-    return PurchaseBatch(clicks=index, sent=ClickIndex(window_s=WINDOW_S), attributed=attributed.__contains__)
+    return PurchaseBatch(clicks=index, attributed=attributed.__contains__)
 
 
 def _expected_click(clicks: list[tuple[int, int, float]], user: int, listing: int, dt: float) -> str | None:
@@ -45,7 +45,7 @@ def test_a_purchase_converts_on_the_last_matching_click_in_the_window(
         clicks: list[tuple[int, int, float]], purchases: list[tuple[int, int, float]]) -> None:
     batch = _batch(clicks)
     for j, (user, listing, dt) in enumerate(purchases):
-        p = Purchase(order_id=f"o{j}", user_id=user, listing_id=listing, ts=T0 + dt, amount=10.0)
+        p = Purchase(order_id=f"o{j}", user_id=user, listing_id=listing, shop_id=3, ts=T0 + dt, amount=10.0)
         d = batch.decide(p)
         want = _expected_click(clicks, user, listing, dt)
         if want is None:
@@ -63,7 +63,7 @@ def test_the_window_and_the_buyer_and_listing_decide() -> None:
     batch = _batch([(1, 7, 100.0)])  # buyer 1 clicked listing 7 at T0 + 100
 
     def reason(user: int, listing: int, dt: float, order: str) -> str:
-        d = batch.decide(Purchase(order_id=order, user_id=user, listing_id=listing, ts=T0 + dt, amount=1.0))
+        d = batch.decide(Purchase(order_id=order, user_id=user, listing_id=listing, shop_id=3, ts=T0 + dt, amount=1.0))
         return "converted" if isinstance(d, Conversion) else "repeated" if isinstance(d, Repeated) else d.reason
 
     table = [
@@ -79,14 +79,14 @@ def test_the_window_and_the_buyer_and_listing_decide() -> None:
     assert [reason(u, lst, dt, o) for u, lst, dt, o, _ in table] == [want for *_, want in table]
 
 
-def test_an_order_already_attributed_is_a_repeat_and_a_sent_click_is_awaited() -> None:
+def test_an_order_already_attributed_is_a_repeat_and_its_record_names_the_click() -> None:
     batch = _batch([(1, 7, 100.0)], attributed=frozenset({"old"}))
-    old = Purchase(order_id="old", user_id=1, listing_id=7, ts=T0 + 150, amount=1.0)
+    old = Purchase(order_id="old", user_id=1, listing_id=7, shop_id=3, ts=T0 + 150, amount=1.0)
     assert batch.decide(old) == Repeated("old")
-    assert isinstance(batch.attribute(old), Conversion)  # attribute alone does not look at the orders
-    late = Purchase(order_id="new", user_id=2, listing_id=7, ts=T0 + 150, amount=1.0)
-    assert batch.awaited_click(late) is None
-    batch.sent.add(user_id=2, listing_id=7, ts=T0 + 149, click_id="s1", query_id="q9", slot=-1)
-    awaited = batch.awaited_click(late)
-    assert awaited is not None and awaited.click_id == "s1"
-    assert isinstance(batch.decide(late), Rejection)  # not decided yet: nothing to convert on
+    conv = batch.attribute(old)  # attribute alone does not look at the orders
+    assert isinstance(conv, Conversion)
+    record = conv.order_record()
+    assert (record["type"], record["order_id"], record["shop_id"], record["click_id"], record["query_id"]) == (
+        "order_attributed", "old", 3, "c0", "q0")
+    late = Purchase(order_id="new", user_id=2, listing_id=7, shop_id=3, ts=T0 + 150, amount=1.0)
+    assert isinstance(batch.decide(late), Rejection)  # no decided click by that buyer: nothing to convert on

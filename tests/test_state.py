@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bidder.clicks.billing import Ledger
+from bidder.clicks.shop_spend import SpendRecord
 from bidder.decoding import Limits
 from bidder.events import Listing, Shop, encode
 from bidder.labels.attribution import ClickIndex, label_update, provisional_labels
@@ -166,22 +167,65 @@ def test_ledger_budget_reads_spend_live() -> None:
     assert budget.remaining(row).tolist() == [9.6]
 
 
-def test_sent_clicks_are_remembered_before_they_are_billed() -> None:
+def test_calibration_is_marked_by_label_updates_not_by_ledger_lines() -> None:
+    # a worker's replica reads the labels of its own outcomes; the ledger lines of its own shops belong to
+    # other workers' outcomes, and mark none
     s = state()
-    click = {"v": 1, "type": "click", "click_id": "c9", "query_id": "q1", "listing_id": 103, "shop_id": 7,
-             "user_id": 5, "ts": T + 1}
-    s.apply("clicks", 0, 0, orjson.dumps(click), now=T)
-    s.apply("clicks", 0, 1, b"{not json", now=T)
-    sent = s.clicks_sent.attribute(user_id=5, listing_id=103, ts=T + 2)
-    assert sent is not None and sent.click_id == "c9"
-    assert s.clicks.attribute(user_id=5, listing_id=103, ts=T + 2) is None  # not billed: not attributable yet
-    assert s.counts["clicks_unreadable"] == 1
+    s.apply("auctions", 0, 0, outcome(), now=T)
+    s.apply("billing", 0, 0, ledger_line(), now=T)
+    assert not s.auctions.clicked("q1", 103)
+    click = orjson.dumps(label_update(query_id="q1", slot=0, listing_id=103, ts=T + 1, click_id="c1"))
+    s.apply("labels", 0, 0, click, now=T)
+    assert s.auctions.clicked("q1", 103)
+    assert s.counts["conversions"] == 0
+
+
+def test_published_spend_paces_shops_this_worker_does_not_bill() -> None:
+    s = state()
+    budget = LedgerBudget(catalog=s.catalog, ledger=s.spend, clock=lambda: T)
+    row = np.array([s.catalog.shop_row_of(7)])
+    day = int(T // 86_400)
+    s.apply("shop-spend", 0, 0, SpendRecord(partition=3, day=day, shop_ids=(7,), spend=(2.5,), at=T).encode(), now=T)
+    assert budget.remaining(row).tolist() == [7.5]
+    s.apply("shop-spend", 0, 1, SpendRecord(partition=3, day=day - 1, shop_ids=(7,), spend=(9.0,), at=T).encode(),
+            now=T)  # yesterday's spend: not today's
+    assert budget.remaining(row).tolist() == [7.5]
+    for i in range(7):  # the own ledger, ahead of what was published: the larger counts
+        s.apply("billing", 3, i, ledger_line(f"c{i}"), now=T)
+    assert budget.remaining(row).tolist() == pytest.approx([10.0 - 2.8])
+    s.apply("shop-spend", 0, 2, None, now=T)
+    s.apply("shop-spend", 0, 3, b'{"type": "shop_spend", "partition": 1}', now=T)
+    assert s.counts["shop-spend_tombstones"] == 1 and s.counts["shop-spend_unreadable"] == 1
+
+
+def test_changed_billing_partitions_are_taken_once_and_only_when_owned() -> None:
+    s = state()
+    s.apply("billing", 2, 0, ledger_line("c1"), now=T)
+    s.apply("billing", 1, 0, ledger_line("c2"), now=T)
+    day = int(T // 86_400)
+    assert s.take_spend_changes({2}) == {2: day}
+    assert s.take_spend_changes({2}) == {}
+    assert s.take_spend_changes({1, 2}) == {1: day}
+    assert s.billing_shops == {2: {7}, 1: {7}}
+
+
+def test_attributed_orders_are_folded_from_the_orders_topic() -> None:
+    s = state()
+    order = {"v": 1, "type": "order_attributed", "order_id": "o7", "shop_id": 7, "user_id": 5, "listing_id": 103,
+             "query_id": "q1", "slot": 0, "click_id": "c1", "ts": T + 3, "amount": 20.0}
+    assert not s.order_attributed("o7")
+    s.apply("orders", 0, 0, orjson.dumps(order), now=T)
+    s.apply("orders", 0, 1, orjson.dumps(order), now=T)
+    s.apply("orders", 0, 2, orjson.dumps({**order, "type": "click"}), now=T)
+    assert s.order_attributed("o7") and s.counts["orders"] == 1 and s.counts["orders_unreadable"] == 1
+    s.own_order("o8")
+    assert s.order_attributed("o8")
 
 
 @pytest.mark.parametrize("value", [b"[1, 2]", b'"text"', b"3", b"null", b"{}", b'{"type": "label_update"}', None])
 def test_any_record_on_a_replicated_topic_is_folded_or_counted_never_raised(value: bytes | None) -> None:
     s = state()
-    for i, topic in enumerate(("listings", "shops", "auctions", "billing", "labels", "clicks")):
+    for i, topic in enumerate(("listings", "shops", "auctions", "billing", "labels", "orders", "shop-spend")):
         s.apply(topic, 0, i, value, now=T)
     assert not s.auctions.knows("q1") and s.ledger.counts["charged"] == 0
 

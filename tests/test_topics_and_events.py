@@ -19,11 +19,14 @@ from tests.kafka_helpers import read_until
 
 def test_topic_declarations() -> None:
     names = {t.name for t in ALL_TOPICS}
-    assert names == {"queries", "listings", "shops", "clicks", "purchases", "auctions", "billing", "impressions",
-                     "labels", "listing-history", "listing-stats", "drift-alerts", "calibration-alerts", "dead-letters"}
+    assert names == {"queries", "listings", "shops", "clicks", "purchases", "auctions", "billing", "orders",
+                     "impressions", "labels", "listing-history", "listing-stats", "shop-spend", "drift-alerts",
+                     "calibration-alerts", "dead-letters"}
     compacted = {t.name for t in ALL_TOPICS if t.cleanup_policy == "compact"}
-    assert compacted == {"listings", "shops", "listing-history", "listing-stats"}
-    assert TOPICS["clicks"].key == TOPICS["billing"].key == "shop_id"
+    assert compacted == {"listings", "shops", "listing-history", "listing-stats", "shop-spend"}
+    # a shop's clicks, orders, ledger and attributed orders on one partition number: one worker owns them
+    assert TOPICS["clicks"].key == TOPICS["purchases"].key == TOPICS["billing"].key == TOPICS["orders"].key == "shop_id"
+    assert TOPICS["queries"].key == "query_id"  # a worker's own outcomes' label updates on its own partitions
     assert TOPICS["impressions"].key == TOPICS["labels"].key == "query_id"  # a query's example and updates together
 
 
@@ -41,7 +44,7 @@ def test_every_event_type_round_trips(bootstrap: str, settings: Settings) -> Non
               text="lamp", listing_ids=np.array([999_000_001, 999_000_002]), relevance=np.array([0.5, 0.25])),
         Click(click_id=f"{tag}-c", query_id=f"{tag}-q", listing_id=999_000_001, shop_id=999_001, user_id=1,
               ts=now, slot=0, price=0.25, shown_at=now - 1, token="tok"),
-        Purchase(order_id=f"{tag}-o", user_id=1, listing_id=999_000_001, ts=now, amount=12.5),
+        Purchase(order_id=f"{tag}-o", user_id=1, listing_id=999_000_001, shop_id=999_001, ts=now, amount=12.5),
         Listing(listing_id=999_000_001, shop_id=999_001, price=12.5, category=3, ts=now),
         Shop(shop_id=999_001, daily_budget=10.0, target_share=0.05, ts=now),
     ]

@@ -69,8 +69,13 @@ def test_query_priced_and_click_charged_once(worker: Any, bootstrap: str, settin
     charged = next(v for v in lines if v["status"] == "charged")
     assert charged["amount"] == pytest.approx(top["price"], abs=1e-6)
     # a purchase by the same buyer on that listing is attributed to the click
-    order = Purchase(order_id=f"{tag}-o", user_id=42, listing_id=top["listing_id"], ts=time.time(), amount=9.5)
-    asyncio.run(send_raw(settings, bootstrap, [("purchases", b"42", encode(order))]))
+    order = Purchase(order_id=f"{tag}-o", user_id=42, listing_id=top["listing_id"], shop_id=top["shop_id"],
+                     ts=time.time(), amount=9.5)
+    # and once more (a repeat), then an order no click explains, refused after the repeat was handled
+    marker = Purchase(order_id=f"{tag}-marker", user_id=4242, listing_id=top["listing_id"], shop_id=top["shop_id"],
+                      ts=time.time(), amount=1.0)
+    asyncio.run(send_raw(settings, bootstrap, [("purchases", key, encode(order))] * 2
+                         + [("purchases", key, encode(marker))]))
     labels = asyncio.run(read_until(settings, bootstrap, ["impressions", "labels"], lambda rs: any(
         v and v.get("order_id") == order.order_id for _, v, _ in rs) and any(
         v and v.get("type") == "impressions" and v.get("query_id") == q.query_id for _, v, _ in rs)))
@@ -81,6 +86,13 @@ def test_query_priced_and_click_charged_once(worker: Any, bootstrap: str, settin
     assert {t for t, v in mine if v["type"] == "label_update"} == {"labels"}
     update = next(v for _, v in mine if v.get("order_id") == order.order_id)
     assert update["clicked"] == 1 and update["converted"] == 1 and update["click_id"] == click.click_id
+    # the attributed order is recorded on the purchase's partition; the repeat converts nothing more
+    recorded = asyncio.run(read_until(settings, bootstrap, ["orders", "labels", "dead-letters"], lambda rs: any(
+        t == "dead-letters" and v and marker.order_id.encode() in base64.b64decode(v["value_b64"])
+        for t, v, _ in rs)))
+    assert [(v["click_id"], k) for t, v, k in recorded if t == "orders" and v and v.get("order_id") == order.order_id
+            ] == [(click.click_id, key)]
+    assert sum(1 for t, v, _ in recorded if t == "labels" and v and v.get("order_id") == order.order_id) == 1
 
 
 def test_purchase_right_after_its_click_is_attributed(worker: Any, bootstrap: str, settings: Settings,
@@ -100,10 +112,10 @@ def test_purchase_right_after_its_click_is_attributed(worker: Any, bootstrap: st
         top = outcomes[q.query_id]["winners"][0]
         user = 7000 + i
         click = Click.of_winner(outcomes[q.query_id], top, click_id=f"{tag}-c{i}", user_id=user, ts=time.time())
-        order = Purchase(order_id=f"{tag}-o{i}", user_id=user, listing_id=top["listing_id"], ts=time.time() + 0.001,
-                         amount=12.0)
+        order = Purchase(order_id=f"{tag}-o{i}", user_id=user, listing_id=top["listing_id"], shop_id=click.shop_id,
+                         ts=time.time() + 0.001, amount=12.0)
         pairs += [("clicks", str(click.shop_id).encode(), encode(click)),
-                  ("purchases", str(user).encode(), encode(order))]
+                  ("purchases", str(click.shop_id).encode(), encode(order))]
         orders.add(order.order_id)
 
     asyncio.run(send_raw(settings, bootstrap, pairs))
@@ -185,9 +197,15 @@ def test_every_rejection_reaches_dead_letters_with_its_reason(worker: Any, boots
         ("clicks", shop_key, click("forged", token="A" * 22), "bad_token"),
         ("clicks", shop_key, click("late", ts=now + 1, shown_at=now - settings.click_window_s - 1), "bad_token"),
         ("clicks", shop_key, click("notoken", token=None), "wrong_type"),
-        ("purchases", b"77", orjson.dumps({"v": 1, "type": "purchase", "order_id": f"{tag}-o", "user_id": 77,
-                                           "listing_id": winner["listing_id"], "ts": now, "amount": 3.0}),
-         "unattributed_purchase"),
+        ("purchases", shop_key, orjson.dumps({"v": 1, "type": "purchase", "order_id": f"{tag}-o", "user_id": 77,
+                                              "listing_id": winner["listing_id"], "shop_id": winner["shop_id"],
+                                              "ts": now, "amount": 3.0}), "unattributed_purchase"),
+        ("purchases", b"77", orjson.dumps({"v": 1, "type": "purchase", "order_id": f"{tag}-ok", "user_id": 77,
+                                           "listing_id": winner["listing_id"], "shop_id": winner["shop_id"],
+                                           "ts": now, "amount": 3.0}), "wrong_key"),
+        ("purchases", b"424242", orjson.dumps({"v": 1, "type": "purchase", "order_id": f"{tag}-os", "user_id": 77,
+                                               "listing_id": winner["listing_id"], "shop_id": 424242,
+                                               "ts": now, "amount": 3.0}), "shop_mismatch"),
         ("listings", b"5", orjson.dumps({"v": 1, "type": "listing", "listing_id": 5, "shop_id": 1, "price": 1.0,
                                          "category": 1, "ts": now, "note": tag}), "unexpected_field"),
         ("shops", b"6", orjson.dumps({"v": 1, "type": "shop", "shop_id": 6, "daily_budget": -5.0,

@@ -133,9 +133,13 @@ class AuctionLog:
         if query_id in self._by_query:
             self._clicked.add((query_id, listing_id))
 
+    def clicked(self, query_id: str, listing_id: int) -> bool:
+        """Whether a click on this winner was marked (and its CTR label has not matured yet)."""
+        return (query_id, listing_id) in self._clicked
+
     def mark_converted(self, query_id: str, listing_id: int) -> None:
         """A purchase was attributed to a click on this winner (kept until its CVR label matures)."""
-        # the conversion may be folded before the click's ledger line (two topics): the auction is enough
+        # the conversion may be folded before the click's update (two records): the auction is enough
         if query_id in self._by_query or (query_id, listing_id) in self._awaiting:
             self._converted.add((query_id, listing_id))
 

@@ -13,17 +13,17 @@ nothing for a :class:`Repeated` order. A purchase is
 
 A purchase refused only because its click is not decided yet (clicks and purchases are two topics read by
 two agents) may be decided again with :meth:`PurchaseBatch.attribute` once the click is: the agent waits
-for the click :meth:`PurchaseBatch.awaited_click` names (one on the ``clicks`` topic, ``sent``), if any.
+until its bill agent has decided the clicks sent before the purchase (``streams.agents.await_decided_clicks``).
 
 >>> from bidder.events import Purchase
 >>> clicks = ClickIndex(window_s=600.0)
 >>> clicks.add(user_id=5, listing_id=103, ts=10.0, click_id="c1", query_id="q1", slot=2)
->>> batch = PurchaseBatch(clicks=clicks, sent=ClickIndex(window_s=600.0), attributed=lambda order: False)
->>> p = Purchase(order_id="o1", user_id=5, listing_id=103, ts=100.0, amount=20.0)
+>>> batch = PurchaseBatch(clicks=clicks, attributed=lambda order: False)
+>>> p = Purchase(order_id="o1", user_id=5, listing_id=103, shop_id=7, ts=100.0, amount=20.0)
 >>> d = batch.decide(p)
 >>> d.label()["impression_id"], d.label()["converted"], batch.decide(p)
 ('q1:2', 1, Repeated(order_id='o1'))
->>> batch.decide(Purchase(order_id="o2", user_id=5, listing_id=103, ts=700.0, amount=20.0)).reason
+>>> batch.decide(Purchase(order_id="o2", user_id=5, listing_id=103, shop_id=7, ts=700.0, amount=20.0)).reason
 'unattributed_purchase'
 """
 
@@ -53,6 +53,13 @@ class Conversion:
         return label_update(query_id=c.query_id, slot=c.slot, listing_id=p.listing_id, ts=p.ts, click_id=c.click_id,
                             order_id=p.order_id)
 
+    def order_record(self) -> dict[str, Any]:
+        """The ``orders`` record: the order is attributed (its partition's attribute agent attributes it once)."""
+        p, c = self.purchase, self.click
+        return {"v": 1, "type": "order_attributed", "order_id": p.order_id, "shop_id": p.shop_id,
+                "user_id": p.user_id, "listing_id": p.listing_id, "query_id": c.query_id, "slot": c.slot,
+                "click_id": c.click_id, "ts": p.ts, "amount": p.amount}
+
 
 @dataclass(frozen=True, slots=True)
 class Repeated:
@@ -70,8 +77,6 @@ class PurchaseBatch:
 
     clicks: ClickIndex
     """decided clicks (the ledger's fold): what a purchase is attributed to"""
-    sent: ClickIndex
-    """clicks on the ``clicks`` topic, decided or not: what a purchase may wait for"""
     attributed: Callable[[str], bool]
     """whether an order id was already attributed"""
     _converted: set[str] = field(default_factory=set)
@@ -91,7 +96,3 @@ class PurchaseBatch:
                                                       f"before {purchase.ts}")
         self._converted.add(purchase.order_id)
         return Conversion(purchase, ref)
-
-    def awaited_click(self, purchase: Purchase) -> ClickRef | None:
-        """The sent click ``purchase`` would be attributed to once it is decided, or None (refuse at once)."""
-        return self.sent.attribute(user_id=purchase.user_id, listing_id=purchase.listing_id, ts=purchase.ts)

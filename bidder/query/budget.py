@@ -1,7 +1,8 @@
 """The streaming bidder's view of sellers' money: budgets from the catalog, spend from the ledger.
 
 Implements :class:`bidder.query.pipeline.BudgetView`. Remaining budget is today's (UTC) budget minus the
-ledger's spend today; the pacing multiplier follows :mod:`bidder.query.pacing`.
+spend today (a worker's :class:`bidder.clicks.shop_spend.ShopSpend`: its own ledger and what the other
+partitions' owners publish); the pacing multiplier follows :mod:`bidder.query.pacing`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bidder.clicks.billing import Ledger, day_of
+from bidder.clicks.shop_spend import SpendSource
 from bidder.query.catalog import Catalog
 from bidder.query.pacing import day_fraction, pacing_multiplier
 
@@ -29,7 +31,7 @@ class LedgerBudget:
     [10.0]
     """
 
-    def __init__(self, *, catalog: Catalog, ledger: Ledger, clock: Callable[[], float],
+    def __init__(self, *, catalog: Catalog, ledger: Ledger | SpendSource, clock: Callable[[], float],
                  gain: float = 2.0, floor: float = 0.25, ceiling: float = 1.5) -> None:
         self.gain = gain
         self.floor = floor

@@ -1,17 +1,28 @@
 """What every worker knows: the fold of the replicated topics.
 
-Each worker reads ``listings``, ``shops``, ``auctions``, ``billing``, ``labels`` and ``clicks`` from every
-partition (not as a group member) and folds them here, so a query on any worker sees every shop's spend and
-every auction a click may name, and a restart rebuilds all of it from the topics.
+A worker reads two kinds of topics (``streams/replicator.py``):
+
+* **every partition** of the catalog (``listings``, ``shops``) and of what is published aggregated once:
+  ``listing-stats`` and ``listing-history`` (the rolling features) and ``shop-spend`` (every shop's spend
+  today, :mod:`bidder.clicks.shop_spend`). What these hold grows with the catalog and the number of shops, and
+  their records come at most once per publish interval per source partition, whatever the traffic;
+* **its own partitions** (:data:`OWN_TOPICS`, the partition numbers the worker group assigned it: Faust assigns
+  equal numbers of ``queries``, ``clicks`` and ``purchases`` together): ``billing`` (the exact ledger of the
+  shops whose clicks it decides, and their clicks by buyer, which the shops' orders are attributed to),
+  ``orders`` (the orders its attribute agent attributed: a redelivered purchase is attributed once) and
+  ``labels`` (the clicks and conversions of the auction outcomes it wrote: calibration; ``labels`` is keyed
+  like ``queries``).
+
+No worker reads another worker's raw records, so what a worker's replica takes in does not grow with the
+other workers' traffic.
 
 **Rolling features** come one of two ways (``features``):
 
 * ``"copy"`` (a worker): from ``listing-stats``, the snapshots the aggregators publish after folding each
   record once (:mod:`bidder.replica.aggregation`), kept in a :class:`~bidder.replica.feature_copy.FeatureCopy`
-  whose ``stats`` is :attr:`BidderState.stats`. ``listing-history`` joins it as one more source. The raw
-  records update everything else here, not the features.
-* ``"fold"``: counted here from the raw records, one process seeing them all: the reference the aggregated
-  copy is tested against (``tests/test_aggregation.py``).
+  whose ``stats`` is :attr:`BidderState.stats`. ``listing-history`` joins it as one more source.
+* ``"fold"``: counted here from the raw records of every partition (``auctions``, ``billing``, ``labels``), one
+  process seeing them all: the reference the aggregated copy is tested against (``tests/test_aggregation.py``).
 
 Folding is idempotent where topics can repeat themselves (a redelivered query yields a second
 outcome with the same ``query_id``; a redelivered click a ``duplicate`` ledger line; a redelivered
@@ -32,6 +43,7 @@ import numpy as np
 import orjson
 
 from bidder.clicks.billing import Ledger, LedgerEntry
+from bidder.clicks.shop_spend import SPEND_TOPIC, PublishedSpend, ShopSpend, SpendRecord
 from bidder.decoding import Limits, Rejection, decode
 from bidder.events import Listing, Shop
 from bidder.labels.attribution import IMPRESSIONS_PREFIX, ClickIndex
@@ -42,11 +54,16 @@ from bidder.replica.aggregation import ListingSnapshot, RecentKeys, SnapshotBatc
 from bidder.replica.feature_copy import FeatureCopy
 from bidder.replica.history import HISTORY_TOPIC, merge_record
 
-__all__ = ["REPLICATED_TOPICS", "SNAPSHOT_TOPIC", "BidderState", "FeatureSource"]
+__all__ = ["GLOBAL_TOPICS", "ORDERS_TOPIC", "OWN_TOPICS", "REPLICATED_TOPICS", "SNAPSHOT_TOPIC", "BidderState",
+           "FeatureSource"]
 
 SNAPSHOT_TOPIC = "listing-stats"
-REPLICATED_TOPICS: tuple[str, ...] = ("listings", "shops", HISTORY_TOPIC, SNAPSHOT_TOPIC, "auctions", "billing",
-                                      "labels", "clicks")
+ORDERS_TOPIC = "orders"
+GLOBAL_TOPICS: tuple[str, ...] = ("listings", "shops", HISTORY_TOPIC, SNAPSHOT_TOPIC, SPEND_TOPIC)
+"""read from every partition by every worker"""
+OWN_TOPICS: tuple[str, ...] = ("billing", ORDERS_TOPIC, "labels")
+"""read by a worker for its own partition numbers only (the ``"fold"`` reference reads them all)"""
+REPLICATED_TOPICS: tuple[str, ...] = (*GLOBAL_TOPICS, "auctions", *OWN_TOPICS)
 FeatureSource = Literal["copy", "fold"]
 
 
@@ -75,11 +92,20 @@ class BidderState:
         self.auctions = AuctionLog(window_s=click_window_s, conversion_window_s=attribution_window_s,
                                    retain_s=2 * click_window_s)
         self.clicks = ClickIndex(window_s=attribution_window_s)
-        self.clicks_sent = ClickIndex(window_s=attribution_window_s)
-        """clicks as they are on the ``clicks`` topic, decided or not: a purchase that finds no billed
-        click but a sent one waits for its decision instead of being refused (``streams.agents.handle_purchase``)"""
+        """decided clicks by buyer (the ledger's fold): what the shops' orders are attributed to"""
+        self.published_spend = PublishedSpend()
+        """every partition's spend per shop today, as its owner published it (``shop-spend``)"""
+        self.spend = ShopSpend(self.ledger, self.published_spend)
+        """what the auto-bidder paces with: the own ledger and the published spend, the larger"""
         self.ledger_applied: dict[int, int] = {}
+        self.billing_shops: dict[int, set[int]] = {}
+        """shops per ``billing`` partition, as their ledger lines were folded"""
+        self.spend_changed: dict[int, int] = {}
+        """``billing`` partitions whose spend changed since the last :meth:`take_spend_changes`, with the latest day"""
         self._orders = RecentKeys(1_000_000)
+        """orders attributed (``orders``, and this worker's own writes): a repeated purchase is not attributed again"""
+        self._converted = RecentKeys(1_000_000)
+        """orders whose conversion update was folded from ``labels`` (calibration counts each once)"""
         self.counts: Counter[str] = Counter()
         self.history_from = float("inf")
         """event time of the earliest auction outcome folded, or the start of a ``listing-history`` (inf:
@@ -94,6 +120,11 @@ class BidderState:
         calibration matures the outcomes this worker wrote itself: :meth:`own_outcome`)."""
         drop = "auctions" if self.features is not None else SNAPSHOT_TOPIC
         return tuple(t for t in REPLICATED_TOPICS if t != drop)
+
+    @property
+    def own_topics(self) -> tuple[str, ...]:
+        """The topics read for the worker's own partition numbers only (none for the fold: it reads them all)."""
+        return OWN_TOPICS if self.features is not None else ()
 
     # -- folding -----------------------------------------------------------------------------------
     def apply(self, topic: str, partition: int, offset: int, value: bytes | None, *, now: float,
@@ -115,10 +146,12 @@ class BidderState:
             elif topic == "billing":
                 mark = self.ledger_applied.get(partition, 0)
                 if offset >= mark or repaired:
-                    self._apply_ledger(LedgerEntry.from_dict(orjson.loads(value or b"null")))
+                    self._apply_ledger(LedgerEntry.from_dict(orjson.loads(value or b"null")), partition)
                     self.ledger_applied[partition] = max(mark, offset + 1)
-            elif topic == "clicks":
-                self._apply_click(orjson.loads(value or b"null"))
+            elif topic == SPEND_TOPIC:
+                self._apply_spend(value)
+            elif topic == ORDERS_TOPIC:
+                self._apply_order(orjson.loads(value or b"null"))
             elif topic == "labels" and value is not None and not value.startswith(IMPRESSIONS_PREFIX):
                 # label updates only; an example (on labels before impressions had a topic) is skipped unparsed
                 self._apply_label(orjson.loads(value))
@@ -207,16 +240,11 @@ class BidderState:
         back at least that far."""
         self.history_from = min(self.history_from, ts)
 
-    def _apply_click(self, click: dict[str, Any]) -> None:
-        # not validated here (the bill agent does that and dead-letters what is wrong): only remembered
-        self.clicks_sent.add(user_id=int(click["user_id"]), listing_id=int(click["listing_id"]),
-                             ts=float(click["ts"]), click_id=str(click["click_id"]), query_id=str(click["query_id"]),
-                             slot=-1)
-        self.counts["clicks_sent"] += 1
-
-    def _apply_ledger(self, entry: LedgerEntry) -> None:
+    def _apply_ledger(self, entry: LedgerEntry, partition: int) -> None:
         if not self.ledger.apply(entry):
             return
+        self.billing_shops.setdefault(partition, set()).add(entry.shop_id)
+        self.spend_changed[partition] = max(self.spend_changed.get(partition, entry.day), entry.day)
         row = self.catalog.listing_row(entry.listing_id)
         if row is not None and self.features is None:
             self.stats.record(np.array([row]), kind="clicks", now=entry.ts)
@@ -224,18 +252,36 @@ class BidderState:
                 self.stats.record(np.array([row]), kind="spend", now=entry.ts, amount=entry.amount)
         self.clicks.add(user_id=entry.user_id, listing_id=entry.listing_id, ts=entry.ts,
                         click_id=entry.click_id, query_id=entry.query_id, slot=entry.slot)
-        self.auctions.mark_clicked(entry.query_id, entry.listing_id)
+
+    def _apply_spend(self, value: bytes | None) -> None:
+        if value is None:  # a tombstone: a compacted topic may carry them
+            self.counts[f"{SPEND_TOPIC}_tombstones"] += 1
+            return
+        self.published_spend.apply(SpendRecord.decode(value))
+        self.counts[SPEND_TOPIC] += 1
+
+    def _apply_order(self, order: dict[str, Any]) -> None:
+        if order.get("type") != "order_attributed":
+            raise ValueError("not an order_attributed record")
+        if self._orders.add(str(order["order_id"])):
+            self.counts["orders"] += 1
 
     def _apply_label(self, label: dict[str, Any]) -> None:
-        if label.get("type") != "label_update" or not label.get("converted"):
+        """A label update: the clicks and conversions that mature this worker's own outcomes (calibration) and,
+        for the fold, the conversions of the rolling features."""
+        if label.get("type") != "label_update":
             return
-        order = str(label["order_id"])
-        if not self._orders.add(order):
+        query_id, listing_id = str(label["query_id"]), int(label["listing_id"])
+        if label.get("clicked"):
+            self.auctions.mark_clicked(query_id, listing_id)
+        if not label.get("converted"):
+            return
+        if not self._converted.add(str(label["order_id"])):
             self.counts["conversions_repeated"] += 1
             return
         self.counts["conversions"] += 1
-        self.auctions.mark_converted(str(label["query_id"]), int(label["listing_id"]))
-        row = self.catalog.listing_row(int(label["listing_id"]))
+        self.auctions.mark_converted(query_id, listing_id)
+        row = self.catalog.listing_row(listing_id)
         if row is not None and self.features is None:
             self.stats.record(np.array([row]), kind="conversions", now=float(label["ts"]))
 
@@ -246,9 +292,21 @@ class BidderState:
         tail reuses offsets (noida-db loses the last acknowledged records on restart, see
         docs/reliability.md), and skipping an own write by offset left its spend out -> overspend.
         """
-        self._apply_ledger(entry)
+        self._apply_ledger(entry, partition)
         if offset is not None:
             self.ledger_acked(partition, offset)
+
+    def own_order(self, order_id: str) -> None:
+        """An order this worker's attribute agent attributed (its ``orders`` record acknowledged)."""
+        self._orders.add(order_id)
+
+    def take_spend_changes(self, partitions: set[int]) -> dict[int, int]:
+        """The ``billing`` partitions among ``partitions`` (those this worker owns) whose spend changed since the
+        last call, with the latest day changed; forgets them (the others stay until owned or dropped)."""
+        taken = {p: d for p, d in self.spend_changed.items() if p in partitions}
+        for p in taken:
+            del self.spend_changed[p]
+        return taken
 
     def ledger_acked(self, partition: int, offset: int) -> None:
         """The broker acknowledged an own ledger line at ``offset`` (the replica may skip up to it)."""

@@ -20,10 +20,11 @@ the driver, this process; ``worker`` is all the workers together, and ``per_work
 
 With ``replica_probe`` a replica runs alone beside the workers (:mod:`streams.harness.replica_probe`), started
 and caught up before each rate's traffic: ``replica`` is what replicating the topics costs one worker at
-that rate (records folded per second, CPU per record, and ``cpu_ms_per_query["replica"]``); every worker of
-a deployment pays it for the whole marketplace's traffic. As "another worker", it also reports how fresh
-its copy of the aggregated features is (``replica["freshness"]``: a billed click until a ``listing-stats``
-snapshot covering it is in the copy; null while the features are folded from the raw records).
+that rate (records folded per second, CPU per record, and ``cpu_ms_per_query["replica"]``), owning the
+partition numbers one of the ``workers`` owns (``own_share``: its ``billing``, ``orders`` and ``labels``). As
+"another worker", it also reports how fresh its copy of the aggregated features is (``replica["freshness"]``:
+a billed click until a ``listing-stats`` snapshot covering it is in the copy; null while the features are
+folded from the raw records).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from streams.cpu_meter import CpuMeter, local_broker_pid
 from streams.echo import ECHO_IN, ECHO_OUT
 from streams.harness.bench_kernel import run_bench as run_kernel_bench
 from streams.harness.market import World, WorldConfig
-from streams.harness.replica_probe import ProbeProcess
+from streams.harness.replica_probe import ProbeProcess, own_share
 from streams.harness.simulate import run_simulation
 from streams.harness.simulator import Simulator
 from streams.process import WorkerProcess, stop_process
@@ -291,7 +292,8 @@ def _run_bench(settings: Settings, *, bootstrap: str, rates: list[float], second
         for i, rate in enumerate(rates):
             if progress:
                 progress(f"bidder at {rate:g} q/s")
-            probe = ProbeProcess(bootstrap, workdir / f"replica-{i}.json") if replica_probe else None
+            probe = (ProbeProcess(bootstrap, workdir / f"replica-{i}.json",
+                                  own=own_share(settings.topic_partitions, workers)) if replica_probe else None)
             runs.append(asyncio.run(_bidder(settings, bootstrap, rate=rate, seconds=seconds, run=i,
                                             start_workers=start_workers,
                                             worker_pids=lambda: [w.process.pid for w in procs], probe=probe)))

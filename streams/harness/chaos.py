@@ -479,7 +479,7 @@ class Traffic:
             return
         self.truth.purchases[order] = cid
         p = Purchase(order_id=order, user_id=int(rec["user_id"]), listing_id=int(rec["listing_id"]),
-                     ts=float(rec["ts"]) + 1.0, amount=10.0)
+                     shop_id=int(rec["shop_id"]), ts=float(rec["ts"]) + 1.0, amount=10.0)
         self.spawn(self._send_purchase(p))
 
     async def _send_purchase(self, p: Purchase) -> None:

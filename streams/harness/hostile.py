@@ -3,7 +3,7 @@
 Each kind builds the raw ``(topic, key, value)`` of one record and the dead-letter ``reason`` the
 bidder must give it (:data:`bidder.decoding.REASONS`). Most are refused by the strict decoder; a few
 only by the worker, which knows the catalog, the click token key and the clicks (``no_known_candidates``,
-``bad_token``, ``unattributed_purchase``, ``wrong_key``). Pure and seeded: the reliability
+``bad_token``, ``unattributed_purchase``, ``shop_mismatch``, ``wrong_key``). Pure and seeded: the reliability
 harness (``streams/harness/chaos.py``) mixes them into live traffic and checks that every one lands in
 ``dead-letters`` exactly once with its reason, and that nothing valid does.
 
@@ -88,9 +88,9 @@ class HostileFactory:
                 "shown_at": self.now - 1.0, "token": f"forged{int(self.rng.integers(1 << 30)):016d}"}
 
     def _purchase(self, i: int) -> dict[str, Any]:
-        lid, _ = self._pick()
+        lid, sid = self._pick()
         return {"v": 1, "type": "purchase", "order_id": f"ho-{i}-{int(self.rng.integers(1 << 30))}",
-                "user_id": 900_000 + i, "listing_id": lid, "ts": self.now, "amount": 12.5}
+                "user_id": 900_000 + i, "listing_id": lid, "shop_id": sid, "ts": self.now, "amount": 12.5}
 
     def _listing(self, i: int) -> dict[str, Any]:
         return {"v": 1, "type": "listing", "listing_id": _FAR_ID + i, "shop_id": self._pick()[1],
@@ -207,7 +207,7 @@ def _k_missing_field(f: HostileFactory, i: int) -> Built:
 def _k_extra_field(f: HostileFactory, i: int) -> Built:
     p = f._purchase(i)
     raw = _dumps(_with(p, coupon="FREE"))
-    return "purchases", _keyed("purchases", p, "user_id"), raw, "unexpected_field", True
+    return "purchases", _keyed("purchases", p, "shop_id"), raw, "unexpected_field", True
 
 
 def _k_wrong_type_str_for_int(f: HostileFactory, i: int) -> Built:
@@ -218,7 +218,7 @@ def _k_wrong_type_str_for_int(f: HostileFactory, i: int) -> Built:
 
 def _k_wrong_type_bool(f: HostileFactory, i: int) -> Built:
     p = f._purchase(i)
-    return "purchases", _keyed("purchases", p, "user_id"), _dumps(_with(p, amount=True)), "wrong_type", True
+    return "purchases", _keyed("purchases", p, "shop_id"), _dumps(_with(p, amount=True)), "wrong_type", True
 
 
 def _k_wrong_type_candidates(f: HostileFactory, i: int) -> Built:
@@ -237,7 +237,7 @@ def _k_nan(f: HostileFactory, i: int) -> Built:
     p = f._purchase(i)
     raw = _dumps(_with(p, amount="AMT")).replace(b'"AMT"', b"NaN")
     # NaN is not JSON; the parser refuses the token itself (tests/test_decoding.py pins invalid_json)
-    return "purchases", _keyed("purchases", p, "user_id"), raw, "invalid_json", True
+    return "purchases", _keyed("purchases", p, "shop_id"), raw, "invalid_json", True
 
 
 def _k_infinity(f: HostileFactory, i: int) -> Built:
@@ -249,7 +249,7 @@ def _k_infinity(f: HostileFactory, i: int) -> Built:
 def _k_1e400(f: HostileFactory, i: int) -> Built:
     p = f._purchase(i)
     raw = _dumps(_with(p, amount="AMT")).replace(b'"AMT"', b"1e400")
-    return "purchases", _keyed("purchases", p, "user_id"), raw, "non_finite", True
+    return "purchases", _keyed("purchases", p, "shop_id"), raw, "non_finite", True
 
 
 def _k_5000_digits(f: HostileFactory, i: int) -> Built:
@@ -289,7 +289,7 @@ def _k_negative_budget(f: HostileFactory, i: int) -> Built:
 
 def _k_negative_amount(f: HostileFactory, i: int) -> Built:
     p = _with(f._purchase(i), amount=-12.5)
-    return "purchases", _keyed("purchases", p, "user_id"), _dumps(p), "out_of_range", True
+    return "purchases", _keyed("purchases", p, "shop_id"), _dumps(p), "out_of_range", True
 
 
 def _k_bad_enum(f: HostileFactory, i: int) -> Built:
@@ -338,7 +338,7 @@ def _k_future_ts(f: HostileFactory, i: int) -> Built:
 
 def _k_stale_ts(f: HostileFactory, i: int) -> Built:
     p = _with(f._purchase(i), ts=f.now - 40 * 86_400.0)
-    return "purchases", _keyed("purchases", p, "user_id"), _dumps(p), "stale_timestamp", True
+    return "purchases", _keyed("purchases", p, "shop_id"), _dumps(p), "stale_timestamp", True
 
 
 def _k_zero_ts(f: HostileFactory, i: int) -> Built:
@@ -388,7 +388,13 @@ def _k_forged_click_token(f: HostileFactory, i: int) -> Built:
 
 def _k_purchase_before_click(f: HostileFactory, i: int) -> Built:
     p = f._purchase(i)
-    return "purchases", _keyed("purchases", p, "user_id"), _dumps(p), "unattributed_purchase", False
+    return "purchases", _keyed("purchases", p, "shop_id"), _dumps(p), "unattributed_purchase", False
+
+
+def _k_purchase_wrong_shop(f: HostileFactory, i: int) -> Built:
+    # a purchase naming (and keyed by) a shop that does not sell its listing
+    p = _with(f._purchase(i), shop_id=_FAR_ID + i)
+    return "purchases", _keyed("purchases", p, "shop_id"), _dumps(p), "shop_mismatch", False
 
 
 _BUILDERS: dict[str, Callable[[HostileFactory, int], Built]] = {

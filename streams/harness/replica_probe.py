@@ -1,21 +1,23 @@
 """A replica alone: what replicating the topics costs one worker, apart from everything else it does.
 
-Every worker folds every record of the replicated topics (``bidder.replica.state.REPLICATED_TOPICS``) from all
-partitions, so each one pays for the whole marketplace's traffic whatever its own share of the queries.
-This process runs the worker's :class:`streams.replicator.Replicator` and nothing else, with the
-worker's settings, and reports the records it folded and the CPU it spent after catching up.
-``bidder bench e2e --replica-probe`` runs it beside the worker under traffic (``docs/capacity.md``).
+A worker's replica reads every partition of the catalog and of what is published aggregated
+(``bidder.replica.state.GLOBAL_TOPICS``) and its own partition numbers of ``billing``, ``orders`` and ``labels``.
+This process runs the worker's :class:`streams.replicator.Replicator` and nothing else, with the worker's
+settings, standing for a worker that owns the partition numbers ``own`` (:func:`own_share`: what one of N
+workers gets), and reports the records it folded and the CPU it spent after catching up.
+``bidder bench e2e --replica-probe`` runs it beside the workers under traffic (``docs/capacity.md``).
 
 **Freshness.** The probe is "another worker": with the rolling features copied from ``listing-stats`` (the
 state :func:`streams.replicator.worker_state` builds from the settings, as a worker's), it measures how long
 a billed click takes to reach its copy (:class:`bidder.replica.freshness.FreshnessMeter`, fed each fetch
-round after the state has taken the round in): ``freshness`` = ``count`` clicks seen visible, ``p50_ms``,
+round after the state has taken the round in; the clicks are those of its own ``billing`` partitions, which
+the aggregators of every worker fold): ``freshness`` = ``count`` clicks seen visible, ``p50_ms``,
 ``p99_ms``, ``max_ms`` of wall clock at visibility minus the click's event time, ``pending`` (never seen
 visible), ``excluded`` (ledger lines that change no snapshot), ``cpu_s`` (the meter's own, left out of the
 probe's ``cpu_s``). What was read while catching up does not count. With the features folded from the raw
 records (``"fold"``) there is nothing to measure: ``freshness`` is null.
 
-Run: ``python -m streams.harness.replica_probe --out FILE`` with ``BIDDER_KAFKA_BOOTSTRAP`` set; it writes
+Run: ``python -m streams.harness.replica_probe --out FILE [--own 0,2]`` with ``BIDDER_KAFKA_BOOTSTRAP`` set; it writes
 ``FILE.ready`` once caught up and, on SIGTERM or SIGINT, ``FILE``: records folded and CPU seconds since
 ready, by topic where the state counts them, and ``freshness``.
 """
@@ -41,7 +43,16 @@ from bidder.settings import Settings
 from streams.process import stop_process
 from streams.replicator import Replicator, worker_state
 
-__all__ = ["FreshnessTap", "ProbeProcess", "probe_report", "run_probe"]
+__all__ = ["FreshnessTap", "ProbeProcess", "own_share", "probe_report", "run_probe"]
+
+
+def own_share(partitions: int, workers: int) -> list[int]:
+    """The partition numbers one of ``workers`` workers owns at most (every ``workers``-th, from 0).
+
+    >>> own_share(4, 1), own_share(4, 2), own_share(4, 3)
+    ([0, 1, 2, 3], [0, 2], [0, 3])
+    """
+    return list(range(0, partitions, max(workers, 1)))
 
 
 class FreshnessTap:
@@ -103,11 +114,14 @@ def probe_report(*, records: int, cpu_s: float, wall_s: float, counts: Counter[s
     }
 
 
-async def run_probe(settings: Settings, *, bootstrap: str, out: Path) -> dict[str, Any]:
-    """Replicate until SIGTERM/SIGINT; write and return the report of what happened after catching up."""
+async def run_probe(settings: Settings, *, bootstrap: str, out: Path, own: list[int] | None = None
+                    ) -> dict[str, Any]:
+    """Replicate (owning the partition numbers ``own``; None: all of them) until SIGTERM/SIGINT; write and return
+    the report of what happened after catching up."""
     state = worker_state(settings)
     tap = FreshnessTap() if state.features is not None else None
     replica = Replicator(state, settings, bootstrap=bootstrap, observer=tap)
+    await replica.own(range(settings.topic_partitions) if own is None else own)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -130,6 +144,7 @@ async def run_probe(settings: Settings, *, bootstrap: str, out: Path) -> dict[st
     report = probe_report(records=replica.records - records0, cpu_s=cpu - meter_cpu, wall_s=wall, counts=+counts,
                           freshness=None if tap is None else tap.report(), rounds=replica.rounds - rounds0,
                           fetches=replica.fetches() - fetches0, value_bytes=replica.value_bytes - bytes0)
+    report["own_partitions"] = sorted(replica.own_partitions)
     await asyncio.to_thread(out.write_bytes, orjson.dumps(report))
     return report
 
@@ -137,15 +152,17 @@ async def run_probe(settings: Settings, *, bootstrap: str, out: Path) -> dict[st
 class ProbeProcess:
     """This module as a process: :meth:`start` returns its pid once it has caught up, :meth:`stop` its report."""
 
-    def __init__(self, bootstrap: str, out: Path) -> None:
+    def __init__(self, bootstrap: str, out: Path, *, own: list[int] | None = None) -> None:
         self.out = out
+        self.own = own
         self._env = {**os.environ, "BIDDER_KAFKA_BOOTSTRAP": bootstrap}
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 120.0) -> int:
         ready = self.out.with_suffix(self.out.suffix + ".ready")
         with self.out.with_suffix(".log").open("ab") as log:
-            cmd = [sys.executable, "-m", "streams.harness.replica_probe", "--out", str(self.out)]
+            cmd = [sys.executable, "-m", "streams.harness.replica_probe", "--out", str(self.out),
+                   *([] if self.own is None else ["--own", ",".join(map(str, self.own))])]
             self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self._env,
                                           start_new_session=True)
         deadline = time.monotonic() + timeout_s
@@ -168,10 +185,12 @@ if __name__ == "__main__":
 
     @click.command()
     @click.option("--out", type=click.Path(path_type=Path), required=True, help="where to write the report (JSON)")
-    def _main(out: Path) -> None:
+    @click.option("--own", default=None, help="the partition numbers the probe owns, comma-separated (default: all)")
+    def _main(out: Path, own: str | None) -> None:
         settings = Settings()
         if not settings.kafka_bootstrap:
             raise click.UsageError("set BIDDER_KAFKA_BOOTSTRAP")
-        asyncio.run(run_probe(settings, bootstrap=settings.kafka_bootstrap, out=out))
+        parts = None if own is None else [int(p) for p in own.split(",") if p.strip()]
+        asyncio.run(run_probe(settings, bootstrap=settings.kafka_bootstrap, out=out, own=parts))
 
     _main()

@@ -148,7 +148,8 @@ class Simulator:
                 due = now + float(delays[j])
                 amount = float(self.world.listing_price[self.world.listing_rows(np.array([lid]))[0]])
                 self._purchases.append((due, Purchase(order_id=f"o-{click.click_id}", user_id=truth.user_id,
-                                                      listing_id=lid, ts=due, amount=amount)))
+                                                      listing_id=lid, shop_id=click.shop_id, ts=due,
+                                                      amount=amount)))
         return clicks
 
     def due_purchases(self, *, now: float) -> list[Purchase]:

@@ -241,7 +241,7 @@ async def handle_purchase(rt: Runtime, message: Any) -> None:
     batch = PurchaseBatch(clicks=state.clicks, attributed=state.order_attributed)
     decision: PurchaseDecision = batch.decide(purchase)
     if isinstance(decision, Rejection):
-        decision = await await_decided_clicks(rt, batch, purchase, decision, partition=message.partition)
+        decision = await await_decided_clicks(rt, batch, purchase, partition=message.partition)
     if isinstance(decision, Repeated):
         rt.counts["purchases_repeated"] += 1
     elif isinstance(decision, Rejection):
@@ -264,7 +264,7 @@ async def _write_conversion(rt: Runtime, conversion: Conversion, *, partition: i
     rt.metrics.conversions.inc()
 
 
-async def await_decided_clicks(rt: Runtime, batch: PurchaseBatch, purchase: Purchase, refused: Rejection, *,
+async def await_decided_clicks(rt: Runtime, batch: PurchaseBatch, purchase: Purchase, *,
                                partition: int) -> Conversion | Rejection:
     """The click a purchase belongs to may be on ``clicks`` but not decided yet: clicks and purchases are two
     topics read by two agents, and a buyer can buy within a second of clicking. Both are keyed by shop, so
@@ -273,19 +273,31 @@ async def await_decided_clicks(rt: Runtime, batch: PurchaseBatch, purchase: Purc
     attributed), at most ``purchase_click_wait_s``; then decide again. Refusing at once would lose real
     conversions (the labels' CVR biased low: 9-256 per test run before a wait was built)."""
     end = await rt.replica.end_offset("clicks", partition)
-    if rt.clicks_decided(partition) >= end:
-        return refused
-    rt.counts["purchases_waited"] += 1
     deadline = time.monotonic() + rt.settings.purchase_click_wait_s
+    waited = False
     while True:
+        # attributed again first, every time: the bill agent may have finished a batch during any await here
         decision = batch.attribute(purchase)
         remaining = deadline - time.monotonic()
-        if isinstance(decision, Conversion) or rt.clicks_decided(partition) >= end:
+        if isinstance(decision, Conversion):
             return decision
+        if rt.clicks_decided(partition) >= end:
+            return _with_clicks(decision, rt, partition, end)
         if remaining <= 0:
             rt.counts["purchases_wait_expired"] += 1
-            return decision
+            return _with_clicks(decision, rt, partition, end, expired=True)
+        if not waited:
+            rt.counts["purchases_waited"] += 1
+            waited = True
         await rt.wait_clicks_decided(timeout_s=min(remaining, 0.1))
+
+
+def _with_clicks(refused: Rejection, rt: Runtime, partition: int, end: int, *, expired: bool = False) -> Rejection:
+    """The refusal, saying how far the partition's clicks were decided (what an operator asks first)."""
+    done = rt.handled_to.get(("clicks", partition), 0), rt.committed_of("clicks", partition)
+    wait = (f"not all decided after {rt.settings.purchase_click_wait_s:g}s" if expired else "all decided")
+    return Rejection(refused.reason, f"{refused.detail}; clicks[{partition}] before offset {end}: {wait} "
+                                     f"(this worker's bill agent to {done[0]}, committed {done[1]})")
 
 
 # -- listings and shops (the catalog check, outside Faust) -------------------------------------------

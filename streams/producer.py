@@ -75,9 +75,11 @@ class EventProducer:
         """Publish one event; returns (partition, offset) once the broker acknowledged it."""
         return await self.send_raw(topic_of(event), key_of(event), encode(event))
 
-    async def send_raw(self, topic: str, key: bytes | None, value: bytes | None) -> tuple[int, int]:
-        """Publish raw bytes (``bidder produce`` uses it: malformed lines must reach the worker too)."""
-        meta = await self._producer.send_and_wait(topic, value=value, key=key)
+    async def send_raw(self, topic: str, key: bytes | None, value: bytes | None, *,
+                       partition: int | None = None) -> tuple[int, int]:
+        """Publish raw bytes (``bidder produce`` uses it: malformed lines must reach the worker too); ``partition``
+        overrides the key's."""
+        meta = await self._producer.send_and_wait(topic, value=value, key=key, partition=partition)
         return int(meta.partition), int(meta.offset)
 
     async def send_nowait(self, topic: str, key: bytes | None, value: bytes | None) -> Any:

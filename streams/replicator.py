@@ -54,7 +54,10 @@ from streams.gap_repair import GapRepairer
 from streams.tail import earliest_event_time, group_less_consumer, partitions_of
 from streams.workarounds import fetches_sent, pace_consumer
 
-__all__ = ["Replicator", "RoundObserver", "worker_state"]
+__all__ = ["COPARTITIONED", "Replicator", "RoundObserver", "worker_state"]
+
+COPARTITIONED = ("queries", "clicks", "purchases", "billing", "orders", "labels")
+"""topics whose partition number p belongs to one worker (Faust assigns equal numbers of the inputs together)"""
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +125,8 @@ class Replicator:
         async with self._own_lock:  # an assignment arriving meanwhile waits for the consumer
             for topic in self._topics:
                 self._partitions[topic] = len(await partitions_of(consumer, topic))
+            if self._own_topics:
+                await self._check_copartitioned(consumer)
             parts = [TopicPartition(topic, p) for topic in self._global for p in range(self._partitions[topic])]
             parts += [TopicPartition(topic, p) for topic in self._own_topics for p in sorted(self._own)
                       if p < self._partitions[topic]]
@@ -149,6 +154,16 @@ class Replicator:
         if self._consumer is not None:
             await self._consumer.stop()
         await self.repairer.stop()
+
+    async def _check_copartitioned(self, consumer: AIOKafkaConsumer) -> None:
+        """Refuse to start on topics whose partition counts differ: a worker owns the partition numbers of
+        ``queries``, ``clicks`` and ``purchases`` it is assigned, and reads the same numbers of its own topics."""
+        counts = {t: len(await partitions_of(consumer, t)) for t in COPARTITIONED}
+        if len(set(counts.values())) > 1:
+            await consumer.stop()
+            raise RuntimeError(f"these topics must have equal partition counts, and have {counts}: a worker "
+                               "attributes a shop's orders and reads the ledger, orders and labels of the partition "
+                               "numbers it is assigned (recreate them with one count)")
 
     @property
     def own_partitions(self) -> frozenset[int]:

@@ -135,8 +135,8 @@ def test_query_rejections(over: dict[str, object], expected: str) -> None:
          "out_of_range"),
         ("shops", {"v": 1, "type": "shop", "shop_id": 2, "daily_budget": 5.0, "target_share": 1.5, "ts": NOW},
          "out_of_range"),
-        ("purchases", {"v": 1, "type": "purchase", "order_id": "o", "user_id": 1, "listing_id": 1, "shop_id": 2, "ts": NOW,
-                       "amount": 0}, "out_of_range"),
+        ("purchases", {"v": 1, "type": "purchase", "order_id": "o", "user_id": 1, "listing_id": 1, "shop_id": 2,
+                       "ts": NOW, "amount": 0}, "out_of_range"),
         ("nope", {"v": 1}, "unknown_topic"),
     ],
 )

@@ -68,6 +68,14 @@ def test_query_priced_and_click_charged_once(worker: Any, bootstrap: str, settin
     assert sorted(v["status"] for v in lines) == ["charged", "duplicate", "duplicate"]
     charged = next(v for v in lines if v["status"] == "charged")
     assert charged["amount"] == pytest.approx(top["price"], abs=1e-6)
+    # the bill agent publishes its partition's spend per shop today: what every worker's auto-bidder paces with
+    def published(rs: list[tuple[str, Any, bytes | None]]) -> float:
+        return max((x for _, v, _ in rs if v and v.get("type") == "shop_spend" and v["day"] == charged["day"]
+                    for s, x in zip(v["shop_ids"], v["spend"], strict=True) if s == charged["shop_id"]), default=0.0)
+
+    spend = asyncio.run(read_until(settings, bootstrap, ["shop-spend"],
+                                   lambda rs: published(rs) >= charged["spend_after"] - 1e-9))
+    assert published(spend) >= charged["spend_after"] - 1e-9
     # a purchase by the same buyer on that listing is attributed to the click
     order = Purchase(order_id=f"{tag}-o", user_id=42, listing_id=top["listing_id"], shop_id=top["shop_id"],
                      ts=time.time(), amount=9.5)

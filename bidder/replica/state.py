@@ -272,6 +272,7 @@ class BidderState:
         if label.get("type") != "label_update":
             return
         query_id, listing_id = str(label["query_id"]), int(label["listing_id"])
+        self.counts["label_updates"] += 1
         if label.get("clicked"):
             self.auctions.mark_clicked(query_id, listing_id)
         if not label.get("converted"):

@@ -96,6 +96,8 @@ class Replicator:
         self._own: set[int] = set()
         """the own partition numbers held now"""
         self._own_lock = asyncio.Lock()
+        self._assignments = 0
+        """how many times the own partitions changed (a fetch round in progress then drops what it has left)"""
         self._partitions: dict[str, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -200,6 +202,7 @@ class Replicator:
                 consumer.seek(tp, 0)
                 self._applied[tp] = 0
             self._own = wanted
+            self._assignments += 1
             log.info("replica: own partitions %s (+%d -%d topic partitions)", sorted(wanted), len(added), len(dropped))
 
     async def end_offset(self, topic: str, partition: int) -> int:
@@ -241,13 +244,17 @@ class Replicator:
             # replica at 100 q/s ran 97 rounds a second, each a flush and a truncation check, for ~10 fetches)
             batches = await consumer.getmany(timeout_ms=self._round_timeout_ms, max_records=256)
             now = self._clock()
+            assigned = self._assignments
             for tp, records in batches.items():
                 for r in records:
-                    await self._fold_missed(tp, r.offset, now)
+                    if assigned == self._assignments:
+                        await self._fold_missed(tp, r.offset, now)
+                    if assigned != self._assignments:
+                        break  # the own partitions changed meanwhile: each kept one was sought to what is folded
                     self._fold(tp, r.offset, r.value, now)
                     self._applied[tp] = r.offset + 1
-                self.records += len(records)
-                self.value_bytes += sum(max(r.serialized_value_size, 0) for r in records)
+                    self.records += 1
+                    self.value_bytes += max(r.serialized_value_size, 0)
                 await asyncio.sleep(0)
             self._flush()
             if self.observer is not None:

@@ -147,9 +147,10 @@ class Settings(BaseSettings):
                                        "worker's bill agent to decide the clicks of its partition sent before it "
                                        "(clicks and purchases are keyed by shop) before it is refused as unattributed")
     spend_publish_ms: float = Field(
-        default=250.0, gt=0, description="the bill agent publishes each changed billing partition's spend per shop "
-                                         "today at most once per this interval to shop-spend, which every worker's "
-                                         "auto-bidder paces with (bidder/clicks/shop_spend.py)")
+        default=1000.0, gt=0, description="the bill agent publishes each changed billing partition's spend per shop "
+                                          "today at most once per this interval to shop-spend, which every worker's "
+                                          "auto-bidder paces with (bidder/clicks/shop_spend.py; pacing works over "
+                                          "minutes, and the bill agent enforces the budget from its own ledger)")
 
     # --- feature drift (see bidder/monitoring/drift.py for what each statistic means) ----------------------
     drift_enabled: bool = True

@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
@@ -108,6 +109,8 @@ class Replicator:
         self._round_timeout_ms = max(settings.fetch_max_wait_ms, settings.replica_fetch_floor_ms, 5)
         self.ready = asyncio.Event()
         self.records = 0
+        self.records_by_topic: Counter[str] = Counter()
+        """records folded per topic (``records`` split)"""
         self.value_bytes = 0
         """bytes of the record values fetched (what the replica takes in, read or skipped)"""
         self.fold_errors = 0
@@ -254,6 +257,7 @@ class Replicator:
                     self._fold(tp, r.offset, r.value, now)
                     self._applied[tp] = r.offset + 1
                     self.records += 1
+                    self.records_by_topic[tp.topic] += 1
                     self.value_bytes += max(r.serialized_value_size, 0)
                 await asyncio.sleep(0)
             self._flush()

@@ -65,6 +65,8 @@ def test_the_probe_counts_what_it_folds_after_catching_up(bootstrap: str, settin
     # worker's own outcomes) nor clicks (its bill agent decides those of its partitions and the attribute agent
     # waits for that bill agent): none of the 80 outcomes and clicks is folded
     assert report["counts"].get("auctions", 0) == 0 and report["records"] < 80 + 30
+    by_topic = report["records_per_s_by_topic"]
+    assert "clicks" not in by_topic and "auctions" not in by_topic and by_topic["labels"] * report["wall_s"] >= 49
     assert report["cpu_s"] > 0 and report["cpu_us_per_record"] > 0
     assert report["wall_s"] >= 2.0
     # caught up, it fetches at most once per floor, data or not (50 clicks in a burst, then quiet)

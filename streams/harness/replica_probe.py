@@ -130,6 +130,7 @@ async def run_probe(settings: Settings, *, bootstrap: str, out: Path, own: list[
     if tap is not None:
         tap.restart()
     records0, counts0, rounds0, fetches0 = replica.records, Counter(state.counts), replica.rounds, replica.fetches()
+    by_topic0 = Counter(replica.records_by_topic)
     bytes0 = replica.value_bytes
     cpu0, wall0 = time.process_time(), time.monotonic()
     await asyncio.to_thread(out.with_suffix(out.suffix + ".ready").write_text, "ready\n")
@@ -145,6 +146,9 @@ async def run_probe(settings: Settings, *, bootstrap: str, out: Path, own: list[
                           freshness=None if tap is None else tap.report(), rounds=replica.rounds - rounds0,
                           fetches=replica.fetches() - fetches0, value_bytes=replica.value_bytes - bytes0)
     report["own_partitions"] = sorted(replica.own_partitions)
+    by_topic = Counter(replica.records_by_topic)
+    by_topic.subtract(by_topic0)
+    report["records_per_s_by_topic"] = {t: round(n / wall, 2) for t, n in sorted((+by_topic).items()) if wall > 0}
     await asyncio.to_thread(out.write_bytes, orjson.dumps(report))
     return report
 

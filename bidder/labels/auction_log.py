@@ -1,8 +1,9 @@
 """Recent auction outcomes by query id: what the calibration monitor matures into labels.
 
 A worker keeps the outcomes it wrote itself (``BidderState.own_outcome``; the reference fold,
-``BidderState(features="fold")``, folds every partition of ``auctions``). Clicks are no longer priced from
-here: a click carries its slot, price and auction time under a signed token
+``BidderState(features="fold")``, folds every partition of ``auctions``); the click and conversion updates that
+mark them are on the worker's own partitions of ``labels`` (keyed by query, like the queries it answered).
+Clicks are no longer priced from here: a click carries its slot, price and auction time under a signed token
 (``bidder/clicks/click_token.py``). Entries older than ``retain_s`` (by default ``window_s``) or beyond
 ``capacity`` are forgotten oldest first. Age is event time: the newest outcome folded.
 

@@ -294,7 +294,7 @@ async def await_decided_clicks(rt: Runtime, batch: PurchaseBatch, purchase: Purc
 
 def _with_clicks(refused: Rejection, rt: Runtime, partition: int, end: int, *, expired: bool = False) -> Rejection:
     """The refusal, saying how far the partition's clicks were decided (what an operator asks first)."""
-    done = rt.handled_to.get(("clicks", partition), 0), rt.committed_of("clicks", partition)
+    done = rt.clicks_done_to.get(partition, 0), rt.committed_of("clicks", partition)
     wait = (f"not all decided after {rt.settings.purchase_click_wait_s:g}s" if expired else "all decided")
     return Rejection(refused.reason, f"{refused.detail}; clicks[{partition}] before offset {end}: {wait} "
                                      f"(this worker's bill agent to {done[0]}, committed {done[1]})")
@@ -323,7 +323,7 @@ def add_agents(app: faust.App, rt: Runtime) -> None:
     _add_agent(app, rt, "queries", functools.partial(handle_queries, rt),
                lambda stream: batches(stream, s.batch_max, within_s=s.batch_within_s))
     _add_agent(app, rt, "clicks", functools.partial(handle_clicks, rt),
-               lambda stream: batches(stream, 200, within_s=0.0))
+               lambda stream: batches(stream, 200, within_s=0.0), done=rt.clicks_done)
     _add_agent(app, rt, "purchases", each_message(rt, handle_purchase), _one_at_a_time)
     app.timer(interval=s.spend_publish_ms / 1000.0)(functools.partial(publish_spend, rt))
 
@@ -334,7 +334,10 @@ async def _one_at_a_time(stream: Any) -> AsyncIterator[list[Any]]:
 
 
 def _add_agent(app: faust.App, rt: Runtime, topic: str, handler: Handler,
-               take: Callable[[Any], AsyncIterator[Sequence[Any]]]) -> None:
+               take: Callable[[Any], AsyncIterator[Sequence[Any]]],
+               *, done: Callable[[Sequence[Any]], None] | None = None) -> None:
+    """Agent ``bidder.<topic>``: ``handler`` on each batch ``take`` cuts, poison records isolated; ``done`` is told
+    of each batch finished (decided, written, acknowledged or dead-lettered)."""
     handle = rt.out.with_fault_marker(handler, topic=topic)
 
     async def agent(stream: Any) -> None:
@@ -343,7 +346,8 @@ def _add_agent(app: faust.App, rt: Runtime, topic: str, handler: Handler,
             try:
                 taken = await rt.with_skipped(events)
                 await rt.out.handle_isolating(topic, handle, taken)
-                rt.handled(topic, taken)
+                if done is not None:
+                    done(taken)
             except Exception:  # see _crashed()
                 await _crashed(rt, topic)
 

@@ -41,7 +41,7 @@ from streams.model_watch import ModelWatcher, champion_dir
 from streams.monitors import Monitors
 from streams.outputs import Outputs
 from streams.probes import Probes, add_probe_pages
-from streams.replicator import Replicator, worker_state
+from streams.replicator import GROUP_INPUTS, Replicator, worker_state
 from streams.runtime import Runtime
 from streams.serving import Serving
 from streams.watchdogs import GroupWatchdog
@@ -205,9 +205,6 @@ async def _log_first_publish(aggregator: Aggregator, *, timeout_s: float = 120.0
                     aggregator.lag())
 
 
-_OWNED_BY = ("queries", "clicks", "purchases")
-
-
 async def _warm_producer(app: faust.App) -> None:
     """Fetch the output topics' metadata now: the first send to a topic waits for it otherwise."""
     producer = aiokafka_producer(app)
@@ -223,7 +220,7 @@ def _committed_of(app: faust.App, topic: str, partition: int) -> int:
 async def _assigned(rt: Runtime, app_: Any, assigned: Any, **_: Any) -> None:
     # the replica reads billing, orders and labels of the partition numbers the worker group assigned us (queries,
     # clicks and purchases have equal partition counts, so Faust assigns each number of them together)
-    own = {tp.partition for tp in app_.consumer.assignment() if tp.topic in _OWNED_BY}
+    own = {tp.partition for tp in app_.consumer.assignment() if tp.topic in GROUP_INPUTS}
     await rt.replica.own(own)
 
 

@@ -48,16 +48,18 @@ from typing import Protocol
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bidder.decoding import Limits
-from bidder.replica.state import BidderState, FeatureSource
+from bidder.replica.state import OWN_TOPICS, BidderState, FeatureSource
 from bidder.settings import Settings
 from bidder.topics import TOPICS
 from streams.gap_repair import GapRepairer
 from streams.tail import earliest_event_time, group_less_consumer, partitions_of
 from streams.workarounds import fetches_sent, pace_consumer
 
-__all__ = ["COPARTITIONED", "Replicator", "RoundObserver", "worker_state"]
+__all__ = ["COPARTITIONED", "GROUP_INPUTS", "Replicator", "RoundObserver", "worker_state"]
 
-COPARTITIONED = ("queries", "clicks", "purchases", "billing", "orders", "labels")
+GROUP_INPUTS: tuple[str, ...] = ("queries", "clicks", "purchases")
+"""the topics the worker group's agents read: the group assigns their partition numbers"""
+COPARTITIONED: tuple[str, ...] = (*GROUP_INPUTS, *OWN_TOPICS)
 """topics whose partition number p belongs to one worker (Faust assigns equal numbers of the inputs together)"""
 
 log = logging.getLogger(__name__)

@@ -72,8 +72,8 @@ class Runtime:
 
     signer: ClickSigner = field(init=False)
     """signs each winner's click token and verifies clicks (``settings.click_token_key``)"""
-    handled_to: dict[tuple[str, int], int] = field(default_factory=dict)
-    """per input partition, the offset after the last record an agent finished with (:meth:`handled`)"""
+    clicks_done_to: dict[int, int] = field(default_factory=dict)
+    """per ``clicks`` partition, the offset after the last click the bill agent finished with (:meth:`clicks_done`)"""
     _progress: asyncio.Event = field(init=False)
 
     def __post_init__(self) -> None:
@@ -153,23 +153,23 @@ class Runtime:
         return rounds
 
     # -- what the agents finished -------------------------------------------------------------------------
-    def handled(self, topic: str, events: Sequence[Any]) -> None:
-        """An agent finished with ``events`` (decided, written, acknowledged or dead-lettered)."""
-        marks = self.handled_to
+    def clicks_done(self, events: Sequence[Any]) -> None:
+        """The bill agent finished with a batch of ``clicks`` (decided, written, acknowledged or dead-lettered):
+        a purchase waiting on an undecided click (``streams.agents.await_decided_clicks``) looks again."""
+        marks = self.clicks_done_to
         for ev in events:
             m = ev.message
-            key = (topic, int(m.partition))
-            marks[key] = max(marks.get(key, 0), int(m.offset) + 1)
+            marks[int(m.partition)] = max(marks.get(int(m.partition), 0), int(m.offset) + 1)
         self._progress.set()
         self._progress = asyncio.Event()
 
     def clicks_decided(self, partition: int) -> int:
         """The offset of ``clicks[partition]`` below which every click is decided: what this worker's bill agent
         finished, or what the group committed (decided by this worker or the partition's earlier owner)."""
-        return max(self.handled_to.get(("clicks", partition), 0), self.committed_of("clicks", partition))
+        return max(self.clicks_done_to.get(partition, 0), self.committed_of("clicks", partition))
 
     async def wait_clicks_decided(self, *, timeout_s: float) -> None:
-        """Until an agent finishes a batch, at most ``timeout_s``."""
+        """Until the bill agent finishes a batch, at most ``timeout_s``."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._progress.wait(), timeout_s)
 

@@ -64,8 +64,8 @@ class GroupWatchdog:
                 high = consumer.highwater(tp)
                 if high is None:
                     continue
-                lag[tp.topic] = lag.get(tp.topic, 0) + max(0, int(high) - read.get(tp, 0))
-                seen = max(read.get(tp, 0), committed.get(tp, 0))
+                seen = max(read.get(tp, 0), committed.get(tp, 0))  # ``read`` may be one low (group_offsets)
+                lag[tp.topic] = lag.get(tp.topic, 0) + max(0, int(high) - seen)
                 if seen > int(high):
                     found[tp] = (int(high), seen)
             return found

@@ -94,9 +94,18 @@ def aiokafka_producer(app: Any) -> Any:
 
 
 def group_offsets(consumer: Any) -> tuple[dict[Any, int], dict[Any, int]]:
-    """``(read, committed)`` of a Faust consumer, by topic-partition: the next offset after the last
-    record handed to a stream, and the committed offset (partitions without one are left out)."""
-    read = {tp: int(v) + 1 for tp, v in consumer._read_offset.items() if v is not None}
+    """``(read, committed)`` of a Faust consumer, by topic-partition (partitions without one left out).
+
+    ``read`` is the least offset the next record handed to a stream can have, exact or one below:
+    Faust's ``_read_offset`` holds the offset of the last record handed, but right after a seek (the one
+    to the committed offset at every assignment included) the offset sought to, i.e. the *next* one,
+    and nothing tells the two apart (``Consumer._drain_messages`` takes ``offset >= _read_offset``).
+    Read as "last handed + 1", a partition given no record since its assignment looked one past its
+    committed end: the truncation watchdog read the log as shortened and re-read it from the start
+    (hostile records dead-lettered twice after a restart, T4), and the commit watchdog saw a record read
+    and never committed. The lower bound errs the safe way for both: a truncation shorter by exactly the
+    one record last read, and not yet committed, is missed until it is committed."""
+    read = {tp: int(v) for tp, v in consumer._read_offset.items() if v is not None}
     committed = {tp: int(v) for tp, v in consumer._committed_offset.items() if v is not None}
     return read, committed
 

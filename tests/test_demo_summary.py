@@ -79,12 +79,13 @@ def test_more_outputs_than_inputs_is_not_reconciled() -> None:
 
 @pytest.mark.broker
 def test_a_slowed_bill_agent_shows_clicks_in_flight_and_exits_1() -> None:
-    """The bill agent slowed to 4 clicks/s (``BIDDER_FAULT_SLOW=clicks:0.25``) against ~10 clicks/s of
-    traffic: after a 3 s drain the clicks it has not taken are in flight (not lost), and the demo exits 1
-    saying so. Queries are all answered (purchases may wait on their clicks: in flight too, never lost)."""
+    """The bill agent slowed to 1 click/s (``BIDDER_FAULT_SLOW=clicks:1.0``) against 3-6 clicks/s of
+    traffic (15 q/s): after a 3 s drain the clicks it has not taken are in flight (not lost), and the demo
+    exits 1 saying so. Queries are all answered (purchases may wait on their clicks: in flight too, never
+    lost). At 4 clicks/s (0.25 s) a run that happened to draw 50 clicks drained them all in 12 + 3 s."""
     proc = subprocess.run([sys.executable, "-m", "bidder", "demo", "--seconds", "12", "--rate", "15",
                            "--drain-s", "3", "--json"], capture_output=True, timeout=300, check=False,
-                          env={**os.environ, "BIDDER_FAULT_SLOW": "clicks:0.25"})
+                          env={**os.environ, "BIDDER_FAULT_SLOW": "clicks:1.0"})
     out = orjson.loads(proc.stdout)
     acct = out["numbers"]["accounting"]
     print(orjson.dumps(acct, option=orjson.OPT_INDENT_2).decode(), proc.stderr.decode()[-600:])

@@ -110,9 +110,8 @@ class Replicator:
         self._round_event = asyncio.Event()
         self._round_timeout_ms = max(settings.fetch_max_wait_ms, settings.replica_fetch_floor_ms, 5)
         self.ready = asyncio.Event()
-        self.records = 0
         self.records_by_topic: Counter[str] = Counter()
-        """records folded per topic (``records`` split)"""
+        """records folded per topic (:attr:`records` is their sum)"""
         self.value_bytes = 0
         """bytes of the record values fetched (what the replica takes in, read or skipped)"""
         self.fold_errors = 0
@@ -258,7 +257,6 @@ class Replicator:
                         break  # the own partitions changed meanwhile: each kept one was sought to what is folded
                     self._fold(tp, r.offset, r.value, now)
                     self._applied[tp] = r.offset + 1
-                    self.records += 1
                     self.records_by_topic[tp.topic] += 1
                     self.value_bytes += max(r.serialized_value_size, 0)
                 await asyncio.sleep(0)
@@ -335,6 +333,11 @@ class Replicator:
     def rounds(self) -> int:
         """Fetch rounds completed (each a ``getmany``, then the flush of what it took)."""
         return self._rounds
+
+    @property
+    def records(self) -> int:
+        """Records folded since the start."""
+        return sum(self.records_by_topic.values())
 
     def fetches(self) -> int:
         """Fetch requests sent to the broker since the start (each carries every assigned partition)."""
